@@ -1,0 +1,1 @@
+"""Deciders: stable-baselines3 agents and rule baselines that propose sparsity policies."""

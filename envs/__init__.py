@@ -1,0 +1,1 @@
+"""The Gymnasium environment that walks a model's prunable units."""

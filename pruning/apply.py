@@ -1,0 +1,114 @@
+"""Applying kept counts to a model: structured (channels physically removed) or unstructured (weights zeroed).
+
+Both work in place on the model they are given; callers prune a copy. Rankings come from an
+importance criterion evaluated on the model as it is now, so the progressive pass re-estimates
+importance at every step simply by calling these again.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch_pruning as tp
+from torch import nn
+from torch.nn.utils import prune as torch_prune
+
+from pruning.importance import channel_importance, weight_scores
+from pruning.units import UnitGraph, build_dependency_graph
+
+
+def out_channels(module: nn.Module) -> int:
+    return module.out_channels if isinstance(module, nn.Conv2d) else module.out_features
+
+
+def channel_rankings(model: nn.Module, graph: UnitGraph, criterion: str,
+                     dg: tp.DependencyGraph | None = None) -> dict[str, torch.Tensor]:
+    """Per unit, its channel indices from least to most important (group importance over coupled layers)."""
+    dg = dg or build_dependency_graph(model, graph.input_shape)
+    scorer = channel_importance(criterion)
+    modules = dict(model.named_modules())
+    rankings = {}
+    for unit in graph.units:
+        module = modules[unit.name]
+        pruner = dg.get_pruner_of_module(module)
+        group = dg.get_pruning_group(module, pruner.prune_out_channels, list(range(out_channels(module))))
+        scores = scorer(group)
+        if scores is None:  # torch-pruning returns None when no layer of the group has what the criterion needs
+            raise ValueError(f"criterion {criterion!r} could not score unit {unit.name!r} (missing gradients?)")
+        rankings[unit.name] = torch.argsort(scores.detach().cpu(), stable=True)
+    return rankings
+
+
+def prune_structured(model: nn.Module, graph: UnitGraph, kept: dict[str, int], criterion: str = "l1",
+                     rankings: dict[str, torch.Tensor] | None = None, dg: tp.DependencyGraph | None = None) -> nn.Module:
+    """Remove channels so that each unit keeps `kept[name]`; lowest-ranked channels go first.
+
+    `rankings` (from `channel_rankings`) may be precomputed once on the dense model and reused
+    for every one-shot evaluation; they are indices into the unit's current channels.
+    """
+    dg = dg or build_dependency_graph(model, graph.input_shape)
+    modules = dict(model.named_modules())
+    if rankings is None:
+        rankings = channel_rankings(model, graph, criterion, dg)
+    for unit in graph.units:
+        module = modules[unit.name]
+        n_remove = out_channels(module) - kept.get(unit.name, out_channels(module))
+        if n_remove <= 0:
+            continue
+        idxs = sorted(rankings[unit.name][:n_remove].tolist())
+        pruner = dg.get_pruner_of_module(module)
+        group = dg.get_pruning_group(module, pruner.prune_out_channels, idxs)
+        if not dg.check_pruning_group(group):
+            raise ValueError(f"torch-pruning refused to prune {n_remove} channels of unit {unit.name!r}")
+        group.prune()
+    return model
+
+
+def weight_score_table(model: nn.Module, graph: UnitGraph, criterion: str) -> dict[str, torch.Tensor]:
+    """Per layer, the criterion's score of every weight (computed once on the dense model for one-shot pruning)."""
+    modules = dict(model.named_modules())
+    return {u.name: weight_scores(criterion, getattr(modules[u.name], "weight_orig", modules[u.name].weight))
+            for u in graph.units}
+
+
+def prune_unstructured(model: nn.Module, graph: UnitGraph, kept: dict[str, int], criterion: str = "l1",
+                       permanent: bool = True, scores: dict[str, torch.Tensor] | None = None) -> nn.Module:
+    """Zero the lowest-scored weights so each layer keeps `kept[name]` non-zero weights.
+
+    With permanent=False the zeros are held by torch's pruning masks (for fine-tuning);
+    `make_permanent` folds them into the weights afterwards.
+    """
+    modules = dict(model.named_modules())
+    for unit in graph.units:
+        module = modules[unit.name]
+        weight = getattr(module, "weight_orig", module.weight)  # under a mask, scores and grads live on weight_orig
+        n_remove = weight.numel() - kept.get(unit.name, weight.numel())
+        if n_remove <= 0:
+            continue
+        score = (scores[unit.name] if scores is not None else weight_scores(criterion, weight)).flatten()
+        if hasattr(module, "weight_mask"):  # already pruned: masked weights must stay pruned
+            score = score.masked_fill(module.weight_mask.flatten() == 0, -1.0)
+        mask = torch.ones_like(score)
+        mask[torch.argsort(score, stable=True)[:n_remove]] = 0.0
+        mask = mask.view_as(weight)
+        if hasattr(module, "weight_mask"):
+            torch_prune.remove(module, "weight")
+        torch_prune.custom_from_mask(module, "weight", mask)
+    if permanent:
+        make_permanent(model)
+    return model
+
+
+def make_permanent(model: nn.Module) -> nn.Module:
+    """Fold torch pruning masks into the weights (zeros stay zeros, the reparametrisation goes)."""
+    for module in model.modules():
+        if hasattr(module, "weight_mask"):
+            torch_prune.remove(module, "weight")
+    return model
+
+
+def current_kept(model: nn.Module, graph: UnitGraph) -> dict[str, int]:
+    """What each unit keeps now: channels (structured) or non-zero weights (unstructured)."""
+    modules = dict(model.named_modules())
+    if graph.mode == "structured":
+        return {u.name: out_channels(modules[u.name]) for u in graph.units}
+    return {u.name: int((modules[u.name].weight != 0).sum()) for u in graph.units}

@@ -1,0 +1,83 @@
+"""The dense baseline: trained once per (architecture, data, recipe, seed) and cached for every later run."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from pruning.checkpoint import cache_dir, load_checkpoint, save_checkpoint, stable_hash
+from pruning.config import RunConfig
+from pruning.data import DataBundle
+from pruning.errors import UserError
+from pruning.models import build_model
+from pruning.training import Recipe, evaluate_accuracy, train
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Baseline:
+    model: nn.Module
+    arch: dict
+    checkpoint: Path
+    val_accuracy: float
+    test_accuracy: float
+    trained_now: bool
+
+
+def train_recipe(cfg: RunConfig) -> Recipe:
+    t = cfg.train
+    return Recipe(epochs=t.epochs, batch_size=t.batch_size, lr=t.lr, momentum=t.momentum, nesterov=t.nesterov,
+                  weight_decay=t.weight_decay, schedule=t.schedule, label_smoothing=t.label_smoothing, augment=t.augment)
+
+
+def architecture(cfg: RunConfig, data: DataBundle) -> dict:
+    return {"name": cfg.model.name, "kwargs": dict(cfg.model.kwargs), "in_channels": data.input_shape[0],
+            "num_classes": data.num_classes, "input_shape": list(data.input_shape)}
+
+
+def build_from_arch(arch: dict) -> nn.Module:
+    return build_model(arch["name"], arch["in_channels"], arch["num_classes"], tuple(arch["input_shape"]), **arch["kwargs"])
+
+
+def baseline_path(cfg: RunConfig, data: DataBundle) -> Path:
+    key = stable_hash({"arch": architecture(cfg, data), "data": data.fingerprint,
+                       "recipe": train_recipe(cfg).__dict__, "seed": cfg.seed})
+    return cache_dir() / "baselines" / f"{cfg.model.name.replace(':', '_')}-{key}.pt"
+
+
+def get_baseline(cfg: RunConfig, data: DataBundle, device: torch.device, generator: torch.Generator,
+                 retrain: bool = False, show_progress: bool = True) -> Baseline:
+    """Load the user's checkpoint, or the cached baseline, or train it now and cache it."""
+    arch = architecture(cfg, data)
+    model = build_from_arch(arch).to(device)
+    if cfg.model.checkpoint:
+        path = Path(cfg.model.checkpoint)
+        payload = load_checkpoint(path)
+        try:
+            model.load_state_dict(payload["state_dict"])
+        except RuntimeError as exc:
+            raise UserError(f"model.checkpoint: {path} does not fit model {cfg.model.name!r} ({str(exc).splitlines()[0]})") from None
+        trained_now = False
+    else:
+        path = baseline_path(cfg, data)
+        trained_now = retrain or not path.is_file()
+        if trained_now:
+            log.info("training the dense baseline %s (%s epochs); cached at %s", cfg.model.name, cfg.train.epochs, path)
+            if device.type == "cpu":
+                model = model.to(memory_format=torch.channels_last)
+            train(model, data, train_recipe(cfg), generator, description=f"train {cfg.model.name}", show_progress=show_progress)
+            model = model.to(memory_format=torch.contiguous_format)
+        else:
+            model.load_state_dict(load_checkpoint(path)["state_dict"])
+    model.eval()
+    val_acc = evaluate_accuracy(model, data.x_val, data.y_val)
+    test_acc = evaluate_accuracy(model, data.x_test, data.y_test)
+    if trained_now:
+        save_checkpoint(path, model, arch=arch, data_fingerprint=data.fingerprint,
+                        metrics={"val_accuracy": val_acc, "test_accuracy": test_acc})
+    return Baseline(model, arch, path, val_acc, test_acc, trained_now)

@@ -1,0 +1,74 @@
+"""Checkpoints that reload safely (`weights_only=True`) and a user cache for trained baselines.
+
+A checkpoint records the architecture (zoo name + keywords), the data fingerprint and, for a
+pruned model, the kept channel count of every unit, so the model is rebuilt and then filled in:
+no pickled classes, nothing executed on load.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from pruning.errors import UserError
+
+FORMAT_VERSION = 1
+
+
+def cache_dir() -> Path:
+    """$PRUNEPILOT_CACHE, else $XDG_CACHE_HOME/prunepilot, else ~/.cache/prunepilot."""
+    root = os.environ.get("PRUNEPILOT_CACHE") or Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "prunepilot"
+    path = Path(root)
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def stable_hash(payload: Any, length: int = 16) -> str:
+    return hashlib.sha1(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:length]
+
+
+def atomic_save(obj: Any, path: Path) -> None:
+    """Write to a temporary file in the same folder, then rename: a crash never leaves half a file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        torch.save(obj, tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def save_checkpoint(path: Path, model: torch.nn.Module, *, arch: dict[str, Any], data_fingerprint: str,
+                    kept_channels: dict[str, int] | None = None, metrics: dict[str, float] | None = None) -> None:
+    atomic_save({
+        "format": FORMAT_VERSION,
+        "arch": arch,
+        "data_fingerprint": data_fingerprint,
+        "kept_channels": kept_channels or {},
+        "metrics": metrics or {},
+        "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+    }, path)
+
+
+def load_checkpoint(path: str | Path) -> dict[str, Any]:
+    """Read a checkpoint written by `save_checkpoint` (weights only); bad files are a UserError naming the file."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"{path}: checkpoint not found")
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch raises several types for corrupt or unsafe files
+        raise UserError(f"{path}: not a readable weights-only checkpoint ({type(exc).__name__}: {exc})") from None
+    if isinstance(payload, dict) and "format" not in payload and all(isinstance(v, torch.Tensor) for v in payload.values()):
+        return {"format": 0, "arch": None, "data_fingerprint": None, "kept_channels": {}, "metrics": {}, "state_dict": payload}
+    if not isinstance(payload, dict) or payload.get("format") != FORMAT_VERSION:
+        raise UserError(f"{path}: not a PrunePilot checkpoint (format {FORMAT_VERSION}) nor a plain state_dict")
+    return payload

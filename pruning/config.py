@@ -1,0 +1,193 @@
+"""Typed, validated run configuration: YAML file + `dotted.key=value` overrides.
+
+Unknown keys and wrong types are errors that name the field (never silently dropped).
+Sections used by later stages (env, agent, search) live here too so that one file
+describes one whole run.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from pruning.errors import UserError
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class DataConfig(Section):
+    name: str = "fashion-mnist"
+    """Dataset: fashion-mnist, mnist-idx, digits, synthetic, or 'module:function'."""
+    path: str | None = None
+    """Directory of IDX files (fashion-mnist default: /usr/share/datasets/fashion-mnist or $PRUNEPILOT_FASHION_MNIST)."""
+    val_fraction: float = Field(0.1, gt=0, lt=1)
+    """Fraction of training data held out (from its end) for validation, when val_size is not set."""
+    val_size: int | None = Field(None, gt=0)
+    """Validation images taken from the end of the training set (fashion-mnist default 5000)."""
+    options: dict[str, Any] = Field(default_factory=dict)
+    """Extra keywords for the dataset source (e.g. synthetic image size)."""
+
+
+class ModelConfig(Section):
+    name: str = "resnet20"
+    """Zoo name (lenet5, vgg_small, resnet20/32/56, mobilenetv2_small) or 'module:factory'."""
+    kwargs: dict[str, Any] = Field(default_factory=dict)
+    """Extra keywords for the model factory."""
+    checkpoint: str | None = None
+    """A user checkpoint (state_dict) to load instead of training the baseline."""
+
+
+class TrainConfig(Section):
+    epochs: int = Field(30, ge=0)
+    """Epochs of the dense baseline."""
+    batch_size: int = Field(128, ge=1)
+    lr: float = Field(0.1, gt=0)
+    """Peak learning rate."""
+    momentum: float = Field(0.9, ge=0, lt=1)
+    nesterov: bool = True
+    weight_decay: float = Field(5e-4, ge=0)
+    schedule: Literal["onecycle", "cosine"] = "onecycle"
+    label_smoothing: float = Field(0.0, ge=0, lt=1)
+    augment: bool = True
+    """Random crop (pad 2) and horizontal flip."""
+
+
+class PruneConfig(Section):
+    mode: Literal["structured", "unstructured"] = "structured"
+    """structured: channels physically removed; unstructured: per-layer weight sparsity by magnitude."""
+    importance: Literal["l1", "l2", "taylor", "lamp"] = "taylor"
+    """Criterion that ranks channels (or weights) inside a unit."""
+    round_to: int = Field(1, ge=1)
+    """Kept channel counts are multiples of this (CPU kernels like multiples of 4 or 8)."""
+    max_ratio: float = Field(0.9, gt=0, lt=1)
+    """Largest ratio any unit may be pruned to."""
+    macs_target: float | None = Field(None, gt=0, le=1)
+    """Fraction of dense MACs to keep when no policy is given (e.g. 0.5)."""
+    uniform_ratio: float | None = Field(None, ge=0, lt=1)
+    """Uniform per-unit ratio when neither a policy nor macs_target is given."""
+    steps: int = Field(4, ge=1)
+    """Steps of the cubic (Zhu & Gupta) schedule in the progressive pass."""
+    finetune_epochs: float = Field(1.0, ge=0)
+    """Fine-tuning epochs between two steps (fractions allowed)."""
+    final_epochs: float = Field(5.0, ge=0)
+    """Fine-tuning epochs after the last step."""
+    finetune_lr: float = Field(0.01, gt=0)
+    distill: float = Field(0.0, ge=0, le=1)
+    """Weight of the distillation loss from the dense teacher (0 = off)."""
+    distill_temperature: float = Field(4.0, gt=0)
+    taylor_batches: int = Field(8, ge=1)
+    """Batches whose gradients estimate Taylor importance."""
+
+
+class EvalConfig(Section):
+    bn_batches: int = Field(20, ge=0)
+    """Training batches used to recalibrate BatchNorm statistics (adaptive BN) before scoring."""
+    bn_batch_size: int = Field(128, ge=1)
+    val_batch_size: int = Field(1000, ge=1)
+    val_limit: int | None = Field(None, ge=1)
+    """Use only the first N validation images for rewards (None = all)."""
+    latency_repeats: int = Field(30, ge=3)
+
+
+class SweepConfig(Section):
+    ratios: list[float] = Field(default_factory=lambda: [0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8])
+    accuracy_floor: float | None = Field(None, gt=0, le=1)
+    """With a floor, the sweep reports the largest uniform ratio whose accuracy stays above it."""
+    sensitivity_ratios: list[float] = Field(default_factory=lambda: [0.25, 0.5, 0.75])
+
+    @field_validator("ratios", "sensitivity_ratios")
+    @classmethod
+    def _ratios_in_range(cls, values: list[float]) -> list[float]:
+        bad = [v for v in values if not 0 <= v < 1]
+        if bad or not values:
+            raise ValueError(f"every ratio must lie in [0, 1) and the list must not be empty, got {values}")
+        return sorted(values)
+
+
+class RunConfig(Section):
+    """One run: data, model, baseline training, pruning, evaluation."""
+
+    name: str = "run"
+    """Run name; results go to results/<name>/ unless --out is given."""
+    seed: int = 0
+    device: str = "auto"
+    """auto (CUDA when present), cpu, cuda, cuda:N."""
+    threads: int | None = Field(None, ge=1)
+    """torch intra-op threads (None = torch's default)."""
+    data: DataConfig = Field(default_factory=DataConfig)
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)
+    prune: PruneConfig = Field(default_factory=PruneConfig)
+    eval: EvalConfig = Field(default_factory=EvalConfig)
+    sweep: SweepConfig = Field(default_factory=SweepConfig)
+
+    @model_validator(mode="after")
+    def _one_target(self) -> "RunConfig":
+        if self.prune.macs_target is not None and self.prune.uniform_ratio is not None:
+            raise ValueError("give prune.macs_target or prune.uniform_ratio, not both")
+        return self
+
+
+def _format_errors(exc: ValidationError, source: str) -> str:
+    lines = []
+    for err in exc.errors():
+        field = ".".join(str(p) for p in err["loc"]) or "(top level)"
+        got = err.get("input")
+        got_text = "" if isinstance(got, dict) else f" (got {got!r})"
+        message = "unknown key" if err["type"] == "extra_forbidden" else err["msg"]
+        lines.append(f"{source}: field `{field}`: {message}{got_text}")
+    return "\n".join(lines)
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """'prune.steps=6' -> (['prune', 'steps'], 6); the value is read as YAML so types come out right."""
+    key, sep, value = text.partition("=")
+    if not sep or not key or any(not part for part in key.split(".")):
+        raise UserError(f"override {text!r}: expected dotted.key=value, e.g. prune.steps=6")
+    try:
+        parsed = yaml.safe_load(value) if value != "" else None
+    except yaml.YAMLError:
+        parsed = value
+    return key.split("."), parsed
+
+
+def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    for text in overrides:
+        path, value = parse_override(text)
+        node = raw
+        for part in path[:-1]:
+            child = node.setdefault(part, {})
+            if not isinstance(child, dict):
+                raise UserError(f"override {text!r}: `{part}` is a value, not a section")
+            node = child
+        node[path[-1]] = value
+    return raw
+
+
+def load_config(path: str | Path | None, overrides: list[str] | None = None) -> RunConfig:
+    """Read and validate a YAML config; every error names the file and the field."""
+    raw: dict[str, Any] = {}
+    source = "defaults"
+    if path is not None:
+        source = str(path)
+        file = Path(path)
+        if not file.is_file():
+            raise UserError(f"{file}: config file not found")
+        try:
+            loaded = yaml.safe_load(file.read_text())
+        except yaml.YAMLError as exc:
+            raise UserError(f"{file}: not valid YAML ({exc})") from None
+        if loaded is not None and not isinstance(loaded, dict):
+            raise UserError(f"{file}: expected a mapping of sections at the top level, got {type(loaded).__name__}")
+        raw = loaded or {}
+        raw.setdefault("name", file.stem)
+    raw = apply_overrides(raw, overrides or [])
+    try:
+        return RunConfig.model_validate(raw)
+    except ValidationError as exc:
+        raise UserError(_format_errors(exc, source)) from None

@@ -1,0 +1,108 @@
+"""Cost of a model: MACs and parameters (dense and non-zero), and measured latency.
+
+MACs count convolutions and linear layers, the layers pruning changes (BN, ReLU and
+pooling add well under 1% on the zoo). The same per-layer figures feed the analytic cost
+model in `pruning.units`, so a policy's predicted MACs equal the pruned model's measured MACs.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+PRUNABLE_TYPES = (nn.Conv2d, nn.Linear)
+
+
+@dataclass(frozen=True)
+class LayerShape:
+    """What one conv/linear layer sees on a single input."""
+
+    macs: int
+    in_hw: tuple[int, int]
+    out_hw: tuple[int, int]
+
+
+def layer_shapes(model: nn.Module, input_shape: tuple[int, ...]) -> dict[str, LayerShape]:
+    """MACs and spatial sizes of every conv/linear layer for one input, by forward hooks."""
+    shapes: dict[str, LayerShape] = {}
+    hooks = []
+
+    def hook(name: str):
+        def record(module: nn.Module, inputs: tuple[torch.Tensor, ...], output: torch.Tensor) -> None:
+            x = inputs[0]
+            if isinstance(module, nn.Conv2d):
+                k = module.kernel_size[0] * module.kernel_size[1]
+                macs = output.shape[2] * output.shape[3] * module.out_channels * (module.in_channels // module.groups) * k
+                shapes[name] = LayerShape(int(macs), (x.shape[2], x.shape[3]), (output.shape[2], output.shape[3]))
+            else:
+                rows = x.numel() // x.shape[-1]
+                shapes[name] = LayerShape(int(rows * module.in_features * module.out_features), (1, 1), (1, 1))
+        return record
+
+    for name, module in model.named_modules():
+        if isinstance(module, PRUNABLE_TYPES):
+            hooks.append(module.register_forward_hook(hook(name)))
+    was_training = model.training
+    try:
+        model.eval()
+        device = next(model.parameters()).device
+        with torch.no_grad():
+            model(torch.zeros(1, *input_shape, device=device))
+    finally:
+        for h in hooks:
+            h.remove()
+        model.train(was_training)
+    return shapes
+
+
+def count_macs(model: nn.Module, input_shape: tuple[int, ...], dense: bool = True) -> float:
+    """Conv/linear MACs for one input; with dense=False each layer counts only its non-zero weights."""
+    shapes = layer_shapes(model, input_shape)
+    if dense:
+        return float(sum(s.macs for s in shapes.values()))
+    modules = dict(model.named_modules())
+    total = 0.0
+    for name, shape in shapes.items():
+        weight = modules[name].weight
+        total += shape.macs * float((weight != 0).sum()) / weight.numel()
+    return total
+
+
+def count_params(model: nn.Module, nonzero: bool = False) -> int:
+    if nonzero:
+        return int(sum((p != 0).sum().item() for p in model.parameters()))
+    return int(sum(p.numel() for p in model.parameters()))
+
+
+@dataclass(frozen=True)
+class Latency:
+    batch_size: int
+    median_ms: float
+    p90_ms: float
+    threads: int
+    repeats: int
+
+
+@torch.no_grad()
+def measure_latency(model: nn.Module, input_shape: tuple[int, ...], batch_size: int, repeats: int = 30,
+                    warmup: int = 5) -> Latency:
+    """Median wall time of one forward pass after warm-up (CUDA synchronised when on a GPU)."""
+    model.eval()
+    device = next(model.parameters()).device
+    x = torch.randn(batch_size, *input_shape, device=device)
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    for _ in range(warmup):
+        model(x)
+    sync()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        model(x)
+        sync()
+        times.append((time.perf_counter() - start) * 1000)
+    times.sort()
+    return Latency(batch_size, statistics.median(times), times[int(0.9 * (len(times) - 1))], torch.get_num_threads(), repeats)

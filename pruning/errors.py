@@ -1,0 +1,10 @@
+"""The one exception type for mistakes a user can make (bad config, missing file, wrong policy)."""
+
+from __future__ import annotations
+
+
+class UserError(Exception):
+    """A problem with the user's input; the CLI prints the message and exits with code 2, no traceback.
+
+    The message must name the field or file at fault and say what was expected.
+    """

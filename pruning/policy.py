@@ -1,0 +1,155 @@
+"""`SparsityPolicy`: per-unit pruning ratios for one model, as validated data with a JSON form.
+
+A policy carries the fingerprint of the model it was made for; applying it to another model
+is an error unless it is first re-expressed as a depth profile (ratio vs relative depth)
+and resampled onto the other model's units, which is how policies move between models.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from pruning.checkpoint import stable_hash
+from pruning.errors import UserError
+from pruning.units import UnitGraph, kept_count
+
+FORMAT = "prunepilot.sparsity-policy/1"
+
+
+@dataclass
+class SparsityPolicy:
+    """Unit name -> fraction of the unit's channels (or weights) to remove."""
+
+    ratios: dict[str, float]
+    model_fingerprint: str
+    mode: str = "structured"
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    # ------------------------------------------------------------------ construction
+    @classmethod
+    def uniform(cls, graph: UnitGraph, ratio: float, **meta: Any) -> "SparsityPolicy":
+        return cls({u.name: float(ratio) for u in graph.units}, graph.fingerprint, graph.mode, dict(meta))
+
+    @classmethod
+    def from_ratios(cls, graph: UnitGraph, ratios: list[float] | np.ndarray, **meta: Any) -> "SparsityPolicy":
+        if len(ratios) != len(graph.units):
+            raise ValueError(f"`ratios` must have one value per unit ({len(graph.units)}), got {len(ratios)}")
+        return cls({u.name: float(r) for u, r in zip(graph.units, ratios)}, graph.fingerprint, graph.mode, dict(meta))
+
+    @classmethod
+    def from_depth_profile(cls, graph: UnitGraph, depths: list[float], ratios: list[float], **meta: Any) -> "SparsityPolicy":
+        """Resample a ratio-vs-depth profile (depth in [0, 1]) onto `graph`'s units by linear interpolation."""
+        targets = depth_positions(graph)
+        return cls.from_ratios(graph, np.interp(targets, depths, ratios), **meta)
+
+    # ------------------------------------------------------------------ queries
+    def vector(self, graph: UnitGraph) -> np.ndarray:
+        return np.array([self.ratios.get(u.name, 0.0) for u in graph.units], dtype=np.float64)
+
+    def kept(self, graph: UnitGraph, round_to: int = 1) -> dict[str, int]:
+        """Channels (structured) or non-zero weights (unstructured) each unit keeps."""
+        step = round_to if self.mode == "structured" else 1
+        return {u.name: kept_count(u.channels, self.ratios.get(u.name, 0.0), step) for u in graph.units}
+
+    def macs_ratio(self, graph: UnitGraph, round_to: int = 1) -> float:
+        return graph.macs(self.kept(graph, round_to)) / graph.dense_macs
+
+    def depth_profile(self, graph: UnitGraph) -> tuple[list[float], list[float]]:
+        """(relative depth of each unit, its ratio): the model-independent form used for reuse."""
+        return list(depth_positions(graph)), list(self.vector(graph))
+
+    def key(self, round_to: int = 1) -> str:
+        """Identity for caching: two policies with the same kept counts prune the same model."""
+        return stable_hash({"fp": self.model_fingerprint, "mode": self.mode,
+                            "r": {k: round(v, 6) for k, v in sorted(self.ratios.items())}, "round_to": round_to})
+
+    # ------------------------------------------------------------------ validation
+    def validate(self, graph: UnitGraph, max_ratio: float = 1.0, source: str = "policy") -> "SparsityPolicy":
+        """Raise UserError naming the first problem: other model, other mode, unknown unit, bad ratio."""
+        if self.model_fingerprint != graph.fingerprint:
+            raise UserError(f"{source}: made for another model (fingerprint {self.model_fingerprint}, this model "
+                            f"{graph.fingerprint}); re-express it with `prunepilot transfer` or a depth profile")
+        if self.mode != graph.mode:
+            raise UserError(f"{source}: a {self.mode} policy cannot prune in {graph.mode} mode")
+        known = set(graph.names)
+        unknown = sorted(set(self.ratios) - known)
+        if unknown:
+            raise UserError(f"{source}: unknown unit(s) {unknown[:5]}; this model's units are {graph.names[:8]}...")
+        for name, ratio in self.ratios.items():
+            if not isinstance(ratio, (int, float)) or math.isnan(ratio) or not 0.0 <= ratio <= max_ratio:
+                raise UserError(f"{source}: ratio of unit {name!r} must lie in [0, {max_ratio}], got {ratio!r}")
+        return self
+
+    # ------------------------------------------------------------------ JSON
+    def to_dict(self) -> dict[str, Any]:
+        return {"format": FORMAT, "model_fingerprint": self.model_fingerprint, "mode": self.mode,
+                "ratios": self.ratios, "meta": self.meta}
+
+    @classmethod
+    def from_dict(cls, payload: Any, source: str = "policy") -> "SparsityPolicy":
+        if not isinstance(payload, dict) or payload.get("format") != FORMAT:
+            raise UserError(f"{source}: not a sparsity policy (expected \"format\": \"{FORMAT}\")")
+        ratios = payload.get("ratios")
+        if not isinstance(ratios, dict) or not all(isinstance(k, str) for k in ratios):
+            raise UserError(f"{source}: field `ratios` must map unit names to numbers")
+        for name, value in ratios.items():
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                raise UserError(f"{source}: ratio of unit {name!r} must be a number, got {value!r}")
+        if not isinstance(payload.get("model_fingerprint"), str):
+            raise UserError(f"{source}: field `model_fingerprint` must be a string")
+        mode = payload.get("mode", "structured")
+        if mode not in ("structured", "unstructured"):
+            raise UserError(f"{source}: field `mode` must be structured or unstructured, got {mode!r}")
+        return cls({k: float(v) for k, v in ratios.items()}, payload["model_fingerprint"], mode,
+                   dict(payload.get("meta") or {}))
+
+    def save(self, path: str | Path) -> None:
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(path.suffix + ".tmp")
+        tmp.write_text(json.dumps(self.to_dict(), indent=2, allow_nan=True))
+        tmp.replace(path)
+
+    @classmethod
+    def load(cls, path: str | Path) -> "SparsityPolicy":
+        path = Path(path)
+        if not path.is_file():
+            raise UserError(f"{path}: policy file not found")
+        try:
+            payload = json.loads(path.read_text())
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise UserError(f"{path}: not valid JSON ({exc})") from None
+        return cls.from_dict(payload, source=str(path))
+
+
+def depth_positions(graph: UnitGraph) -> np.ndarray:
+    """Relative depth of each unit in [0, 1] (first unit 0, last unit 1)."""
+    n = len(graph.units)
+    return np.linspace(0.0, 1.0, n) if n > 1 else np.zeros(1)
+
+
+def uniform_for_macs(graph: UnitGraph, macs_target: float, round_to: int = 1, max_ratio: float = 0.95,
+                     tolerance: float = 1e-4) -> SparsityPolicy:
+    """The smallest shared ratio whose policy keeps at most `macs_target` of dense MACs (bisection).
+
+    Kept counts are rounded, so MACs fall in steps; the result meets the target whenever any
+    ratio up to `max_ratio` does, else it is the `max_ratio` policy (the closest reachable).
+    """
+    if not 0.0 < macs_target <= 1.0:
+        raise UserError(f"prune.macs_target: must lie in (0, 1], got {macs_target}")
+    low, high = 0.0, max_ratio
+    if SparsityPolicy.uniform(graph, 0.0).macs_ratio(graph, round_to) <= macs_target:
+        return SparsityPolicy.uniform(graph, 0.0, macs_target=macs_target)
+    while high - low > tolerance:
+        mid = (low + high) / 2
+        if SparsityPolicy.uniform(graph, mid).macs_ratio(graph, round_to) <= macs_target:
+            high = mid
+        else:
+            low = mid
+    return SparsityPolicy.uniform(graph, high, macs_target=macs_target, uniform_ratio=high)

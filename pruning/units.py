@@ -1,0 +1,175 @@
+"""Prunable units of a model and the analytic cost model over them.
+
+Structured mode: a unit is one torch-pruning dependency group (channels that must go
+together: a residual add couples every conv writing into it, a depthwise conv follows its
+expansion conv). Unstructured mode: a unit is one conv/linear layer's weights.
+Units are named after their first conv/linear in module order and listed in that order,
+so names are stable and the list walks the network from input to output.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from dataclasses import dataclass, field
+from typing import Literal
+
+import torch
+import torch_pruning as tp
+from torch import nn
+
+from pruning.cost import PRUNABLE_TYPES, LayerShape, layer_shapes
+
+Mode = Literal["structured", "unstructured"]
+
+
+@dataclass(frozen=True)
+class Unit:
+    """One decision of a policy: its features feed the agent's layer embedding."""
+
+    name: str
+    index: int
+    kind: str
+    """conv, pointwise, depthwise-group, residual-group, linear."""
+    channels: int
+    """Prunable output channels (structured) or weights (unstructured)."""
+    in_channels: int
+    kernel: int
+    stride: int
+    in_hw: tuple[int, int]
+    macs: int
+    """Dense MACs of every layer whose size this unit changes (its outputs and its consumers' inputs)."""
+    out_layers: tuple[str, ...]
+    in_layers: tuple[str, ...]
+
+
+@dataclass
+class UnitGraph:
+    """The prunable units of one model plus what is needed to predict MACs for any kept channel counts."""
+
+    mode: Mode
+    units: list[Unit]
+    input_shape: tuple[int, ...]
+    shapes: dict[str, LayerShape]
+    out_unit: dict[str, str] = field(default_factory=dict)
+    in_unit: dict[str, str] = field(default_factory=dict)
+    depthwise: set[str] = field(default_factory=set)
+    layer_weights: dict[str, int] = field(default_factory=dict)
+    fingerprint: str = ""
+
+    @property
+    def names(self) -> list[str]:
+        return [u.name for u in self.units]
+
+    @property
+    def dense_macs(self) -> float:
+        return float(sum(s.macs for s in self.shapes.values()))
+
+    def unit(self, name: str) -> Unit:
+        return self.units[self.names.index(name)]
+
+    def macs(self, kept: dict[str, int]) -> float:
+        """Predicted conv/linear MACs when each unit keeps `kept[name]` of its channels (or weights)."""
+        keep = {u.name: kept.get(u.name, u.channels) / u.channels for u in self.units}
+        total = 0.0
+        for layer, shape in self.shapes.items():
+            factor = keep.get(self.out_unit.get(layer, ""), 1.0)
+            if layer not in self.depthwise:
+                factor *= keep.get(self.in_unit.get(layer, ""), 1.0)
+            total += shape.macs * factor
+        return total
+
+
+def kept_count(channels: int, ratio: float, round_to: int = 1) -> int:
+    """Channels kept when pruning `ratio` of `channels`: never below 1, a multiple of `round_to` when possible.
+
+    The single rounding rule shared by the cost model, structured pruning and the progressive pass.
+    """
+    keep = channels - math.floor(ratio * channels + 1e-9)
+    if round_to > 1 and channels > round_to:
+        keep = int(round(keep / round_to)) * round_to
+        keep = min(channels, max(round_to, keep))
+    return max(1, min(channels, keep))
+
+
+def classifier_layers(model: nn.Module) -> list[nn.Module]:
+    """The last linear layer: its outputs are the classes, never pruned."""
+    linears = [m for m in model.modules() if isinstance(m, nn.Linear)]
+    return linears[-1:]
+
+
+def build_dependency_graph(model: nn.Module, input_shape: tuple[int, ...]) -> tp.DependencyGraph:
+    device = next(model.parameters()).device
+    return tp.DependencyGraph().build_dependency(model, example_inputs=torch.zeros(1, *input_shape, device=device))
+
+
+def _fingerprint(mode: str, shapes: dict[str, LayerShape], modules: dict[str, nn.Module], units: list[Unit]) -> str:
+    digest = hashlib.sha1(mode.encode())
+    for name in shapes:
+        digest.update(f"{name}:{tuple(modules[name].weight.shape)}".encode())
+    for unit in units:
+        digest.update(f"{unit.name}:{unit.channels}".encode())
+    return digest.hexdigest()[:16]
+
+
+def _kind(module: nn.Module, n_out_layers: int) -> str:
+    if isinstance(module, nn.Linear):
+        return "linear"
+    if n_out_layers > 2:
+        return "residual-group"
+    if module.kernel_size == (1, 1):
+        return "pointwise"
+    return "conv"
+
+
+def _layer_features(module: nn.Module) -> tuple[int, int, int]:
+    if isinstance(module, nn.Conv2d):
+        return module.in_channels, module.kernel_size[0], module.stride[0]
+    return module.in_features, 1, 1
+
+
+def discover_units(model: nn.Module, input_shape: tuple[int, ...], mode: Mode = "structured") -> UnitGraph:
+    """Find the prunable units of `model` (which is not modified)."""
+    shapes = layer_shapes(model, input_shape)
+    modules = dict(model.named_modules())
+    order = {name: i for i, name in enumerate(modules)}
+    names = {m: n for n, m in modules.items()}
+    graph = UnitGraph(mode, [], tuple(input_shape), shapes)
+    graph.depthwise = {n for n, m in modules.items() if isinstance(m, nn.Conv2d) and m.groups > 1
+                       and m.groups == m.in_channels == m.out_channels}
+    if mode == "unstructured":
+        for name in shapes:
+            module = modules[name]
+            cin, k, s = _layer_features(module)
+            graph.units.append(Unit(name, 0, "linear" if isinstance(module, nn.Linear) else "conv",
+                                    module.weight.numel(), cin, k, s, shapes[name].in_hw, shapes[name].macs,
+                                    (name,), ()))
+            graph.layer_weights[name] = module.weight.numel()
+    else:
+        dg = build_dependency_graph(model, input_shape)
+        for group in dg.get_all_groups(ignored_layers=classifier_layers(model), root_module_types=PRUNABLE_TYPES):
+            outs, ins = set(), set()
+            for dep, _ in group:
+                target = names.get(dep.target.module)
+                if target not in shapes:
+                    continue
+                (outs if dg.is_out_channel_pruning_fn(dep.handler) else ins).add(target)
+            outs_sorted = tuple(sorted(outs, key=order.__getitem__))
+            ins_sorted = tuple(sorted(ins - outs, key=order.__getitem__))
+            head = outs_sorted[0]
+            module = modules[head]
+            kind = "depthwise-group" if any(o in graph.depthwise for o in outs_sorted) else _kind(module, len(outs_sorted))
+            cin, k, s = _layer_features(module)
+            macs = sum(shapes[n].macs for n in set(outs_sorted) | set(ins_sorted))
+            graph.units.append(Unit(head, 0, kind, len(group[0].idxs), cin, k, s, shapes[head].in_hw, macs,
+                                    outs_sorted, ins_sorted))
+            for layer in outs_sorted:
+                graph.out_unit[layer] = head
+            for layer in ins_sorted:
+                graph.in_unit[layer] = head
+    graph.units.sort(key=lambda u: order[u.name])
+    graph.units = [Unit(**{**u.__dict__, "index": i}) for i, u in enumerate(graph.units)]
+    if mode == "unstructured":
+        graph.out_unit = {u.name: u.name for u in graph.units}
+    graph.fingerprint = _fingerprint(mode, shapes, modules, graph.units)
+    return graph

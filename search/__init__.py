@@ -1,0 +1,1 @@
+"""The job layer: CLI, search on Ray Tune, reports."""

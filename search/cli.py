@@ -1,0 +1,68 @@
+"""`prunepilot` command line: one sub-command per job; user errors exit 2 with a message, no traceback."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+from typing import Callable, Sequence
+
+from pruning.errors import UserError
+
+log = logging.getLogger("prunepilot")
+
+
+def _common(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("config", help="YAML config (see configs/)")
+    parser.add_argument("overrides", nargs="*", metavar="dotted.key=value", help="override any config value")
+    parser.add_argument("--out", help="run folder (default results/<config name>/)")
+    parser.add_argument("--quiet", action="store_true", help="no progress bars")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="prunepilot", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("train", help="train (or load the cached) dense baseline")
+    _common(p)
+    p.add_argument("--retrain", action="store_true", help="train again even when a cached baseline exists")
+
+    p = sub.add_parser("prune", help="progressive prune-finetune to a policy, a MACs target or a uniform ratio")
+    _common(p)
+    p.add_argument("--policy", help="SparsityPolicy JSON; without it prune.macs_target or prune.uniform_ratio is used")
+
+    p = sub.add_parser("sweep", help="accuracy (adaptive BN) vs uniform ratio and MACs")
+    _common(p)
+
+    p = sub.add_parser("sensitivity", help="per-unit accuracy drop at a few ratios")
+    _common(p)
+    return parser
+
+
+def _commands() -> dict[str, Callable[[argparse.Namespace], int]]:
+    from search import jobs
+
+    return {"train": jobs.train_job, "prune": getattr(jobs, "prune_job", None), "sweep": getattr(jobs, "sweep_job", None),
+            "sensitivity": getattr(jobs, "sensitivity_job", None)}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    try:
+        return _commands()[args.command](args)
+    except UserError as exc:
+        print(f"prunepilot {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"prunepilot {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+def run_folder(args: argparse.Namespace, name: str) -> Path:
+    return Path(args.out) if args.out else Path("results") / name
+
+
+if __name__ == "__main__":
+    sys.exit(main())
