@@ -175,8 +175,13 @@ def load_data(name: str, path: str | None = None, val_fraction: float = 0.1,
     Fashion-MNIST keeps the protocol's 55k / 5k / 10k: the validation split is the last
     `val_size` (default 5000) training images. Other sets hold out the last `val_fraction`.
     """
-    source = SOURCES.get(name) or _user_function(name)
-    x_train, y_train, x_test, y_test = source(path, **options)
+    if name in SOURCES:
+        x_train, y_train, x_test, y_test = SOURCES[name](path, **options)
+    else:  # a user's 'module:function' gets its options as keywords (and path= when data.path is set)
+        produced = _user_function(name)(**({"path": path} if path else {}), **options)
+        if not isinstance(produced, (tuple, list)) or len(produced) != 4:
+            raise UserError(f"data.name: {name} must return (x_train, y_train, x_test, y_test)")
+        x_train, y_train, x_test, y_test = produced
     x_train, x_test = _as_images(x_train, "train images"), _as_images(x_test, "test images")
     y_train = torch.as_tensor(np.array(y_train)).long()
     y_test = torch.as_tensor(np.array(y_test)).long()

@@ -38,6 +38,7 @@ class ProgressiveSettings:
     distill: float = 0.0
     distill_temperature: float = 4.0
     bn_batches: int = 20
+    augment: bool = True
 
 
 @dataclass
@@ -85,6 +86,7 @@ def progressive_prune(model: nn.Module, data: DataBundle, graph: UnitGraph, poli
         pruned_acc = evaluate_accuracy(model, data.x_val, data.y_val)
         epochs = settings.final_epochs if step == settings.steps else settings.finetune_epochs
         recipe = Recipe(epochs=epochs, batch_size=settings.batch_size, lr=settings.lr, schedule="cosine",
+                        augment=settings.augment,
                         distill=settings.distill if teacher is not None else 0.0,
                         distill_temperature=settings.distill_temperature)
         train(model, data, recipe, generator, teacher=teacher, description=f"fine-tune step {step}/{settings.steps}",

@@ -15,13 +15,14 @@ log = logging.getLogger("prunepilot")
 
 def _common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("config", help="YAML config (see configs/)")
-    parser.add_argument("overrides", nargs="*", metavar="dotted.key=value", help="override any config value")
     parser.add_argument("--out", help="run folder (default results/<config name>/)")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="prunepilot", description=__doc__)
+    parser = argparse.ArgumentParser(prog="prunepilot", description=__doc__,
+                                     epilog="Any config value can be overridden after the config: dotted.key=value "
+                                            "(e.g. prune.steps=6 train.epochs=10).")
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("train", help="train (or load the cached) dense baseline")
@@ -43,12 +44,17 @@ def build_parser() -> argparse.ArgumentParser:
 def _commands() -> dict[str, Callable[[argparse.Namespace], int]]:
     from search import jobs
 
-    return {"train": jobs.train_job, "prune": getattr(jobs, "prune_job", None), "sweep": getattr(jobs, "sweep_job", None),
-            "sensitivity": getattr(jobs, "sensitivity_job", None)}
+    return {"train": jobs.train_job, "prune": jobs.prune_job, "sweep": jobs.sweep_job,
+            "sensitivity": jobs.sensitivity_job}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    unknown = [e for e in extra if e.startswith("-") or "=" not in e]
+    if unknown:
+        parser.error(f"unrecognized arguments: {' '.join(unknown)} (config overrides are written dotted.key=value)")
+    args.overrides = [e for e in extra if e not in unknown]
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     try:
         return _commands()[args.command](args)

@@ -3,15 +3,30 @@
 from __future__ import annotations
 
 import argparse
+import copy
 import logging
 from dataclasses import dataclass
+from pathlib import Path
 
+import pandas as pd
 import torch
 
+from pruning.analysis import largest_ratio_above, sensitivity, uniform_sweep
 from pruning.baseline import Baseline, get_baseline
+from pruning.bn import recalibrate_batchnorm
 from pruning.config import RunConfig, load_config
+from pruning.cost import count_macs, count_params, measure_latency
 from pruning.data import DataBundle, load_data
+from pruning.errors import UserError
+from pruning.evaluate import EvalSettings, Evaluator
+from pruning.export import export_onnx, export_torchscript, load_pruned, save_pruned
+from pruning.policy import SparsityPolicy, uniform_for_macs
+from pruning.progressive import ProgressiveSettings, progressive_prune
 from pruning.runtime import resolve_device, seed_everything, set_threads
+from pruning.training import evaluate_accuracy
+from pruning.units import UnitGraph, discover_units
+from search.cli import run_folder
+from search.report import markdown_table, plot_heatmap, plot_lines, plot_unit_ratios, write_json, write_table
 
 log = logging.getLogger("prunepilot")
 
@@ -45,4 +60,192 @@ def baseline_of(ctx: Context, retrain: bool = False) -> Baseline:
 
 def train_job(args: argparse.Namespace) -> int:
     baseline_of(prepare(args), retrain=args.retrain)
+    return 0
+
+
+# ------------------------------------------------------------------------------------ shared pieces
+def unit_graph(ctx: Context, model: torch.nn.Module) -> UnitGraph:
+    return discover_units(model, ctx.data.input_shape, ctx.cfg.prune.mode)
+
+
+def eval_settings(cfg: RunConfig) -> EvalSettings:
+    return EvalSettings(criterion=cfg.prune.importance, round_to=cfg.prune.round_to, bn_batches=cfg.eval.bn_batches,
+                        bn_batch_size=cfg.eval.bn_batch_size, val_batch_size=cfg.eval.val_batch_size,
+                        val_limit=cfg.eval.val_limit, taylor_batches=cfg.prune.taylor_batches,
+                        latency_repeats=cfg.eval.latency_repeats)
+
+
+def progressive_settings(cfg: RunConfig) -> ProgressiveSettings:
+    p = cfg.prune
+    return ProgressiveSettings(steps=p.steps, finetune_epochs=p.finetune_epochs, final_epochs=p.final_epochs,
+                               lr=p.finetune_lr, batch_size=cfg.train.batch_size, criterion=p.importance,
+                               round_to=p.round_to, taylor_batches=p.taylor_batches, distill=p.distill,
+                               distill_temperature=p.distill_temperature, bn_batches=cfg.eval.bn_batches,
+                               augment=cfg.train.augment)
+
+
+def policy_from_args(ctx: Context, graph: UnitGraph, policy_path: str | None) -> SparsityPolicy:
+    """The policy file if given, else the uniform policy for prune.macs_target or prune.uniform_ratio."""
+    p = ctx.cfg.prune
+    if policy_path:
+        return SparsityPolicy.load(policy_path).validate(graph, p.max_ratio, source=policy_path)
+    if p.macs_target is not None:
+        return uniform_for_macs(graph, p.macs_target, p.round_to, p.max_ratio)
+    if p.uniform_ratio is not None:
+        return SparsityPolicy.uniform(graph, p.uniform_ratio, uniform_ratio=p.uniform_ratio)
+    raise UserError("prune: give --policy FILE, or set prune.macs_target (e.g. 0.5) or prune.uniform_ratio")
+
+
+def measure_model(model: torch.nn.Module, ctx: Context, sparse: bool) -> dict[str, float]:
+    """Test accuracy, MACs, params and latency at batch 1 and 64, for the side-by-side report."""
+    shape = ctx.data.input_shape
+    row = {"test_accuracy": evaluate_accuracy(model, ctx.data.x_test, ctx.data.y_test),
+           "val_accuracy": evaluate_accuracy(model, ctx.data.x_val, ctx.data.y_val),
+           "macs": count_macs(model, shape, dense=not sparse), "params": count_params(model, nonzero=sparse)}
+    for batch in (1, 64):
+        row[f"latency_b{batch}_ms"] = measure_latency(model, shape, batch, ctx.cfg.eval.latency_repeats).median_ms
+    return row
+
+
+def final_pass(ctx: Context, base: Baseline, graph: UnitGraph, policy: SparsityPolicy, out: Path,
+               extra_report: str = "") -> dict:
+    """Progressive prune-finetune to `policy`, then measure, export and report into `out`."""
+    cfg = ctx.cfg
+    out.mkdir(parents=True, exist_ok=True)
+    policy.save(out / "policy.json")
+    evaluator = Evaluator(base.model, ctx.data, graph, eval_settings(cfg))
+    oneshot = evaluator.evaluate(policy)
+    oneshot_model, _ = evaluator.prune_copy(policy)
+    recalibrate_batchnorm(oneshot_model, evaluator.bn_batches)
+    oneshot_test = evaluate_accuracy(oneshot_model, ctx.data.x_test, ctx.data.y_test)
+    log.info("policy: predicted %.1f%% of dense MACs; one-shot + adaptive BN: val %.4f, test %.4f",
+             100 * oneshot.macs_ratio, oneshot.accuracy, oneshot_test)
+
+    model = copy.deepcopy(base.model)
+    teacher = base.model if cfg.prune.distill > 0 else None
+    report_step = lambda r: log.info(  # noqa: E731
+        "step %d/%d: %.1f%% MACs, val %.4f after pruning, %.4f after %.2g epochs of fine-tuning (%.0fs)",
+        r.step, cfg.prune.steps, 100 * r.macs_ratio, r.val_accuracy_pruned, r.val_accuracy_finetuned,
+        r.finetune_epochs, r.seconds)
+    model, steps = progressive_prune(model, ctx.data, graph, policy, progressive_settings(cfg), ctx.generator,
+                                     teacher, ctx.show_progress, report_step)
+    steps_frame = write_table([s.as_dict() for s in steps], out, "steps")
+
+    sparse = graph.mode == "unstructured"
+    dense_row = measure_model(base.model.cpu() if ctx.device.type == "cpu" else base.model, ctx, sparse=False)
+    pruned_row = measure_model(model, ctx, sparse=sparse)
+    save_pruned(out / "model.pt", model, graph, base.arch, ctx.data.fingerprint,
+                metrics={k: float(v) for k, v in pruned_row.items()})
+    reloaded = load_pruned(out / "model.pt").to(ctx.device)
+    with torch.no_grad():
+        probe = ctx.data.x_test[:64]
+        reload_diff = float((reloaded(probe) - model.eval()(probe)).abs().max())
+    ts_diff = export_torchscript(model, out / "model.torchscript.pt", ctx.data.input_shape)
+    onnx_diff = export_onnx(model, out / "model.onnx", ctx.data.input_shape)
+    model.to(ctx.device)
+
+    summary = {
+        "config": cfg.name, "model": cfg.model.name, "mode": graph.mode, "criterion": cfg.prune.importance,
+        "round_to": cfg.prune.round_to,
+        "dense": dense_row, "pruned": pruned_row,
+        "oneshot": {"val_accuracy": oneshot.accuracy, "test_accuracy": oneshot_test},
+        "macs_ratio": pruned_row["macs"] / dense_row["macs"],
+        "params_ratio": pruned_row["params"] / dense_row["params"],
+        "compression_ratio": dense_row["params"] / max(1, pruned_row["params"]),
+        "speedup_b1": dense_row["latency_b1_ms"] / pruned_row["latency_b1_ms"],
+        "speedup_b64": dense_row["latency_b64_ms"] / pruned_row["latency_b64_ms"],
+        "accuracy_drop_pp": 100 * (dense_row["test_accuracy"] - pruned_row["test_accuracy"]),
+        "threads": torch.get_num_threads(), "device": str(ctx.device),
+        "export_max_abs_diff": {"checkpoint": reload_diff, "torchscript": ts_diff, "onnx": onnx_diff},
+        "baseline_checkpoint": str(base.checkpoint),
+    }
+    write_json(summary, out / "summary.json")
+    plot_unit_ratios(graph.names, {"policy": list(policy.vector(graph))}, out / "unit_ratios.png",
+                     f"{cfg.model.name}: per-unit pruning ratios")
+    (out / "report.md").write_text(render_prune_report(summary, steps_frame, policy, graph) + extra_report)
+    log.info("dense %.4f -> pruned %.4f test accuracy (%.2f pp); MACs %.1f%% of dense; params x%.2f smaller; "
+             "speed-up x%.2f at batch 64; report: %s", dense_row["test_accuracy"], pruned_row["test_accuracy"],
+             summary["accuracy_drop_pp"], 100 * summary["macs_ratio"], summary["compression_ratio"],
+             summary["speedup_b64"], out / "report.md")
+    return summary
+
+
+def render_prune_report(summary: dict, steps: pd.DataFrame, policy: SparsityPolicy, graph: UnitGraph) -> str:
+    d, p = summary["dense"], summary["pruned"]
+    side = pd.DataFrame([
+        {"": "test accuracy", "dense": d["test_accuracy"], "pruned": p["test_accuracy"]},
+        {"": "validation accuracy", "dense": d["val_accuracy"], "pruned": p["val_accuracy"]},
+        {"": "test accuracy, one-shot + adaptive BN (before fine-tuning)", "dense": d["test_accuracy"],
+         "pruned": summary["oneshot"]["test_accuracy"]},
+        {"": "MACs (conv + linear)", "dense": f"{d['macs'] / 1e6:.2f} M", "pruned": f"{p['macs'] / 1e6:.2f} M"},
+        {"": "parameters" + (" (non-zero)" if summary["mode"] == "unstructured" else ""),
+         "dense": f"{d['params']:,}", "pruned": f"{p['params']:,}"},
+        {"": "latency batch 1 (ms, median)", "dense": d["latency_b1_ms"], "pruned": p["latency_b1_ms"]},
+        {"": "latency batch 64 (ms, median)", "dense": d["latency_b64_ms"], "pruned": p["latency_b64_ms"]},
+    ])
+    exports = summary["export_max_abs_diff"]
+    lines = [
+        f"# Pruning report: {summary['model']} ({summary['config']})", "",
+        f"Mode **{summary['mode']}**, importance **{summary['criterion']}**, {len(steps)} progressive steps; "
+        f"device {summary['device']}, {summary['threads']} threads; dense and pruned measured in the same run.", "",
+        markdown_table(side), "",
+        f"- MACs: **{100 * summary['macs_ratio']:.1f}%** of dense; parameters {100 * summary['params_ratio']:.1f}% "
+        f"(compression ratio **{summary['compression_ratio']:.2f}x**)",
+        f"- accuracy drop: **{summary['accuracy_drop_pp']:.2f} pp** (test)",
+        f"- measured speed-up: x{summary['speedup_b1']:.2f} at batch 1, **x{summary['speedup_b64']:.2f}** at batch 64",
+        f"- exports (max |Δlogit| vs eager): checkpoint {exports['checkpoint']:.1e}, TorchScript "
+        f"{exports['torchscript']:.1e}, ONNX/onnxruntime {exports['onnx']:.1e}", "",
+        "## Progressive steps", "", markdown_table(steps), "",
+        "## Policy", "", "![per-unit ratios](unit_ratios.png)", "",
+        markdown_table(pd.DataFrame({"unit": graph.names, "ratio": policy.vector(graph),
+                                     "kept": list(policy.kept(graph, summary["round_to"]).values())})), "",
+    ]
+    return "\n".join(lines)
+
+
+# ---------------------------------------------------------------------------------------- commands
+def prune_job(args: argparse.Namespace) -> int:
+    ctx = prepare(args)
+    out = run_folder(args, ctx.cfg.name)
+    if args.policy:  # fail on a bad policy file before any training or writing
+        SparsityPolicy.load(args.policy)
+    base = baseline_of(ctx)
+    graph = unit_graph(ctx, base.model)
+    policy = policy_from_args(ctx, graph, args.policy)
+    final_pass(ctx, base, graph, policy, out)
+    return 0
+
+
+def sweep_job(args: argparse.Namespace) -> int:
+    ctx = prepare(args)
+    out = run_folder(args, f"{ctx.cfg.name}-sweep")
+    base = baseline_of(ctx)
+    evaluator = Evaluator(base.model, ctx.data, unit_graph(ctx, base.model), eval_settings(ctx.cfg))
+    rows = uniform_sweep(evaluator, ctx.cfg.sweep.ratios, lambda i, n: log.info("sweep %d/%d", i, n))
+    frame = write_table(rows, out, "sweep")
+    plot_lines(frame, "ratio", ["accuracy"], out / "sweep_ratio.png", "adaptive-BN accuracy vs uniform ratio")
+    plot_lines(frame, "macs_ratio", ["accuracy"], out / "sweep_macs.png", "adaptive-BN accuracy vs MACs",
+               xlabel="fraction of dense MACs")
+    summary = {"dense_val_accuracy": evaluator.dense_accuracy, "rows": rows}
+    floor = ctx.cfg.sweep.accuracy_floor
+    if floor is not None:
+        chosen = largest_ratio_above(rows, floor)
+        summary["accuracy_floor"] = floor
+        summary["chosen"] = chosen
+        log.info("largest uniform ratio with accuracy >= %.4f: %s", floor,
+                 f"{chosen['ratio']:g} ({100 * chosen['macs_ratio']:.1f}% MACs)" if chosen else "none")
+    write_json(summary, out / "summary.json")
+    print(markdown_table(frame))
+    return 0
+
+
+def sensitivity_job(args: argparse.Namespace) -> int:
+    ctx = prepare(args)
+    out = run_folder(args, f"{ctx.cfg.name}-sensitivity")
+    base = baseline_of(ctx)
+    evaluator = Evaluator(base.model, ctx.data, unit_graph(ctx, base.model), eval_settings(ctx.cfg))
+    rows = sensitivity(evaluator, ctx.cfg.sweep.sensitivity_ratios, lambda i, n: log.info("sensitivity %d/%d", i, n))
+    frame = write_table(rows, out, "sensitivity")
+    plot_heatmap(frame, "unit", "ratio", "drop", out / "sensitivity.png", "accuracy drop when one unit is pruned")
+    print(markdown_table(frame.pivot_table(index="unit", columns="ratio", values="drop", sort=False).reset_index()))
     return 0

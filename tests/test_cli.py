@@ -1,0 +1,82 @@
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from search.cli import main
+
+TINY = """
+model: {name: "tests.fixtures:tiny_cnn"}
+data: {name: synthetic, options: {size: 10, n_train: 400, n_test: 100}}
+train: {epochs: 3, batch_size: 64, lr: 0.05, augment: false}
+prune: {importance: l1, macs_target: 0.5, steps: 2, finetune_epochs: 0.5, final_epochs: 1, distill: 0.5}
+eval: {bn_batches: 2, bn_batch_size: 64, latency_repeats: 3}
+sweep: {ratios: [0.0, 0.5], sensitivity_ratios: [0.5], accuracy_floor: 0.3}
+threads: 1
+"""
+
+
+@pytest.fixture
+def tiny_config(tmp_path):
+    path = tmp_path / "tiny.yaml"
+    path.write_text(TINY)
+    return path
+
+
+def run_cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "search.cli", *args], cwd=cwd, capture_output=True, text=True,
+                          env={**__import__("os").environ, "PYTHONPATH": str(Path(__file__).parents[1])})
+
+
+@pytest.mark.parametrize("args, message", [
+    (["prune", "missing.yaml"], "missing.yaml: config file not found"),
+    (["prune", "{cfg}", "prune.stepz=2"], "field `prune.stepz`: unknown key"),
+    (["prune", "{cfg}", "train.epochs=lots"], "field `train.epochs`"),
+    (["prune", "{cfg}", "--policy", "nope.json"], "nope.json: policy file not found"),
+    (["prune", "{cfg}", "model.name=resnet9000"], "model.name: unknown model 'resnet9000'"),
+    (["prune", "{cfg}", "device=cuda:7"], "device"),
+])
+def test_bad_input_exits_2_with_a_message_and_writes_nothing(tmp_path, tiny_config, args, message):
+    out = tmp_path / "run"
+    result = run_cli(*[a.format(cfg=tiny_config) for a in args], "--out", str(out), cwd=tmp_path)
+    assert result.returncode == 2, result.stderr
+    assert message in result.stderr
+    assert "Traceback" not in result.stderr
+    assert not out.exists()
+
+
+def test_policy_for_another_model_is_refused(tmp_path, tiny_config):
+    policy = {"format": "prunepilot.sparsity-policy/1", "model_fingerprint": "feedfacefeedface",
+              "mode": "structured", "ratios": {"0": 0.5}}
+    (tmp_path / "p.json").write_text(json.dumps(policy))
+    code = main(["prune", str(tiny_config), "--policy", str(tmp_path / "p.json"), "--out", str(tmp_path / "run"),
+                 "--quiet"])
+    assert code == 2
+
+
+def test_prune_writes_a_complete_run_folder(tmp_path, tiny_config):
+    out = tmp_path / "run"
+    assert main(["prune", str(tiny_config), "--out", str(out), "--quiet"]) == 0
+    for name in ("report.md", "steps.csv", "steps.parquet", "policy.json", "summary.json", "unit_ratios.png",
+                 "model.pt", "model.torchscript.pt", "model.onnx"):
+        assert (out / name).is_file(), name
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["macs_ratio"] <= 0.5 + 1e-9
+    assert summary["export_max_abs_diff"]["onnx"] < 1e-4
+    assert "Progressive steps" in (out / "report.md").read_text()
+    # the baseline is cached: a second run loads it instead of training
+    assert main(["prune", str(tiny_config), "--out", str(tmp_path / "again"), "--quiet"]) == 0
+    again = json.loads((tmp_path / "again" / "summary.json").read_text())
+    assert again["dense"]["test_accuracy"] == summary["dense"]["test_accuracy"]
+
+
+def test_sweep_and_sensitivity(tmp_path, tiny_config):
+    assert main(["sweep", str(tiny_config), "--out", str(tmp_path / "sw"), "--quiet"]) == 0
+    sweep = json.loads((tmp_path / "sw" / "summary.json").read_text())
+    assert [r["ratio"] for r in sweep["rows"]] == [0.0, 0.5]
+    assert sweep["rows"][1]["macs_ratio"] < sweep["rows"][0]["macs_ratio"]
+    assert "chosen" in sweep
+    assert main(["sensitivity", str(tiny_config), "--out", str(tmp_path / "se"), "--quiet"]) == 0
+    assert (tmp_path / "se" / "sensitivity.png").is_file() and (tmp_path / "se" / "sensitivity.csv").is_file()

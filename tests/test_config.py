@@ -1,0 +1,53 @@
+import pytest
+
+from pruning.config import load_config, parse_override
+from pruning.errors import UserError
+
+
+def write(tmp_path, text):
+    path = tmp_path / "c.yaml"
+    path.write_text(text)
+    return path
+
+
+def test_defaults_and_name_from_file(tmp_path):
+    cfg = load_config(write(tmp_path, "model:\n  name: lenet5\n"))
+    assert cfg.name == "c" and cfg.model.name == "lenet5" and cfg.prune.mode == "structured"
+
+
+def test_unknown_key_is_named(tmp_path):
+    with pytest.raises(UserError, match=r"field `prune.stepz`: unknown key"):
+        load_config(write(tmp_path, "prune:\n  stepz: 3\n"))
+
+
+def test_wrong_type_is_named_with_value(tmp_path):
+    with pytest.raises(UserError, match=r"field `train.epochs`.*'many'"):
+        load_config(write(tmp_path, "train:\n  epochs: many\n"))
+
+
+def test_out_of_range_ratio(tmp_path):
+    with pytest.raises(UserError, match=r"prune.max_ratio"):
+        load_config(write(tmp_path, "prune:\n  max_ratio: 1.5\n"))
+
+
+def test_overrides_are_typed_and_validated(tmp_path):
+    cfg = load_config(write(tmp_path, ""), ["prune.steps=6", "data.name=digits", "prune.macs_target=0.25"])
+    assert cfg.prune.steps == 6 and cfg.data.name == "digits" and cfg.prune.macs_target == 0.25
+    with pytest.raises(UserError, match="prune.steps"):
+        load_config(write(tmp_path, ""), ["prune.steps=0"])
+    with pytest.raises(UserError, match="expected dotted.key=value"):
+        parse_override("prune.steps")
+
+
+def test_missing_and_malformed_files(tmp_path):
+    with pytest.raises(UserError, match="config file not found"):
+        load_config(tmp_path / "nope.yaml")
+    with pytest.raises(UserError, match="not valid YAML"):
+        load_config(write(tmp_path, "a: [1, 2\n"))
+    with pytest.raises(UserError, match="expected a mapping"):
+        load_config(write(tmp_path, "- 1\n- 2\n"))
+
+
+def test_target_and_uniform_ratio_are_exclusive(tmp_path):
+    with pytest.raises(UserError, match="not both"):
+        load_config(write(tmp_path, "prune:\n  macs_target: 0.5\n  uniform_ratio: 0.3\n"))
