@@ -109,6 +109,65 @@ class SweepConfig(Section):
         return sorted(values)
 
 
+class EnvConfig(Section):
+    """The RL environment (envs/): how actions become ratios and policies become rewards."""
+
+    macs_target: float = Field(0.5, gt=0, le=1)
+    """Fraction of dense MACs every episode's policy must meet (enforced by clamping actions, as AMC)."""
+    r_min: float = Field(0.0, ge=0, lt=1)
+    r_max: float = Field(0.8, gt=0, lt=1)
+    """Action range: a in [-1, 1] maps linearly to a ratio in [r_min, r_max]."""
+    reward: Literal["accuracy_minus_compute", "amc_error", "amc_error_log_macs"] = "accuracy_minus_compute"
+    reward_lambda: float = Field(0.5, ge=0)
+    """lambda in R = accuracy - lambda * MACs ratio."""
+
+    @model_validator(mode="after")
+    def _range(self) -> "EnvConfig":
+        if self.r_min >= self.r_max:
+            raise ValueError(f"`r_min < r_max` must hold, but got (r_min={self.r_min}, r_max={self.r_max})")
+        return self
+
+
+class AgentConfig(Section):
+    """The deciding agent (agents/); DDPG defaults are AMC's."""
+
+    name: str = "ddpg"
+    """ddpg, td3, sac, ppo."""
+    warmup_episodes: int = Field(100, ge=0)
+    """Episodes of uniformly random actions before the agent learns (AMC: 100)."""
+    noise_sigma: float = Field(0.5, ge=0)
+    """Initial std of the truncated-normal exploration noise, in ratio units of [0, 1] (AMC: 0.5)."""
+    noise_decay: float = Field(0.95, gt=0, le=1)
+    """Noise std multiplier per episode after warm-up (AMC: 0.95)."""
+    net_arch: list[int] = Field(default_factory=lambda: [300, 300])
+    actor_lr: float = Field(1e-4, gt=0)
+    critic_lr: float = Field(1e-3, gt=0)
+    tau: float = Field(0.01, gt=0, le=1)
+    batch_size: int = Field(64, ge=1)
+    buffer_size: int = Field(100_000, ge=1)
+    gamma: float = Field(1.0, ge=0, le=1)
+    baseline_alpha: float = Field(0.95, ge=0, lt=1)
+    """Moving-average factor of the reward baseline subtracted from every step's reward (AMC)."""
+    gradient_steps: int = Field(-1)
+    """Gradient steps after each episode; -1 = as many as the episode had steps."""
+    kwargs: dict[str, Any] = Field(default_factory=dict)
+    """Extra keywords passed to the stable-baselines3 constructor."""
+
+
+class SearchConfig(Section):
+    """The search job (search/)."""
+
+    searcher: str = "ddpg"
+    """An agent name (ddpg, td3, sac, ppo) or random, tpe, uniform, global_magnitude, lamp."""
+    evaluations: int = Field(200, ge=1)
+    """Policies evaluated (the search budget)."""
+    backend: Literal["local", "ray"] = "ray"
+    concurrency: int = Field(2, ge=1)
+    """Policies in flight at once (ray backend)."""
+    final_pass: bool = True
+    """Run the progressive prune-finetune pass on the best policy."""
+
+
 class RunConfig(Section):
     """One run: data, model, baseline training, pruning, evaluation."""
 
@@ -125,6 +184,9 @@ class RunConfig(Section):
     prune: PruneConfig = Field(default_factory=PruneConfig)
     eval: EvalConfig = Field(default_factory=EvalConfig)
     sweep: SweepConfig = Field(default_factory=SweepConfig)
+    env: EnvConfig = Field(default_factory=EnvConfig)
+    agent: AgentConfig = Field(default_factory=AgentConfig)
+    search: SearchConfig = Field(default_factory=SearchConfig)
 
     @model_validator(mode="after")
     def _one_target(self) -> "RunConfig":

@@ -19,6 +19,7 @@ from torch import nn
 
 from pruning.apply import channel_rankings, prune_structured, prune_unstructured, weight_score_table
 from pruning.bn import recalibrate_batchnorm
+from pruning.config import RunConfig
 from pruning.cost import count_params, measure_latency
 from pruning.data import DataBundle
 from pruning.importance import accumulate_gradients, needs_gradients
@@ -39,6 +40,13 @@ class EvalSettings:
     val_limit: int | None = None
     taylor_batches: int = 8
     latency_repeats: int = 30
+
+    @classmethod
+    def from_config(cls, cfg: RunConfig) -> "EvalSettings":
+        return cls(criterion=cfg.prune.importance, round_to=cfg.prune.round_to, bn_batches=cfg.eval.bn_batches,
+                   bn_batch_size=cfg.eval.bn_batch_size, val_batch_size=cfg.eval.val_batch_size,
+                   val_limit=cfg.eval.val_limit, taylor_batches=cfg.prune.taylor_batches,
+                   latency_repeats=cfg.eval.latency_repeats)
 
 
 @dataclass

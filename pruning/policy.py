@@ -64,10 +64,9 @@ class SparsityPolicy:
         """(relative depth of each unit, its ratio): the model-independent form used for reuse."""
         return list(depth_positions(graph)), list(self.vector(graph))
 
-    def key(self, round_to: int = 1) -> str:
-        """Identity for caching: two policies with the same kept counts prune the same model."""
-        return stable_hash({"fp": self.model_fingerprint, "mode": self.mode,
-                            "r": {k: round(v, 6) for k, v in sorted(self.ratios.items())}, "round_to": round_to})
+    def key(self, graph: UnitGraph, round_to: int = 1) -> str:
+        """Identity for caching: two policies with the same kept counts prune the model identically."""
+        return stable_hash({"fp": self.model_fingerprint, "mode": self.mode, "kept": self.kept(graph, round_to)})
 
     # ------------------------------------------------------------------ validation
     def validate(self, graph: UnitGraph, max_ratio: float = 1.0, source: str = "policy") -> "SparsityPolicy":

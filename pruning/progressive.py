@@ -16,6 +16,7 @@ from torch import nn
 
 from pruning.apply import current_kept, make_permanent, prune_structured, prune_unstructured
 from pruning.bn import recalibrate_batchnorm
+from pruning.config import RunConfig
 from pruning.cost import count_params
 from pruning.data import DataBundle, iterate_batches
 from pruning.importance import accumulate_gradients, needs_gradients
@@ -39,6 +40,14 @@ class ProgressiveSettings:
     distill_temperature: float = 4.0
     bn_batches: int = 20
     augment: bool = True
+
+    @classmethod
+    def from_config(cls, cfg: RunConfig) -> "ProgressiveSettings":
+        p = cfg.prune
+        return cls(steps=p.steps, finetune_epochs=p.finetune_epochs, final_epochs=p.final_epochs, lr=p.finetune_lr,
+                   batch_size=cfg.train.batch_size, criterion=p.importance, round_to=p.round_to,
+                   taylor_batches=p.taylor_batches, distill=p.distill, distill_temperature=p.distill_temperature,
+                   bn_batches=cfg.eval.bn_batches, augment=cfg.train.augment)
 
 
 @dataclass

@@ -68,22 +68,6 @@ def unit_graph(ctx: Context, model: torch.nn.Module) -> UnitGraph:
     return discover_units(model, ctx.data.input_shape, ctx.cfg.prune.mode)
 
 
-def eval_settings(cfg: RunConfig) -> EvalSettings:
-    return EvalSettings(criterion=cfg.prune.importance, round_to=cfg.prune.round_to, bn_batches=cfg.eval.bn_batches,
-                        bn_batch_size=cfg.eval.bn_batch_size, val_batch_size=cfg.eval.val_batch_size,
-                        val_limit=cfg.eval.val_limit, taylor_batches=cfg.prune.taylor_batches,
-                        latency_repeats=cfg.eval.latency_repeats)
-
-
-def progressive_settings(cfg: RunConfig) -> ProgressiveSettings:
-    p = cfg.prune
-    return ProgressiveSettings(steps=p.steps, finetune_epochs=p.finetune_epochs, final_epochs=p.final_epochs,
-                               lr=p.finetune_lr, batch_size=cfg.train.batch_size, criterion=p.importance,
-                               round_to=p.round_to, taylor_batches=p.taylor_batches, distill=p.distill,
-                               distill_temperature=p.distill_temperature, bn_batches=cfg.eval.bn_batches,
-                               augment=cfg.train.augment)
-
-
 def policy_from_args(ctx: Context, graph: UnitGraph, policy_path: str | None) -> SparsityPolicy:
     """The policy file if given, else the uniform policy for prune.macs_target or prune.uniform_ratio."""
     p = ctx.cfg.prune
@@ -113,7 +97,7 @@ def final_pass(ctx: Context, base: Baseline, graph: UnitGraph, policy: SparsityP
     cfg = ctx.cfg
     out.mkdir(parents=True, exist_ok=True)
     policy.save(out / "policy.json")
-    evaluator = Evaluator(base.model, ctx.data, graph, eval_settings(cfg))
+    evaluator = Evaluator(base.model, ctx.data, graph, EvalSettings.from_config(cfg))
     oneshot = evaluator.evaluate(policy)
     oneshot_model, _ = evaluator.prune_copy(policy)
     recalibrate_batchnorm(oneshot_model, evaluator.bn_batches)
@@ -127,7 +111,7 @@ def final_pass(ctx: Context, base: Baseline, graph: UnitGraph, policy: SparsityP
         "step %d/%d: %.1f%% MACs, val %.4f after pruning, %.4f after %.2g epochs of fine-tuning (%.0fs)",
         r.step, cfg.prune.steps, 100 * r.macs_ratio, r.val_accuracy_pruned, r.val_accuracy_finetuned,
         r.finetune_epochs, r.seconds)
-    model, steps = progressive_prune(model, ctx.data, graph, policy, progressive_settings(cfg), ctx.generator,
+    model, steps = progressive_prune(model, ctx.data, graph, policy, ProgressiveSettings.from_config(cfg), ctx.generator,
                                      teacher, ctx.show_progress, report_step)
     steps_frame = write_table([s.as_dict() for s in steps], out, "steps")
 
@@ -220,7 +204,7 @@ def sweep_job(args: argparse.Namespace) -> int:
     ctx = prepare(args)
     out = run_folder(args, f"{ctx.cfg.name}-sweep")
     base = baseline_of(ctx)
-    evaluator = Evaluator(base.model, ctx.data, unit_graph(ctx, base.model), eval_settings(ctx.cfg))
+    evaluator = Evaluator(base.model, ctx.data, unit_graph(ctx, base.model), EvalSettings.from_config(ctx.cfg))
     rows = uniform_sweep(evaluator, ctx.cfg.sweep.ratios, lambda i, n: log.info("sweep %d/%d", i, n))
     frame = write_table(rows, out, "sweep")
     plot_lines(frame, "ratio", ["accuracy"], out / "sweep_ratio.png", "adaptive-BN accuracy vs uniform ratio")
@@ -243,7 +227,7 @@ def sensitivity_job(args: argparse.Namespace) -> int:
     ctx = prepare(args)
     out = run_folder(args, f"{ctx.cfg.name}-sensitivity")
     base = baseline_of(ctx)
-    evaluator = Evaluator(base.model, ctx.data, unit_graph(ctx, base.model), eval_settings(ctx.cfg))
+    evaluator = Evaluator(base.model, ctx.data, unit_graph(ctx, base.model), EvalSettings.from_config(ctx.cfg))
     rows = sensitivity(evaluator, ctx.cfg.sweep.sensitivity_ratios, lambda i, n: log.info("sensitivity %d/%d", i, n))
     frame = write_table(rows, out, "sensitivity")
     plot_heatmap(frame, "unit", "ratio", "drop", out / "sensitivity.png", "accuracy drop when one unit is pruned")

@@ -1,0 +1,172 @@
+"""`LayerPruningEnv`: walk a model's prunable units and choose a pruning ratio at each (AMC, He et al. 2018)."""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Protocol
+
+import gymnasium as gym
+import numpy as np
+from gymnasium import spaces
+
+from envs.rewards import get_reward
+from pruning.errors import UserError
+from pruning.policy import SparsityPolicy
+from pruning.units import UnitGraph, kept_count
+
+UNIT_KINDS = ("conv", "pointwise", "depthwise-group", "residual-group", "linear")
+FEATURES = ("depth", *(f"kind_{k}" for k in UNIT_KINDS), "log_in_channels", "log_out_channels", "kernel", "stride",
+            "resolution", "unit_macs", "macs_removed", "macs_rest", "previous_ratio", "macs_target")
+OBS_VERSION = 1
+"""Bumped whenever FEATURES change: saved agents record it, so an agent is never fed an embedding it was not trained on."""
+
+
+class PolicyEvaluator(Protocol):
+    """Anything that scores a policy: the engine's `Evaluator`, a Ray trial's result, or a test fake."""
+
+    def evaluate(self, policy: SparsityPolicy) -> Any:  # returns an object with .accuracy, .macs, .macs_ratio
+        ...
+
+
+class LayerPruningEnv(gym.Env):
+    """
+    ## Description
+    One episode prunes one model: the agent visits the prunable units (torch-pruning dependency
+    groups) from input to output and picks each unit's pruning ratio, as in AMC.
+
+    ## Action Space
+    `Box(-1, 1, (1,))`, mapped linearly to a ratio in `[r_min, r_max]`. The ratio is then raised,
+    if needed, to the least that still lets the episode meet the MACs budget when every later unit
+    is pruned at `r_max` (AMC's `_action_wall`), so every finished episode meets the budget.
+
+    ## Observation Space
+    `Box(0, 1, (18,))`, the AMC layer embedding, normalised so that it does not depend on model
+    size (agents move between models): relative depth; unit kind one-hot (conv, pointwise,
+    depthwise group, residual group, linear); log2 in/out channels / 12; kernel / 7; stride / 4;
+    input resolution relative to the model's input; the unit's MACs, MACs already removed and
+    MACs of the units still to come, each as a fraction of dense MACs; the previous ratio; the
+    MACs target.
+
+    ## Rewards
+    0 on every step but the last. The last step scores the policy with the evaluator (adaptive
+    BN + validation accuracy) and returns `reward` by name: `accuracy_minus_compute`
+    (accuracy - lambda * MACs ratio), `amc_error` (-error) or `amc_error_log_macs`
+    (-error * log MACs). Identical policies are evaluated once (cache). In deferred mode the last
+    step returns 0 and the policy in `info["policy"]`; the reward is supplied later (Ray Tune).
+
+    ## Episode End
+    Terminates after the last unit; never truncates.
+    """
+
+    metadata = {"render_modes": []}
+
+    def __init__(self, graph: UnitGraph, evaluator: PolicyEvaluator | None = None, *, macs_target: float = 0.5,
+                 r_min: float = 0.0, r_max: float = 0.8, reward: str = "accuracy_minus_compute",
+                 reward_lambda: float = 0.5, round_to: int = 1, deferred: bool = False):
+        super().__init__()
+        if not 0.0 <= r_min < r_max < 1.0:
+            raise ValueError(f"`0 <= r_min < r_max < 1` must hold, but got ({r_min=}, {r_max=})")
+        if evaluator is None and not deferred:
+            raise ValueError("standalone mode needs an evaluator; pass evaluator=... or deferred=True")
+        self.graph, self.evaluator = graph, evaluator
+        self.macs_target, self.r_min, self.r_max = macs_target, r_min, r_max
+        self.reward_name, self.reward_fn, self.reward_lambda = reward, get_reward(reward), reward_lambda
+        self.round_to = round_to if graph.mode == "structured" else 1
+        self.deferred = deferred
+        self.cache: dict[str, Any] = {}
+        self.units = graph.units
+        floor = graph.macs({u.name: kept_count(u.channels, r_max, self.round_to) for u in self.units}) / graph.dense_macs
+        if floor > macs_target + 1e-9:
+            raise UserError(f"env.macs_target: {macs_target} cannot be met with r_max={r_max} on this model "
+                            f"(pruning every unit at r_max keeps {floor:.3f} of dense MACs); raise env.r_max or the target")
+        self._static = self._static_features()
+        self.action_space = spaces.Box(-1.0, 1.0, (1,), dtype=np.float32)
+        self.observation_space = spaces.Box(0.0, 1.0, (len(FEATURES),), dtype=np.float32)
+        self._ratios: list[float] = []
+
+    # ---------------------------------------------------------------------------- features
+    def _static_features(self) -> np.ndarray:
+        n, dense = len(self.units), self.graph.dense_macs
+        top_resolution = max(u.in_hw[0] * u.in_hw[1] for u in self.units)
+        rows = []
+        for unit in self.units:
+            kind = [1.0 if unit.kind == k else 0.0 for k in UNIT_KINDS]
+            rows.append([unit.index / max(1, n - 1), *kind,
+                         math.log2(unit.in_channels + 1) / 12, math.log2(unit.channels + 1) / 12,
+                         unit.kernel / 7, unit.stride / 4, unit.in_hw[0] * unit.in_hw[1] / top_resolution,
+                         unit.macs / dense])
+        return np.clip(np.array(rows, dtype=np.float64), 0.0, 1.0)
+
+    def _kept(self, ratios: list[float], rest: float | None = None) -> dict[str, int]:
+        values = list(ratios) + [rest if rest is not None else 0.0] * (len(self.units) - len(ratios))
+        return {u.name: kept_count(u.channels, r, self.round_to) for u, r in zip(self.units, values)}
+
+    def _observation(self) -> np.ndarray:
+        t, dense = len(self._ratios), self.graph.dense_macs
+        removed = 1.0 - self.graph.macs(self._kept(self._ratios)) / dense
+        rest = sum(self.graph.shapes[layer].macs for u in self.units[t + 1:] for layer in u.out_layers) / dense
+        previous = self._ratios[-1] / self.r_max if self._ratios else 0.0
+        dynamic = [removed, rest, previous, self.macs_target]
+        return np.clip(np.concatenate([self._static[t], dynamic]), 0.0, 1.0).astype(np.float32)
+
+    # ---------------------------------------------------------------------------- mapping
+    def action_to_ratio(self, action: float) -> float:
+        a = float(np.clip(action, -1.0, 1.0))
+        return self.r_min + (a + 1.0) / 2.0 * (self.r_max - self.r_min)
+
+    def ratio_to_action(self, ratio: float) -> float:
+        return float(np.clip(2.0 * (ratio - self.r_min) / (self.r_max - self.r_min) - 1.0, -1.0, 1.0))
+
+    def least_feasible_ratio(self) -> float:
+        """Smallest ratio for the current unit such that the budget stays reachable with later units at r_max."""
+        budget = self.macs_target * self.graph.dense_macs
+
+        def macs(x: float) -> float:
+            return self.graph.macs(self._kept(self._ratios + [x], rest=self.r_max))
+
+        if macs(self.r_min) <= budget:
+            return self.r_min
+        low, high = self.r_min, self.r_max
+        for _ in range(40):
+            mid = (low + high) / 2
+            low, high = (low, mid) if macs(mid) <= budget else (mid, high)
+        return high
+
+    # ---------------------------------------------------------------------------- gym API
+    def reset(self, *, seed: int | None = None, options: dict | None = None) -> tuple[np.ndarray, dict]:
+        super().reset(seed=seed)
+        self._ratios = []
+        return self._observation(), {}
+
+    def step(self, action: np.ndarray) -> tuple[np.ndarray, float, bool, bool, dict]:
+        if len(self._ratios) >= len(self.units):
+            raise RuntimeError("step() called after the episode ended; call reset()")
+        wanted = self.action_to_ratio(float(np.asarray(action).reshape(-1)[0]))
+        ratio = max(wanted, self.least_feasible_ratio())
+        self._ratios.append(ratio)
+        info: dict[str, Any] = {"unit": self.units[len(self._ratios) - 1].name, "ratio": ratio, "wanted_ratio": wanted}
+        if len(self._ratios) < len(self.units):
+            return self._observation(), 0.0, False, False, info
+        policy = SparsityPolicy.from_ratios(self.graph, self._ratios, macs_target=self.macs_target)
+        info["policy"] = policy
+        observation = np.zeros(self.observation_space.shape, dtype=np.float32)  # terminal: never used for bootstrapping
+        if self.deferred:
+            return observation, 0.0, True, False, info
+        result = self.evaluate(policy)
+        info.update(result=result, accuracy=result.accuracy, macs_ratio=result.macs_ratio)
+        return observation, self.reward(result), True, False, info
+
+    # ---------------------------------------------------------------------------- scoring
+    def evaluate(self, policy: SparsityPolicy) -> Any:
+        """Score `policy` once; a repeated policy (same kept counts) comes from the cache."""
+        key = policy.key(self.graph, self.round_to)
+        if key not in self.cache:
+            self.cache[key] = self.evaluator.evaluate(policy)
+        return self.cache[key]
+
+    def reward(self, result: Any) -> float:
+        return float(self.reward_fn(result.accuracy, result.macs_ratio, result.macs, self.reward_lambda))
+
+    @property
+    def n_units(self) -> int:
+        return len(self.units)
