@@ -20,22 +20,28 @@ def out_channels(module: nn.Module) -> int:
     return module.out_channels if isinstance(module, nn.Conv2d) else module.out_features
 
 
-def channel_rankings(model: nn.Module, graph: UnitGraph, criterion: str,
-                     dg: tp.DependencyGraph | None = None) -> dict[str, torch.Tensor]:
-    """Per unit, its channel indices from least to most important (group importance over coupled layers)."""
+def channel_scores(model: nn.Module, graph: UnitGraph, scorer: tp.importance.Importance,
+                   dg: tp.DependencyGraph | None = None) -> dict[str, torch.Tensor]:
+    """Per unit, the importance of each of its current channels (group importance over coupled layers)."""
     dg = dg or build_dependency_graph(model, graph.input_shape)
-    scorer = channel_importance(criterion)
     modules = dict(model.named_modules())
-    rankings = {}
+    scores = {}
     for unit in graph.units:
         module = modules[unit.name]
         pruner = dg.get_pruner_of_module(module)
         group = dg.get_pruning_group(module, pruner.prune_out_channels, list(range(out_channels(module))))
-        scores = scorer(group)
-        if scores is None:  # torch-pruning returns None when no layer of the group has what the criterion needs
-            raise ValueError(f"criterion {criterion!r} could not score unit {unit.name!r} (missing gradients?)")
-        rankings[unit.name] = torch.argsort(scores.detach().cpu(), stable=True)
-    return rankings
+        score = scorer(group)
+        if score is None:  # torch-pruning returns None when no layer of the group has what the criterion needs
+            raise ValueError(f"{type(scorer).__name__} could not score unit {unit.name!r} (missing gradients?)")
+        scores[unit.name] = score.detach().cpu()
+    return scores
+
+
+def channel_rankings(model: nn.Module, graph: UnitGraph, criterion: str,
+                     dg: tp.DependencyGraph | None = None) -> dict[str, torch.Tensor]:
+    """Per unit, its channel indices from least to most important."""
+    scores = channel_scores(model, graph, channel_importance(criterion), dg)
+    return {name: torch.argsort(score, stable=True) for name, score in scores.items()}
 
 
 def prune_structured(model: nn.Module, graph: UnitGraph, kept: dict[str, int], criterion: str = "l1",

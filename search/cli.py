@@ -33,6 +33,10 @@ def build_parser() -> argparse.ArgumentParser:
     _common(p)
     p.add_argument("--policy", help="SparsityPolicy JSON; without it prune.macs_target or prune.uniform_ratio is used")
 
+    p = sub.add_parser("search", help="the main job: search a per-unit policy, then the final progressive pass")
+    _common(p)
+    p.add_argument("--backend", choices=["local", "ray"], help="override search.backend")
+
     p = sub.add_parser("sweep", help="accuracy (adaptive BN) vs uniform ratio and MACs")
     _common(p)
 
@@ -42,10 +46,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _commands() -> dict[str, Callable[[argparse.Namespace], int]]:
-    from search import jobs
+    from search import jobs, search_job
 
     return {"train": jobs.train_job, "prune": jobs.prune_job, "sweep": jobs.sweep_job,
-            "sensitivity": jobs.sensitivity_job}
+            "sensitivity": jobs.sensitivity_job, "search": search_job.search_job}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -1,0 +1,146 @@
+"""`PruningAgent`: an SB3 model plus what is needed to use it on any `LayerPruningEnv` (and to save, load, transfer)."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+from stable_baselines3.common.base_class import BaseAlgorithm
+from stable_baselines3.common.callbacks import BaseCallback
+
+from agents.exploration import EpisodeRewardReplayBuffer
+from agents.sb3_agents import CLASSES, build_algorithm
+from envs.layer_pruning import FEATURES, OBS_VERSION, LayerPruningEnv
+from pruning.config import AgentConfig
+from pruning.errors import UserError
+from pruning.policy import SparsityPolicy
+
+
+@dataclass
+class Evaluation:
+    """One evaluated policy, as every searcher reports it."""
+
+    episode: int
+    policy: SparsityPolicy
+    accuracy: float
+    macs_ratio: float
+    reward: float
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+class _RecordEvaluations(BaseCallback):
+    """Collects each finished episode's policy and score from the env's info dict."""
+
+    def __init__(self, sink: Callable[[Evaluation], None]):
+        super().__init__()
+        self.sink, self.episode = sink, 0
+
+    def _on_step(self) -> bool:
+        for info, reward in zip(self.locals["infos"], self.locals["rewards"]):
+            if "policy" in info:
+                self.sink(Evaluation(self.episode, info["policy"], info["accuracy"], info["macs_ratio"], float(reward)))
+                self.episode += 1
+        return True
+
+
+class PruningAgent:
+    """Decides per-unit ratios; works on any LayerPruningEnv because the observation is size-independent."""
+
+    def __init__(self, model: BaseAlgorithm, cfg: AgentConfig):
+        self.model, self.cfg = model, cfg
+
+    @classmethod
+    def create(cls, cfg: AgentConfig, env: LayerPruningEnv, seed: int = 0) -> "PruningAgent":
+        return cls(build_algorithm(cfg, env, env.n_units, seed), cfg)
+
+    # ------------------------------------------------------------------------- acting
+    def act(self, observation: np.ndarray, deterministic: bool = True) -> np.ndarray:
+        action, _ = self.model.predict(observation, deterministic=deterministic)
+        return np.asarray(action, dtype=np.float32).reshape(-1)
+
+    def propose(self, env: LayerPruningEnv, deterministic: bool = True) -> tuple[SparsityPolicy, list[tuple]]:
+        """Roll one episode without evaluating it (env in deferred mode or not); return the policy and transitions."""
+        was_deferred, env.deferred = env.deferred, True
+        try:
+            obs, _ = env.reset()
+            transitions, done, info = [], False, {}
+            while not done:
+                action = self.act(obs, deterministic)
+                next_obs, _, done, _, info = env.step(action)
+                transitions.append((obs, next_obs, action, done))
+                obs = next_obs
+        finally:
+            env.deferred = was_deferred
+        return info["policy"], transitions
+
+    # ------------------------------------------------------------------------- learning
+    def learn(self, env: LayerPruningEnv, episodes: int, on_evaluation: Callable[[Evaluation], None] | None = None,
+              progress_bar: bool = False) -> list[Evaluation]:
+        """Run `episodes` standalone episodes (each evaluates one policy) and learn from them."""
+        if env.deferred:
+            raise ValueError("learn() needs a standalone env (deferred=False); the Ray searcher feeds rewards itself")
+        evaluations: list[Evaluation] = []
+
+        def sink(evaluation: Evaluation) -> None:
+            evaluations.append(evaluation)
+            if on_evaluation:
+                on_evaluation(evaluation)
+
+        self.model.set_env(env)
+        self.model.learn(total_timesteps=episodes * env.n_units, callback=_RecordEvaluations(sink),
+                         reset_num_timesteps=False, progress_bar=progress_bar)
+        return evaluations
+
+    def warm_start(self, warmup_episodes: int = 0) -> None:
+        """Continue from learned weights on a new model: skip (or shorten) the random warm-up."""
+        if hasattr(self.model, "learning_starts"):
+            self.model.learning_starts = self.model.num_timesteps + warmup_episodes
+        schedule = getattr(self.model, "noise_schedule", None)
+        if schedule is not None:  # keep exploring near the learned policy, not from scratch
+            schedule.warmup_episodes = self.model._episode_num
+            schedule.sigma = schedule.sigma * 0.5
+
+    def observe_episode(self, transitions: list[tuple], reward: float, train: bool = True) -> None:
+        """Deferred mode: store an episode's transitions with its reward (supplied later) and train."""
+        buffer = getattr(self.model, "replay_buffer", None)
+        if not isinstance(buffer, EpisodeRewardReplayBuffer):
+            raise ValueError(f"{self.cfg.name} has no episode replay buffer; deferred rewards need ddpg, td3 or sac")
+        for obs, next_obs, action, done in transitions:
+            buffer.pending.append((obs[None], next_obs[None], action[None], np.array([done]), [{}]))
+        buffer.add_episode(reward)
+        self.model.num_timesteps += len(transitions)
+        self.model._episode_num += 1
+        if train and self.model.num_timesteps >= self.model.learning_starts and buffer.size() >= self.cfg.batch_size:
+            steps = len(transitions) if self.cfg.gradient_steps < 0 else self.cfg.gradient_steps
+            self.model.train(gradient_steps=steps, batch_size=self.cfg.batch_size)
+
+    # ------------------------------------------------------------------------- persistence
+    def save(self, path: str | Path, env: LayerPruningEnv | None = None) -> Path:
+        """Write `<path>.zip` (SB3) and `<path>.json` (what the observation means)."""
+        path = Path(path).with_suffix(".zip")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.model.save(path)
+        meta = {"agent": self.cfg.model_dump(), "obs_version": OBS_VERSION, "features": list(FEATURES),
+                "episodes": int(self.model._episode_num), "timesteps": int(self.model.num_timesteps)}
+        if env is not None:
+            meta["trained_on"] = {"fingerprint": env.graph.fingerprint, "units": env.n_units,
+                                  "macs_target": env.macs_target, "r_min": env.r_min, "r_max": env.r_max}
+        path.with_suffix(".json").write_text(json.dumps(meta, indent=2))
+        return path
+
+    @classmethod
+    def load(cls, path: str | Path, env: LayerPruningEnv | None = None) -> "PruningAgent":
+        path = Path(path).with_suffix(".zip")
+        meta_path = path.with_suffix(".json")
+        if not path.is_file() or not meta_path.is_file():
+            raise UserError(f"{path}: agent not found (expected {path.name} and {meta_path.name} side by side)")
+        meta = json.loads(meta_path.read_text())
+        if meta.get("obs_version") != OBS_VERSION or meta.get("features") != list(FEATURES):
+            raise UserError(f"{meta_path}: agent was trained on observation version {meta.get('obs_version')}, "
+                            f"this PrunePilot uses {OBS_VERSION}; retrain it")
+        cfg = AgentConfig.model_validate(meta["agent"])
+        model = CLASSES[cfg.name].load(path, env=env, device="cpu")
+        return cls(model, cfg)

@@ -1,0 +1,95 @@
+"""The stable-baselines3 algorithms by name, with AMC's settings as DDPG's defaults."""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import numpy as np
+from stable_baselines3 import DDPG, PPO, SAC, TD3
+from stable_baselines3.common.base_class import BaseAlgorithm
+from stable_baselines3.common.utils import update_learning_rate
+
+from agents.exploration import EpisodeRewardReplayBuffer, NoiseSchedule, truncated_normal
+from pruning.config import AgentConfig
+from pruning.errors import UserError
+
+
+class AMCExplorationMixin:
+    """Warm-up, decaying truncated-normal noise and separate actor/critic learning rates (AMC)."""
+
+    noise_schedule: NoiseSchedule
+    actor_lr: float
+    critic_lr: float
+
+    def _sample_action(self, learning_starts: int, action_noise: Any = None, n_envs: int = 1):
+        rng = getattr(self, "_noise_rng", None)
+        if rng is None:
+            rng = self._noise_rng = np.random.default_rng(self.seed)
+        if self.num_timesteps < learning_starts:
+            action = rng.uniform(-1.0, 1.0, (n_envs, *self.action_space.shape)).astype(np.float32)
+        else:
+            mean, _ = self.predict(self._last_obs, deterministic=True)
+            # ratio-unit std -> action-unit std: [-1, 1] spans the ratio range twice over
+            action = truncated_normal(mean, 2.0 * self.noise_schedule.sigma_at(self._episode_num), rng)
+        return action, action
+
+    def _update_learning_rate(self, optimizers: Any) -> None:
+        update_learning_rate(self.actor.optimizer, self.actor_lr)
+        update_learning_rate(self.critic.optimizer, self.critic_lr)
+        self.logger.record("train/actor_lr", self.actor_lr)
+
+
+class AMCDDPG(AMCExplorationMixin, DDPG):
+    pass
+
+
+class AMCTD3(AMCExplorationMixin, TD3):
+    pass
+
+
+def _off_policy_common(cfg: AgentConfig, n_units: int) -> dict[str, Any]:
+    return dict(buffer_size=cfg.buffer_size, learning_starts=cfg.warmup_episodes * n_units, batch_size=cfg.batch_size,
+                tau=cfg.tau, gamma=cfg.gamma, train_freq=(1, "episode"), gradient_steps=cfg.gradient_steps,
+                replay_buffer_class=EpisodeRewardReplayBuffer,
+                replay_buffer_kwargs={"baseline_alpha": cfg.baseline_alpha},
+                policy_kwargs={"net_arch": list(cfg.net_arch)})
+
+
+def _amc(cls: type, cfg: AgentConfig, env: Any, n_units: int, seed: int) -> BaseAlgorithm:
+    model = cls("MlpPolicy", env, learning_rate=cfg.critic_lr, seed=seed, device="cpu",
+                **{**_off_policy_common(cfg, n_units), **cfg.kwargs})
+    model.noise_schedule = NoiseSchedule(cfg.noise_sigma, cfg.noise_decay, cfg.warmup_episodes)
+    model.actor_lr, model.critic_lr = cfg.actor_lr, cfg.critic_lr
+    return model
+
+
+def _sac(cfg: AgentConfig, env: Any, n_units: int, seed: int) -> BaseAlgorithm:
+    return SAC("MlpPolicy", env, learning_rate=cfg.critic_lr, seed=seed, device="cpu",
+               **{**_off_policy_common(cfg, n_units), **cfg.kwargs})
+
+
+def _ppo(cfg: AgentConfig, env: Any, n_units: int, seed: int) -> BaseAlgorithm:
+    episodes_per_update = 8
+    settings = dict(n_steps=n_units * episodes_per_update, batch_size=n_units * 2, gamma=cfg.gamma, gae_lambda=1.0,
+                    learning_rate=cfg.actor_lr * 3, n_epochs=10, policy_kwargs={"net_arch": list(cfg.net_arch)})
+    return PPO("MlpPolicy", env, seed=seed, device="cpu", **{**settings, **cfg.kwargs})
+
+
+BUILDERS: dict[str, Callable[[AgentConfig, Any, int, int], BaseAlgorithm]] = {
+    "ddpg": lambda cfg, env, n, seed: _amc(AMCDDPG, cfg, env, n, seed),
+    "td3": lambda cfg, env, n, seed: _amc(AMCTD3, cfg, env, n, seed),
+    "sac": _sac,
+    "ppo": _ppo,
+}
+CLASSES: dict[str, type[BaseAlgorithm]] = {"ddpg": AMCDDPG, "td3": AMCTD3, "sac": SAC, "ppo": PPO}
+
+
+def build_algorithm(cfg: AgentConfig, env: Any, n_units: int, seed: int) -> BaseAlgorithm:
+    """A fresh SB3 model for `cfg.name`; unknown names list the valid ones."""
+    builder = BUILDERS.get(cfg.name)
+    if builder is None:
+        raise UserError(f"agent.name: unknown agent {cfg.name!r}; expected one of {sorted(BUILDERS)}")
+    try:
+        return builder(cfg, env, n_units, seed)
+    except TypeError as exc:
+        raise UserError(f"agent.kwargs: {cfg.name} rejected its settings ({exc})") from None

@@ -1,0 +1,75 @@
+"""The local backend: one process, no Ray; the env evaluates each policy itself (for debugging and small models)."""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import numpy as np
+import optuna
+from torch import nn
+
+from agents.agent import Evaluation, PruningAgent
+from agents.baselines import RULES, random_search, rule_policy
+from agents.sb3_agents import BUILDERS
+from envs.layer_pruning import LayerPruningEnv
+from pruning.config import RunConfig
+from pruning.errors import UserError
+from pruning.policy import SparsityPolicy
+
+SEARCHERS = (*sorted(BUILDERS), "random", "tpe", *sorted(RULES))
+
+
+def check_searcher(name: str) -> None:
+    if name not in SEARCHERS:
+        raise UserError(f"search.searcher: unknown searcher {name!r}; expected one of {list(SEARCHERS)}")
+
+
+def clamp_ratios(env: LayerPruningEnv, ratios: list[float]) -> SparsityPolicy:
+    """Walk the env with the given ratios as actions, so the budget clamp applies exactly as for agents."""
+    was_deferred, env.deferred = env.deferred, True
+    try:
+        env.reset()
+        info: dict = {}
+        for ratio in ratios:
+            _, _, _, _, info = env.step(np.array([env.ratio_to_action(ratio)], dtype=np.float32))
+    finally:
+        env.deferred = was_deferred
+    return info["policy"]
+
+
+def scored(env: LayerPruningEnv, episode: int, policy: SparsityPolicy) -> Evaluation:
+    result = env.evaluate(policy)
+    return Evaluation(episode, policy, result.accuracy, result.macs_ratio, env.reward(result))
+
+
+def tpe_search(env: LayerPruningEnv, evaluations: int, seed: int,
+               on_evaluation: Callable[[Evaluation], None]) -> list[Evaluation]:
+    """Optuna's TPE over per-unit ratios in [r_min, r_max], each clamped to the budget like an agent's actions."""
+    study = optuna.create_study(direction="maximize", sampler=optuna.samplers.TPESampler(seed=seed))
+    results = []
+    for episode in range(evaluations):
+        trial = study.ask()
+        ratios = [trial.suggest_float(u.name, env.r_min, env.r_max) for u in env.units]
+        evaluation = scored(env, episode, clamp_ratios(env, ratios))
+        study.tell(trial, evaluation.reward)
+        results.append(evaluation)
+        on_evaluation(evaluation)
+    return results
+
+
+def run_local(cfg: RunConfig, model: nn.Module, env: LayerPruningEnv, on_evaluation: Callable[[Evaluation], None],
+              agent: PruningAgent | None = None) -> tuple[list[Evaluation], PruningAgent | None]:
+    """Run `cfg.search.searcher` for `cfg.search.evaluations` evaluations on `env` (standalone mode)."""
+    name, budget, seed = cfg.search.searcher, cfg.search.evaluations, cfg.seed
+    check_searcher(name)
+    if name in BUILDERS:
+        agent = agent or PruningAgent.create(cfg.agent, env, seed)
+        return agent.learn(env, budget, on_evaluation), agent
+    if name == "random":
+        return random_search(env, budget, seed, on_evaluation), None
+    if name == "tpe":
+        return tpe_search(env, budget, seed, on_evaluation), None
+    policy = rule_policy(name, model, env.graph, env.macs_target, env.round_to, cfg.prune.max_ratio)
+    evaluation = scored(env, 0, policy)
+    on_evaluation(evaluation)
+    return [evaluation], None
