@@ -10,6 +10,7 @@ from typing import Any, Callable
 import numpy as np
 from stable_baselines3.common.base_class import BaseAlgorithm
 from stable_baselines3.common.callbacks import BaseCallback
+from stable_baselines3.common.logger import configure as configure_logger
 
 from agents.exploration import EpisodeRewardReplayBuffer
 from agents.sb3_agents import CLASSES, build_algorithm
@@ -54,7 +55,9 @@ class PruningAgent:
 
     @classmethod
     def create(cls, cfg: AgentConfig, env: LayerPruningEnv, seed: int = 0) -> "PruningAgent":
-        return cls(build_algorithm(cfg, env, env.n_units, seed), cfg)
+        model = build_algorithm(cfg, env, env.n_units, seed)
+        model.set_logger(configure_logger(None, []))  # deferred training calls train() outside learn()
+        return cls(model, cfg)
 
     # ------------------------------------------------------------------------- acting
     def act(self, observation: np.ndarray, deterministic: bool = True) -> np.ndarray:
@@ -143,4 +146,5 @@ class PruningAgent:
                             f"this PrunePilot uses {OBS_VERSION}; retrain it")
         cfg = AgentConfig.model_validate(meta["agent"])
         model = CLASSES[cfg.name].load(path, env=env, device="cpu")
+        model.set_logger(configure_logger(None, []))
         return cls(model, cfg)

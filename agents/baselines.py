@@ -8,7 +8,6 @@ from __future__ import annotations
 from typing import Callable
 
 import numpy as np
-import torch
 import torch_pruning as tp
 from torch import nn
 
@@ -86,5 +85,4 @@ RULES: dict[str, Callable[..., SparsityPolicy]] = {"uniform": lambda model, grap
 
 def rule_policy(name: str, model: nn.Module, graph: UnitGraph, macs_target: float, round_to: int = 1,
                 max_ratio: float = 0.95) -> SparsityPolicy:
-    with torch.no_grad():
-        return RULES[name](model, graph, macs_target, round_to, max_ratio)
+    return RULES[name](model, graph, macs_target, round_to, max_ratio)

@@ -80,3 +80,25 @@ def test_sweep_and_sensitivity(tmp_path, tiny_config):
     assert "chosen" in sweep
     assert main(["sensitivity", str(tiny_config), "--out", str(tmp_path / "se"), "--quiet"]) == 0
     assert (tmp_path / "se" / "sensitivity.png").is_file() and (tmp_path / "se" / "sensitivity.csv").is_file()
+
+
+@pytest.mark.parametrize("searcher", ["ddpg", "tpe", "random", "lamp"])
+def test_local_search_writes_the_run_folder(tmp_path, tiny_config, searcher):
+    out = tmp_path / searcher
+    args = ["search", str(tiny_config), "--backend", "local", "--out", str(out), "--quiet", f"search.searcher={searcher}",
+            "search.evaluations=6", "agent.warmup_episodes=2", "agent.net_arch=[16]", "env.macs_target=0.6",
+            "search.final_pass=false"]
+    assert main(args) == 0
+    import pandas as pd
+
+    table = pd.read_csv(out / "evaluations.csv")
+    assert len(table) == (1 if searcher == "lamp" else 6)
+    assert (table["macs_ratio"] <= 0.6 + 1e-9).all()
+    assert (out / "best_policy.json").is_file() and (out / "report.md").is_file()
+    assert (out / "agent.zip").is_file() == (searcher == "ddpg")
+
+
+def test_unknown_searcher_is_a_user_error(tmp_path, tiny_config):
+    assert main(["search", str(tiny_config), "--backend", "local", "search.searcher=gridsearch",
+                 "--out", str(tmp_path / "x"), "--quiet"]) == 2
+    assert not (tmp_path / "x").exists()

@@ -1,0 +1,123 @@
+import json
+
+import numpy as np
+import pytest
+
+from agents.agent import PruningAgent
+from agents.baselines import global_magnitude, lamp, random_search, uniform
+from agents.exploration import NoiseSchedule, truncated_normal
+from envs.layer_pruning import LayerPruningEnv
+from envs.synthetic import SyntheticEvaluator
+from pruning.config import AgentConfig
+from pruning.errors import UserError
+from pruning.models import build_model
+from pruning.units import discover_units
+
+SHAPE = (1, 28, 28)
+
+
+@pytest.fixture(scope="module")
+def graphs():
+    return {name: discover_units(build_model(name, 1, 10, SHAPE), SHAPE) for name in ("vgg_small", "resnet20", "resnet56")}
+
+
+def fake_env(graph, optimum=None, **kwargs):
+    optimum = np.linspace(0.1, 0.7, len(graph.units)) if optimum is None else optimum
+    evaluator = SyntheticEvaluator(graph, optimum)
+    return LayerPruningEnv(graph, evaluator, **{"macs_target": 1.0, "r_max": 0.8, "reward": "amc_error", **kwargs}), evaluator
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_ddpg_learns_a_known_profile_better_than_random_search(graphs, seed):
+    graph = graphs["vgg_small"]
+    env, fake = fake_env(graph)
+    agent = PruningAgent.create(AgentConfig(name="ddpg"), env, seed=seed)
+    ddpg_best = min(fake.distance(e.policy) for e in agent.learn(env, 300))
+    env, fake = fake_env(graph)
+    random_best = min(fake.distance(e.policy) for e in random_search(env, 300, seed=seed))
+    assert ddpg_best < random_best
+
+
+def test_amc_defaults():
+    cfg = AgentConfig()
+    assert (cfg.name, cfg.warmup_episodes, cfg.noise_sigma, cfg.noise_decay, cfg.gamma) == ("ddpg", 100, 0.5, 0.95, 1.0)
+    assert (cfg.net_arch, cfg.actor_lr, cfg.critic_lr, cfg.tau, cfg.batch_size) == ([300, 300], 1e-4, 1e-3, 0.01, 64)
+    schedule = NoiseSchedule(0.5, 0.95, 100)
+    assert schedule.sigma_at(50) == 0.5 and schedule.sigma_at(110) == pytest.approx(0.5 * 0.95 ** 10)
+
+
+def test_truncated_noise_stays_in_bounds_without_piling_on_them():
+    rng = np.random.default_rng(0)
+    samples = truncated_normal(np.full(4000, 0.95), 1.0, rng)
+    assert samples.min() >= -1 and samples.max() <= 1
+    assert np.mean(samples == 1.0) < 0.01  # clipping would put about a third of the mass exactly on the bound
+
+
+@pytest.mark.parametrize("name", ["ddpg", "td3", "sac", "ppo"])
+def test_every_algorithm_runs_and_meets_the_budget(graphs, name):
+    graph = graphs["vgg_small"]
+    env, _ = fake_env(graph, macs_target=0.5)
+    agent = PruningAgent.create(AgentConfig(name=name, warmup_episodes=5, net_arch=[32, 32]), env, seed=0)
+    evaluations = agent.learn(env, 24)
+    assert len(evaluations) == 24
+    assert all(e.macs_ratio <= 0.5 + 1e-9 for e in evaluations)
+
+
+def test_unknown_agent_lists_valid_names(graphs):
+    env, _ = fake_env(graphs["vgg_small"])
+    with pytest.raises(UserError, match=r"unknown agent 'a2c'; expected one of \['ddpg', 'ppo', 'sac', 'td3'\]"):
+        PruningAgent.create(AgentConfig(name="a2c"), env)
+
+
+def test_save_load_round_trip_and_version_check(graphs, tmp_path):
+    env, _ = fake_env(graphs["vgg_small"])
+    agent = PruningAgent.create(AgentConfig(warmup_episodes=3, net_arch=[32, 32]), env, seed=1)
+    agent.learn(env, 6)
+    path = agent.save(tmp_path / "agent", env)
+    loaded = PruningAgent.load(path, env)
+    assert loaded.propose(env)[0].ratios == agent.propose(env)[0].ratios
+    meta = json.loads(path.with_suffix(".json").read_text())
+    assert meta["trained_on"]["units"] == env.n_units and meta["episodes"] == 6
+    meta["obs_version"] = 0
+    path.with_suffix(".json").write_text(json.dumps(meta))
+    with pytest.raises(UserError, match="observation version 0"):
+        PruningAgent.load(path, env)
+    with pytest.raises(UserError, match="agent not found"):
+        PruningAgent.load(tmp_path / "nothing", env)
+
+
+def test_agent_from_resnet20_acts_on_resnet56_within_budget(graphs):
+    env20, _ = fake_env(graphs["resnet20"], macs_target=0.5)
+    agent = PruningAgent.create(AgentConfig(warmup_episodes=5, net_arch=[64, 64]), env20, seed=0)
+    agent.learn(env20, 15)
+    env56, fake56 = fake_env(graphs["resnet56"], macs_target=0.5)
+    policy, transitions = agent.propose(env56)  # zero-shot
+    assert len(transitions) == env56.n_units == 30
+    assert policy.model_fingerprint == graphs["resnet56"].fingerprint
+    assert policy.macs_ratio(graphs["resnet56"]) <= 0.5 + 1e-9
+    agent.warm_start()  # then as the warm start of a new search
+    assert len(agent.learn(env56, 4)) == 4
+
+
+def test_deferred_rewards_train_the_agent(graphs):
+    env, fake = fake_env(graphs["vgg_small"])
+    env.deferred = True
+    agent = PruningAgent.create(AgentConfig(warmup_episodes=2, batch_size=8, net_arch=[32, 32]), env, seed=0)
+    before = [p.detach().clone() for p in agent.model.actor.parameters()]
+    for _ in range(4):
+        policy, transitions = agent.propose(env, deterministic=False)
+        agent.observe_episode(transitions, fake.evaluate(policy).accuracy)
+    after = list(agent.model.actor.parameters())
+    assert agent.model._episode_num == 4
+    assert any(not (a == b).all() for a, b in zip(before, after))
+
+
+def test_rule_baselines_meet_the_target(trained_vgg, digits):
+    graph = discover_units(trained_vgg, digits.input_shape)
+    policies = {"uniform": uniform(graph, 0.5), "global_magnitude": global_magnitude(trained_vgg, graph, 0.5),
+                "lamp": lamp(trained_vgg, graph, 0.5)}
+    for name, policy in policies.items():
+        assert policy.macs_ratio(graph) <= 0.5, name
+        assert policy.macs_ratio(graph) > 0.35, name  # the least pruning that meets it, not far below
+    assert len(set(policies["uniform"].ratios.values())) == 1
+    assert len(set(policies["lamp"].ratios.values())) > 1  # global ranking gives layer-wise ratios
