@@ -12,7 +12,7 @@ from stable_baselines3.common.base_class import BaseAlgorithm
 from stable_baselines3.common.callbacks import BaseCallback
 from stable_baselines3.common.logger import configure as configure_logger
 
-from agents.exploration import EpisodeRewardReplayBuffer
+from agents.exploration import EpisodeRewardReplayBuffer, truncated_normal
 from agents.sb3_agents import CLASSES, build_algorithm
 from envs.layer_pruning import FEATURES, OBS_VERSION, LayerPruningEnv
 from pruning.config import AgentConfig
@@ -61,8 +61,21 @@ class PruningAgent:
 
     # ------------------------------------------------------------------------- acting
     def act(self, observation: np.ndarray, deterministic: bool = True) -> np.ndarray:
-        action, _ = self.model.predict(observation, deterministic=deterministic)
-        return np.asarray(action, dtype=np.float32).reshape(-1)
+        """The actor's action; with deterministic=False, AMC's exploration (warm-up, then decaying noise)."""
+        if deterministic:
+            action, _ = self.model.predict(observation, deterministic=True)
+            return np.asarray(action, dtype=np.float32).reshape(-1)
+        rng = getattr(self.model, "_noise_rng", None)
+        if rng is None:
+            rng = self.model._noise_rng = np.random.default_rng(self.model.seed)
+        if self.model._episode_num < self.cfg.warmup_episodes and hasattr(self.model, "replay_buffer"):
+            return rng.uniform(-1.0, 1.0, self.model.action_space.shape).astype(np.float32)
+        schedule = getattr(self.model, "noise_schedule", None)
+        if schedule is None:  # SAC and PPO explore through their stochastic policies
+            action, _ = self.model.predict(observation, deterministic=False)
+            return np.asarray(action, dtype=np.float32).reshape(-1)
+        mean, _ = self.model.predict(observation, deterministic=True)
+        return truncated_normal(np.asarray(mean).reshape(-1), 2.0 * schedule.sigma_at(self.model._episode_num), rng)
 
     def propose(self, env: LayerPruningEnv, deterministic: bool = True) -> tuple[SparsityPolicy, list[tuple]]:
         """Roll one episode without evaluating it (env in deferred mode or not); return the policy and transitions."""
@@ -119,6 +132,27 @@ class PruningAgent:
         if train and self.model.num_timesteps >= self.model.learning_starts and buffer.size() >= self.cfg.batch_size:
             steps = len(transitions) if self.cfg.gradient_steps < 0 else self.cfg.gradient_steps
             self.model.train(gradient_steps=steps, batch_size=self.cfg.batch_size)
+
+    def state_bytes(self) -> dict[str, bytes]:
+        """The whole agent (networks, optimisers, noise schedule, replay buffer) as bytes, for Tune checkpoints."""
+        import io
+
+        model_io, buffer_io = io.BytesIO(), io.BytesIO()
+        self.model.save(model_io)
+        if getattr(self.model, "replay_buffer", None) is not None:
+            self.model.save_replay_buffer(buffer_io)
+        return {"model": model_io.getvalue(), "buffer": buffer_io.getvalue(), "cfg": self.cfg.model_dump_json().encode()}
+
+    @classmethod
+    def from_state_bytes(cls, state: dict[str, bytes], env: LayerPruningEnv) -> "PruningAgent":
+        import io
+
+        cfg = AgentConfig.model_validate_json(state["cfg"])
+        model = CLASSES[cfg.name].load(io.BytesIO(state["model"]), env=env, device="cpu")
+        if state["buffer"]:
+            model.load_replay_buffer(io.BytesIO(state["buffer"]))
+        model.set_logger(configure_logger(None, []))
+        return cls(model, cfg)
 
     # ------------------------------------------------------------------------- persistence
     def save(self, path: str | Path, env: LayerPruningEnv | None = None) -> Path:

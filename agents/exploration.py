@@ -59,6 +59,30 @@ class EpisodeRewardReplayBuffer(ReplayBuffer):
         if bool(np.asarray(done).reshape(-1)[0]):
             self.add_episode(float(np.asarray(reward).reshape(-1)[0]))
 
+    ARRAYS = ("observations", "next_observations", "actions", "rewards", "dones", "timeouts")
+
+    def __getstate__(self) -> dict:
+        """Pickle only the filled part: checkpoints after every trial stay small and fast."""
+        state = self.__dict__.copy()
+        filled = self.buffer_size if self.full else self.pos
+        for name in self.ARRAYS:
+            if state.get(name) is not None:
+                state[name] = state[name][:filled].copy()
+        state["_filled"] = filled
+        return state
+
+    def __setstate__(self, state: dict) -> None:
+        filled = state.pop("_filled", None)
+        self.__dict__.update(state)
+        if filled is None:
+            return
+        for name in self.ARRAYS:
+            array = getattr(self, name, None)
+            if array is not None and len(array) != self.buffer_size:
+                full = np.zeros((self.buffer_size, *array.shape[1:]), dtype=array.dtype)
+                full[:filled] = array
+                setattr(self, name, full)
+
     def add_episode(self, final_reward: float) -> float:
         """Store the pending transitions with the shaped reward; return the shaped reward."""
         if self.baseline is None:

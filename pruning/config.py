@@ -166,6 +166,11 @@ class SearchConfig(Section):
     """Policies in flight at once (ray backend)."""
     final_pass: bool = True
     """Run the progressive prune-finetune pass on the best policy."""
+    cpus_per_trial: float = Field(1.0, gt=0)
+    """Ray resources of one trial; torch uses max(1, int(cpus_per_trial)) threads inside it."""
+    gpus_per_trial: float = Field(0.0, ge=0)
+    max_failures: int = Field(2, ge=0)
+    """Retries of a trial whose worker died (Ray Tune FailureConfig)."""
 
 
 class RunConfig(Section):

@@ -3,49 +3,26 @@
 from __future__ import annotations
 
 import argparse
+import json
 import logging
+import shutil
 import time
 from pathlib import Path
 
 import pandas as pd
-from tqdm.auto import tqdm
 
-from agents.agent import Evaluation, PruningAgent
 from agents.baselines import uniform
 from envs.factory import build_env
-from pruning.units import UnitGraph
+from pruning.errors import UserError
+from pruning.policy import SparsityPolicy
 from search.cli import run_folder
 from search.jobs import baseline_of, final_pass, prepare, unit_graph
 from search.local import check_searcher, run_local
-from search.report import markdown_table, plot_lines, plot_unit_ratios, write_table
+from search.recording import EvaluationSink
+from search.report import markdown_table, plot_lines, plot_unit_ratios, write_json, write_table
+from search.review import sqlite_url
 
 log = logging.getLogger("prunepilot")
-
-
-class EvaluationLog:
-    """Every evaluated policy as a row, plus a live progress line (done/total, best reward, ETA)."""
-
-    def __init__(self, graph: UnitGraph, total: int, searcher: str, show_progress: bool):
-        self.graph, self.searcher = graph, searcher
-        self.rows: list[dict] = []
-        self.best: Evaluation | None = None
-        self.bar = tqdm(total=total, desc=f"search ({searcher})", unit="eval", disable=not show_progress)
-
-    def add(self, evaluation: Evaluation) -> None:
-        if self.best is None or evaluation.reward > self.best.reward:
-            self.best = evaluation
-        row = {"evaluation": len(self.rows), "searcher": self.searcher, "episode": evaluation.episode,
-               "reward": evaluation.reward, "accuracy": evaluation.accuracy, "macs_ratio": evaluation.macs_ratio,
-               **evaluation.extra}
-        row.update({f"ratio:{name}": r for name, r in zip(self.graph.names, evaluation.policy.vector(self.graph))})
-        self.rows.append(row)
-        self.bar.update(1)
-        self.bar.set_postfix(best=f"{self.best.reward:.4f}", acc=f"{self.best.accuracy:.4f}")
-
-    def frame(self) -> pd.DataFrame:
-        frame = pd.DataFrame(self.rows)
-        frame["best_reward"] = frame["reward"].cummax()
-        return frame
 
 
 def pareto_front(frame: pd.DataFrame) -> pd.DataFrame:
@@ -75,52 +52,103 @@ def plot_accuracy_vs_macs(frame: pd.DataFrame, path: Path) -> None:
     plt.close(fig)
 
 
+def prepare_run_folder(args: argparse.Namespace, cfg_name: str) -> tuple[Path, dict]:
+    """The run folder and its search state; a new search refuses a folder that already holds one."""
+    if args.resume:
+        out = Path(args.resume)
+        state_file = out / "search.json"
+        if not state_file.is_file():
+            raise UserError(f"--resume: {state_file} not found; give the folder of an earlier `prunepilot search`")
+        return out, json.loads(state_file.read_text())
+    out = run_folder(args, cfg_name)
+    if (out / "search.json").exists():
+        raise UserError(f"{out} already holds a search; continue it with --resume {out}, or choose --out")
+    storage = args.storage or sqlite_url(str((out / "study.db").resolve()))
+    storage_path = Path(args.storage_path).resolve() if args.storage_path else (out / "ray").resolve()
+    return out, {"storage": storage, "study_name": cfg_name, "storage_path": str(storage_path)}
+
+
+def best_evaluation(frame: pd.DataFrame) -> pd.Series:
+    complete = frame[frame["state"] == "COMPLETE"]
+    if complete.empty:
+        raise UserError("search: no evaluation finished; see the Ray logs under the run folder's ray/ directory")
+    return complete.loc[complete["reward"].idxmax()]
+
+
 def search_job(args: argparse.Namespace) -> int:
     ctx = prepare(args)
     cfg = ctx.cfg
     check_searcher(cfg.search.searcher)
-    backend = args.backend or cfg.search.backend
-    out = run_folder(args, cfg.name)
+    backend = "ray" if args.resume or args.address else (args.backend or cfg.search.backend)
+    out, state = prepare_run_folder(args, cfg.name)
     base = baseline_of(ctx)
     graph = unit_graph(ctx, base.model)
-    env = build_env(cfg, base.model, ctx.data, graph)
-    record = EvaluationLog(graph, cfg.search.evaluations, cfg.search.searcher, ctx.show_progress)
-    start = time.perf_counter()
-    if backend == "local":
-        evaluations, agent = run_local(cfg, base.model, env, record.add)
-    else:
-        from search.ray_backend import run_ray  # imported only when used: Ray is heavy
-
-        evaluations, agent = run_ray(ctx, base, graph, env, record.add, args, out)
-    wall = time.perf_counter() - start
-    record.bar.close()
-    best = record.best
+    sink = EvaluationSink(state["storage"], state["study_name"], graph.names, cfg.search.searcher,
+                          cfg.search.evaluations, ctx.show_progress)
+    created = not out.exists()
     out.mkdir(parents=True, exist_ok=True)
-    frame = write_table(record.frame(), out, "evaluations")
-    best.policy.meta.update(reward=best.reward, accuracy=best.accuracy, searcher=cfg.search.searcher)
-    best.policy.save(out / "best_policy.json")
-    if isinstance(agent, PruningAgent):
-        agent.save(out / "agent", env)
-    plot_lines(frame, "evaluation", ["reward", "best_reward"], out / "reward.png", "reward per evaluation")
-    plot_accuracy_vs_macs(frame, out / "accuracy_vs_macs.png")
+    try:
+        sink.recorder  # open (and create) the study now: a bad --storage fails before any work
+    except UserError:
+        if created:
+            shutil.rmtree(out)
+        raise
+    (out / "search.json").write_text(json.dumps(state, indent=2))
+    start = time.perf_counter()
+    agent = None
+    if backend == "local":
+        env = build_env(cfg, base.model, ctx.data, graph)
+        _, agent = run_local(cfg, base.model, env, lambda e: sink(
+            f"local-{e.episode}", {"ratios": e.policy.ratios, "accuracy": e.accuracy, "macs_ratio": e.macs_ratio,
+                                   "reward": e.reward, "episode": e.episode}))
+        if agent is not None:
+            agent.save(out / "agent", env)
+    else:
+        from search.ray_backend import RecordingCallback, connect, run_tune, search_algorithm, trainable
+
+        env = build_env(cfg, base.model, ctx.data, graph, deferred=True)
+        connect(args.address)
+        searcher, space, samples = search_algorithm(cfg, env, base.model, graph, out / "agent")
+        run_tune(cfg, trainable(cfg, base, ctx.data, graph, str(ctx.device)), searcher, space, samples,
+                 Path(state["storage_path"]), RecordingCallback(sink), resume=bool(args.resume))
+        env = build_env(cfg, base.model, ctx.data, graph)
+    wall = time.perf_counter() - start
+    sink.close()
+    frame = write_table(sink.recorder.frame(), out, "evaluations")
+    best_row = best_evaluation(frame)
+    ratio_columns = [c for c in frame.columns if c.startswith("ratio:")]
+    best = SparsityPolicy({c.split(":", 1)[1]: float(best_row[c]) for c in ratio_columns}, graph.fingerprint,
+                          graph.mode, {"reward": float(best_row["reward"]), "accuracy": float(best_row["accuracy"]),
+                                       "searcher": cfg.search.searcher, "macs_target": env.macs_target})
+    best.save(out / "best_policy.json")
+    complete = frame[frame["state"] == "COMPLETE"].copy()
+    complete["best_reward"] = complete["reward"].cummax()
+    plot_lines(complete, "evaluation", ["reward", "best_reward"], out / "reward.png", "reward per evaluation")
+    plot_accuracy_vs_macs(complete, out / "accuracy_vs_macs.png")
     uniform_policy = uniform(graph, env.macs_target, env.round_to, cfg.prune.max_ratio)
-    plot_unit_ratios(graph.names, {"best": list(best.policy.vector(graph)), "uniform": list(uniform_policy.vector(graph))},
+    plot_unit_ratios(graph.names, {"best": list(best.vector(graph)), "uniform": list(uniform_policy.vector(graph))},
                      out / "best_vs_uniform.png", f"{cfg.model.name}: best policy vs uniform at the same MACs")
     uniform_result = env.evaluate(uniform_policy)
-    log.info("search: %d evaluations in %.0fs; best reward %.4f (val acc %.4f, %.1f%% MACs); uniform: val acc %.4f",
-             len(evaluations), wall, best.reward, best.accuracy, 100 * best.macs_ratio, uniform_result.accuracy)
+    nodes = complete["node_id"].nunique() if "node_id" in complete else 1
+    log.info("search: %d evaluations (%d failed) in %.0fs on %d node(s); best reward %.4f (val acc %.4f, %.1f%% MACs); "
+             "uniform: val acc %.4f", len(frame), int((frame["state"] != "COMPLETE").sum()), wall, nodes,
+             best_row["reward"], best_row["accuracy"], 100 * best_row["macs_ratio"], uniform_result.accuracy)
     section = "\n".join([
         "", "## Search", "",
-        f"Searcher **{cfg.search.searcher}** ({backend} backend), {len(evaluations)} evaluations in {wall:.0f} s; "
-        f"MACs target {env.macs_target:.2f}, reward `{env.reward_name}`.", "",
+        f"Searcher **{cfg.search.searcher}** ({backend} backend), {len(frame)} evaluations in {wall:.0f} s of this "
+        f"session on {nodes} node(s); MACs target {env.macs_target:.2f}, reward `{env.reward_name}`. "
+        f"Optuna study `{state['study_name']}` in `{state['storage']}` (`prunepilot dashboard {out}`).", "",
         markdown_table(pd.DataFrame([
-            {"policy": "best found", "val accuracy (adaptive BN)": best.accuracy, "MACs ratio": best.macs_ratio,
-             "reward": best.reward},
+            {"policy": "best found", "val accuracy (adaptive BN)": best_row["accuracy"],
+             "MACs ratio": best_row["macs_ratio"], "reward": best_row["reward"]},
             {"policy": "uniform", "val accuracy (adaptive BN)": uniform_result.accuracy,
              "MACs ratio": uniform_result.macs_ratio, "reward": env.reward(uniform_result)}])), "",
         "![reward](reward.png) ![accuracy vs MACs](accuracy_vs_macs.png) ![best vs uniform](best_vs_uniform.png)", ""])
+    write_json({"evaluations": len(frame), "failed": int((frame["state"] != "COMPLETE").sum()), "wall_seconds": wall,
+                "nodes": int(nodes), "best": best.to_dict(), "uniform_accuracy": uniform_result.accuracy,
+                "backend": backend}, out / "search_summary.json")
     if cfg.search.final_pass:
-        final_pass(ctx, base, graph, best.policy, out, extra_report=section)
+        final_pass(ctx, base, graph, best, out, extra_report=section)
     else:
         (out / "report.md").write_text(f"# Search report: {cfg.model.name} ({cfg.name})\n{section}")
     return 0

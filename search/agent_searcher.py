@@ -1,0 +1,70 @@
+"""The RL agent as a Ray Tune `Searcher` (modelled on Ray's `OptunaSearch`).
+
+`suggest()` rolls the agent's current actor over the environment (deferred mode: no evaluation)
+and returns the policy as the trial config; `on_trial_complete()` hands the reward back, the
+episode's transitions go into the replay buffer with that reward, and the agent trains.
+Per-trial state lives in a dict keyed by trial id; `save`/`restore` keep the agent, its replay
+buffer and noise schedule, so a resumed search continues where it stopped.
+"""
+
+from __future__ import annotations
+
+import logging
+import pickle
+from typing import Any
+
+from ray.tune.search import Searcher
+
+from agents.agent import PruningAgent
+from envs.layer_pruning import LayerPruningEnv
+
+log = logging.getLogger("prunepilot")
+
+
+class AgentSearcher(Searcher):
+    def __init__(self, agent: PruningAgent, env: LayerPruningEnv, budget: int, metric: str = "reward",
+                 mode: str = "max", save_to: str | None = None):
+        super().__init__(metric=metric, mode=mode)
+        self.save_to = save_to
+        if not env.deferred:
+            raise ValueError("AgentSearcher needs a deferred env: rewards come from the trials")
+        self.agent, self.env, self.budget = agent, env, budget
+        self.live: dict[str, list[tuple]] = {}
+        self.suggested = 0
+        self.completed: set[str] = set()
+
+    def suggest(self, trial_id: str) -> dict | str | None:
+        if self.suggested >= self.budget:
+            return Searcher.FINISHED
+        policy, transitions = self.agent.propose(self.env, deterministic=False)
+        self.live[trial_id] = transitions
+        self.suggested += 1
+        return {"ratios": dict(policy.ratios)}
+
+    def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
+        if trial_id in self.completed:
+            log.warning("Received additional completion for trial %s, but it already finished; ignored", trial_id)
+            return
+        transitions = self.live.pop(trial_id, None)
+        self.completed.add(trial_id)
+        if transitions is not None and not error and result and self.metric in result:
+            self.agent.observe_episode(transitions, float(result[self.metric]))
+        # failed trials teach the agent nothing (Tune's FailureConfig has retried them already)
+        if self.save_to and len(self.completed) >= self.budget:
+            self.agent.save(self.save_to, self.env)
+
+    def get_state(self) -> dict[str, Any]:
+        return {"agent": self.agent.state_bytes(), "live": self.live, "suggested": self.suggested,
+                "completed": self.completed, "episodes": self.agent.model._episode_num}
+
+    def set_state(self, state: dict[str, Any]) -> None:
+        self.agent = PruningAgent.from_state_bytes(state["agent"], self.env)
+        self.live, self.suggested, self.completed = state["live"], state["suggested"], state["completed"]
+
+    def save(self, checkpoint_path: str) -> None:
+        with open(checkpoint_path, "wb") as fh:
+            pickle.dump(self.get_state(), fh)
+
+    def restore(self, checkpoint_path: str) -> None:
+        with open(checkpoint_path, "rb") as fh:
+            self.set_state(pickle.load(fh))

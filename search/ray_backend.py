@@ -1,0 +1,122 @@
+"""The Ray Tune backend: trials evaluate policies on the cluster, the driver records and decides.
+
+Embedded Ray by default (dashboard off); `--address` joins an existing cluster. Tune owns
+parallelism, placement, retries (`FailureConfig`), experiment state and resume (`Tuner.restore`).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+from typing import Any, Callable
+
+import ray
+from ray import tune
+from ray.tune import Callback
+from ray.tune.search import BasicVariantGenerator
+from ray.tune.search.optuna import OptunaSearch
+
+from agents.agent import PruningAgent
+from agents.baselines import RULES, rule_policy
+from agents.sb3_agents import BUILDERS
+from envs.factory import env_kwargs
+from envs.layer_pruning import LayerPruningEnv
+from pruning.config import RunConfig
+from pruning.errors import UserError
+from pruning.evaluate import EvalSettings
+from pruning.units import UnitGraph
+from search.agent_searcher import AgentSearcher
+from search.trial import TrialPayload, evaluate_policy_trial
+
+log = logging.getLogger("prunepilot")
+EXPERIMENT = "search"
+
+
+def connect(address: str | None, num_cpus: int | None = None) -> None:
+    """Join `address`, or start Ray embedded in this process with its dashboard off."""
+    if ray.is_initialized():
+        return
+    logging.getLogger("ray").setLevel(logging.WARNING)
+    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
+    try:
+        if address:
+            ray.init(address=address, log_to_driver=False, logging_level=logging.WARNING)
+        else:
+            ray.init(num_cpus=num_cpus, include_dashboard=False, dashboard_host="127.0.0.1", log_to_driver=False,
+                     logging_level=logging.WARNING)
+    except (ConnectionError, RuntimeError, ValueError) as exc:
+        raise UserError(f"--address: cannot connect to Ray at {address!r} ({exc})") from None
+
+
+class RecordingCallback(Callback):
+    """Driver-side: every finished or failed trial goes to `sink` once (picklable: Tune saves it with the run)."""
+
+    def __init__(self, sink: Callable[[str, dict, bool], None]):
+        self.sink = sink
+
+    def _emit(self, trial: Any, failed: bool) -> None:
+        result = dict(trial.last_result or {})
+        result.setdefault("ratios", trial.config.get("ratios", {}))
+        self.sink(trial.trial_id, result, failed)
+
+    def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        self._emit(trial, failed="reward" not in (trial.last_result or {}))
+
+    def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        self._emit(trial, failed=True)
+
+
+def search_algorithm(cfg: RunConfig, env: LayerPruningEnv, model: Any, graph: UnitGraph, agent_path: Path,
+                     ) -> tuple[Any, dict, int]:
+    """(Tune search algorithm, param space, number of trials) for `cfg.search.searcher`."""
+    name, budget, seed = cfg.search.searcher, cfg.search.evaluations, cfg.seed
+    space = {"ratios": {u: tune.uniform(env.r_min, env.r_max) for u in graph.names}}
+    if name in BUILDERS:
+        if name == "ppo":
+            raise UserError("search.searcher: ppo learns on-policy from whole rollouts; use it with --backend local")
+        agent = PruningAgent.create(cfg.agent, env, seed)
+        return AgentSearcher(agent, env, budget, save_to=str(agent_path)), {}, budget
+    if name == "tpe":
+        import optuna
+
+        return OptunaSearch(metric="reward", mode="max", sampler=optuna.samplers.TPESampler(seed=seed)), space, budget
+    if name == "random":
+        return BasicVariantGenerator(random_state=seed), space, budget
+    if name in RULES:
+        policy = rule_policy(name, model, graph, env.macs_target, env.round_to, cfg.prune.max_ratio)
+        return BasicVariantGenerator(), {"ratios": dict(policy.ratios)}, 1
+    raise UserError(f"search.searcher: unknown searcher {name!r}")
+
+
+def trainable(cfg: RunConfig, base: Any, data: Any, graph: UnitGraph, device: str) -> Any:
+    """The trial function with its payload in the object store and its resources attached."""
+    payload = TrialPayload(key=f"{graph.fingerprint}-{data.fingerprint}", arch=base.arch,
+                           state_dict={k: v.cpu() for k, v in base.model.state_dict().items()}, data=data.to("cpu"),
+                           mode=cfg.prune.mode, settings=EvalSettings.from_config(cfg), env_kwargs=env_kwargs(cfg),
+                           threads=max(1, int(cfg.search.cpus_per_trial)), device=device)
+    resources = {"cpu": cfg.search.cpus_per_trial, "gpu": cfg.search.gpus_per_trial}
+    return tune.with_resources(tune.with_parameters(evaluate_policy_trial, payload=payload), resources)
+
+
+def run_tune(cfg: RunConfig, fn: Any, searcher: Any, space: dict, samples: int, storage_path: Path,
+             callback: RecordingCallback, resume: bool) -> None:
+    """Start the Tune experiment, or continue it from its saved state when `resume`."""
+    os.environ["TUNE_GLOBAL_CHECKPOINT_S"] = "0"  # experiment state after every event: a resume loses nothing
+    os.environ["TUNE_DISABLE_AUTO_CALLBACK_LOGGERS"] = "1"  # the Optuna study is the record; no per-trial CSV/JSON/TB
+    experiment = storage_path / EXPERIMENT
+    if resume:
+        if not tune.Tuner.can_restore(str(experiment)):
+            raise UserError(f"--resume: no restorable Tune experiment at {experiment}")
+        tuner = tune.Tuner.restore(str(experiment), trainable=fn, resume_unfinished=True, restart_errored=True)
+    else:
+        tuner = tune.Tuner(
+            fn, param_space=space,
+            tune_config=tune.TuneConfig(search_alg=searcher, metric="reward", mode="max", num_samples=samples,
+                                        max_concurrent_trials=cfg.search.concurrency, reuse_actors=True,
+                                        trial_dirname_creator=lambda trial: f"trial_{trial.trial_id}"),
+            run_config=tune.RunConfig(name=EXPERIMENT, storage_path=str(storage_path.resolve()), verbose=0,
+                                      callbacks=[callback], log_to_file=True,
+                                      failure_config=tune.FailureConfig(max_failures=cfg.search.max_failures),
+                                      checkpoint_config=tune.CheckpointConfig(num_to_keep=1)))
+    tuner.fit()

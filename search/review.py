@@ -1,0 +1,79 @@
+"""The Optuna review store: every evaluation of every searcher becomes one trial of the run's study.
+
+Only the driver writes. Per-unit ratios are the params; (accuracy, MACs ratio) are the two
+objectives, so optuna-dashboard draws the Pareto front; reward, searcher, episode, node id and
+timings are user attributes. Each evaluation carries an id (the Tune trial id) and is written
+at most once, which is what makes a resumed search free of duplicates.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from typing import Any
+
+import optuna
+import pandas as pd
+
+from pruning.errors import UserError
+
+log = logging.getLogger("prunepilot")
+RATIO_DISTRIBUTION = optuna.distributions.FloatDistribution(0.0, 1.0)
+OBJECTIVES = ["accuracy", "macs_ratio"]
+
+
+def sqlite_url(path: str) -> str:
+    return f"sqlite:///{path}"
+
+
+class OptunaRecorder:
+    """Writes evaluations into an Optuna study (SQLite file or any SQLAlchemy URL)."""
+
+    def __init__(self, storage: str, study_name: str, unit_names: list[str]):
+        optuna.logging.set_verbosity(optuna.logging.WARNING)
+        try:
+            self.study = optuna.create_study(storage=storage, study_name=study_name, load_if_exists=True,
+                                             directions=["maximize", "minimize"])
+        except Exception as exc:  # bad URL, unreachable server, missing driver
+            raise UserError(f"--storage: cannot open Optuna storage {storage!r} ({type(exc).__name__}: {exc})") from None
+        if self.study.metric_names is None:
+            self.study.set_metric_names(OBJECTIVES)
+        self.storage, self.unit_names = storage, unit_names
+        self.seen = {t.user_attrs.get("evaluation_id") for t in self.study.get_trials(deepcopy=False)}
+
+    def record(self, evaluation_id: str, ratios: dict[str, float], accuracy: float | None, macs_ratio: float | None,
+               attrs: dict[str, Any], failed: bool = False) -> bool:
+        """Add one evaluation; False (and nothing written) when this id is already in the study."""
+        if evaluation_id in self.seen:
+            return False
+        ok = not failed and accuracy is not None and macs_ratio is not None and math.isfinite(accuracy)
+        trial = optuna.trial.create_trial(
+            params={name: float(ratios[name]) for name in self.unit_names if name in ratios},
+            distributions={name: RATIO_DISTRIBUTION for name in self.unit_names if name in ratios},
+            values=[float(accuracy), float(macs_ratio)] if ok else None,
+            state=optuna.trial.TrialState.COMPLETE if ok else optuna.trial.TrialState.FAIL,
+            user_attrs={"evaluation_id": evaluation_id, **{k: _plain(v) for k, v in attrs.items()}},
+        )
+        self.study.add_trial(trial)
+        self.seen.add(evaluation_id)
+        return True
+
+    def frame(self) -> pd.DataFrame:
+        """One row per recorded evaluation, in the order they were written."""
+        rows = []
+        for trial in self.study.get_trials(deepcopy=False):
+            row = {"evaluation": trial.number, "state": trial.state.name, **trial.user_attrs}
+            if trial.values:
+                row.update(accuracy=trial.values[0], macs_ratio=trial.values[1])
+            row.update({f"ratio:{k}": v for k, v in trial.params.items()})
+            rows.append(row)
+        return pd.DataFrame(rows)
+
+
+def _plain(value: Any) -> Any:
+    """Optuna user attributes must be JSON-serialisable."""
+    if isinstance(value, (str, int, float, bool)) or value is None:
+        return value
+    if hasattr(value, "item"):
+        return value.item()
+    return str(value)
