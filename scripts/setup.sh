@@ -28,4 +28,7 @@ if [ ! -f "$FMNIST/train-images-idx3-ubyte.gz" ] && [ ! -f "$FMNIST/train-images
     || echo "setup: Fashion-MNIST is not installed and apt could not install it (dataset-fashion-mnist);" \
             "configs that use it will say so; configs/demo.yaml uses scikit-learn's digits and still runs." >&2
 fi
+# headless Chromium: the dashboard test renders optuna-dashboard in a real browser
+command -v chromium >/dev/null || apt_install chromium \
+  || echo "setup: Debian's chromium could not be installed; the dashboard browser test will be skipped" >&2
 echo "setup: ready ($("$VENV/bin/python" -c 'import torch; print("torch", torch.__version__)'))"

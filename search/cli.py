@@ -41,6 +41,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--storage-path", help="Ray Tune experiment folder shared by the cluster (default <run>/ray)")
     p.add_argument("--resume", metavar="RUN", help="continue the interrupted search in run folder RUN")
 
+    p = sub.add_parser("dashboard", help="optuna-dashboard on a search run's study (bound to 127.0.0.1)")
+    p.add_argument("run", help="run folder written by `prunepilot search`")
+    p.add_argument("--port", type=int, default=8080)
+    p.add_argument("--host", default="127.0.0.1", help="bind address (default 127.0.0.1: this machine only)")
+    p.add_argument("--storage", help="a storage URL instead of the run's")
+
     p = sub.add_parser("sweep", help="accuracy (adaptive BN) vs uniform ratio and MACs")
     _common(p)
 
@@ -50,10 +56,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _commands() -> dict[str, Callable[[argparse.Namespace], int]]:
-    from search import jobs, search_job
+    from search import dashboard, jobs, search_job
 
     return {"train": jobs.train_job, "prune": jobs.prune_job, "sweep": jobs.sweep_job,
-            "sensitivity": jobs.sensitivity_job, "search": search_job.search_job}
+            "sensitivity": jobs.sensitivity_job, "search": search_job.search_job,
+            "dashboard": dashboard.dashboard_job}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -63,6 +70,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if unknown:
         parser.error(f"unrecognized arguments: {' '.join(unknown)} (config overrides are written dotted.key=value)")
     args.overrides = [e for e in extra if e not in unknown]
+    if args.command == "dashboard" and args.overrides:
+        parser.error(f"unrecognized arguments: {' '.join(args.overrides)}")
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     try:
         return _commands()[args.command](args)

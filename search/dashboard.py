@@ -1,0 +1,37 @@
+"""`prunepilot dashboard RUN`: optuna-dashboard on a run's study, bound to 127.0.0.1."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import optuna
+
+from pruning.errors import UserError
+
+
+def storage_of(run: Path, override: str | None = None) -> str:
+    """The Optuna storage URL recorded for `run` (or `override`)."""
+    if override:
+        return override
+    state = run / "search.json"
+    if not state.is_file():
+        raise UserError(f"{run}: not a search run folder (no search.json); give the folder `prunepilot search` wrote")
+    return json.loads(state.read_text())["storage"]
+
+
+def dashboard_job(args: argparse.Namespace) -> int:
+    from optuna_dashboard import run_server
+
+    run = Path(args.run)
+    storage = storage_of(run, args.storage)
+    try:
+        studies = optuna.get_all_study_summaries(storage)
+    except Exception as exc:
+        raise UserError(f"{storage}: cannot open Optuna storage ({type(exc).__name__}: {exc})") from None
+    names = ", ".join(s.study_name for s in studies) or "none yet"
+    print(f"optuna-dashboard on {storage} (studies: {names})")
+    print(f"open http://{args.host}:{args.port}/dashboard/  (Ctrl-C to stop)", flush=True)
+    run_server(storage, host=args.host, port=args.port)
+    return 0

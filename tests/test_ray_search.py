@@ -1,0 +1,202 @@
+"""The search on a real Ray cluster, recorded in a real Optuna SQLite study, reviewed in the real dashboard.
+
+Each test runs `prunepilot search` as a user would (a subprocess), against a two-node cluster
+started with `ray start` on loopback, or embedded Ray; faults are real: SIGKILL of a Ray worker
+process mid-search, and SIGKILL of the driver followed by `--resume`.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import optuna
+import pandas as pd
+import pytest
+
+ROOT = Path(__file__).parents[1]
+RAY = str(Path(sys.executable).parent / "ray")
+CONFIG = """
+model: {name: "tests.fixtures:tiny_cnn", kwargs: {width: 16}}
+data: {name: synthetic, options: {size: 16, n_train: 600, n_test: 100}}
+train: {epochs: 2, batch_size: 64, lr: 0.05, augment: false}
+prune: {importance: l1}
+eval: {bn_batches: 2, bn_batch_size: 64}
+env: {macs_target: 0.6}
+agent: {warmup_episodes: 3, net_arch: [32, 32], batch_size: 8}
+search: {searcher: ddpg, evaluations: 8, concurrency: 2, backend: ray, final_pass: false}
+threads: 1
+"""
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def ray_env(tmp_path_factory):
+    """Environment for every Ray process of these tests: token auth, the project importable, a private cache."""
+    env = {**os.environ, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": secrets.token_hex(16),
+           "PYTHONPATH": str(ROOT), "PRUNEPILOT_CACHE": str(tmp_path_factory.mktemp("cache")),
+           "RAY_USAGE_STATS_ENABLED": "0", "PYTHONUNBUFFERED": "1"}
+    env.pop("RAY_ADDRESS", None)
+    return env
+
+
+@pytest.fixture
+def config(tmp_path):
+    path = tmp_path / "search.yaml"
+    path.write_text(CONFIG)
+    return path
+
+
+def search_cmd(config: Path, out: Path, *extra: str) -> list[str]:
+    return [sys.executable, "-m", "search.cli", "search", str(config), "--out", str(out), "--quiet", *extra]
+
+
+def study_frame(out: Path) -> pd.DataFrame:
+    study = optuna.load_study(study_name="search", storage=f"sqlite:///{out / 'study.db'}")
+    return pd.DataFrame([{"state": t.state.name, **t.user_attrs} for t in study.get_trials(deepcopy=False)])
+
+
+def recorded(out: Path) -> int:
+    if not (out / "study.db").exists():
+        return 0
+    try:
+        return len(study_frame(out))
+    except Exception:  # the driver may be creating the study right now
+        return 0
+
+
+def assert_complete_once(out: Path, evaluations: int) -> pd.DataFrame:
+    frame = study_frame(out)
+    assert len(frame) == evaluations, frame
+    assert frame["evaluation_id"].is_unique
+    assert (frame["state"] == "COMPLETE").all()
+    table = pd.read_csv(out / "evaluations.csv")
+    assert len(table) == evaluations and table["evaluation_id"].is_unique
+    return frame
+
+
+@pytest.fixture
+def two_node_cluster(ray_env, tmp_path):
+    port = free_port()
+    address = f"127.0.0.1:{port}"
+    common = ["--num-cpus=1", "--disable-usage-stats"]
+    subprocess.run([RAY, "start", "--head", f"--port={port}", "--include-dashboard=false", *common],
+                   env=ray_env, check=True, capture_output=True, timeout=120)
+    subprocess.run([RAY, "start", f"--address={address}", *common], env=ray_env, check=True, capture_output=True,
+                   timeout=120)
+    try:
+        yield address
+    finally:
+        subprocess.run([RAY, "stop", "--force"], env=ray_env, capture_output=True, timeout=120)
+
+
+def test_search_runs_trials_on_both_nodes_of_a_cluster(two_node_cluster, ray_env, config, tmp_path):
+    out = tmp_path / "run"
+    result = subprocess.run(search_cmd(config, out, "--address", two_node_cluster), env=ray_env, cwd=tmp_path,
+                            capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    frame = assert_complete_once(out, 8)
+    assert frame["node_id"].nunique() == 2  # nodes share 127.0.0.1: told apart by node id
+    assert frame["searcher"].eq("ddpg").all() and frame["reward"].notna().all()
+    assert (out / "agent.zip").is_file() and (out / "best_policy.json").is_file()
+    assert "2 node(s)" in (out / "report.md").read_text()
+
+
+def worker_pids() -> list[int]:
+    """Ray worker processes running our trial function (they rename themselves ray::...)."""
+    found = []
+    for proc in Path("/proc").iterdir():
+        if proc.name.isdigit():
+            try:
+                cmdline = (proc / "cmdline").read_bytes().decode(errors="ignore")
+            except OSError:
+                continue
+            if cmdline.startswith("ray::") and "evaluate_policy_trial" in cmdline:
+                found.append(int(proc.name))
+    return found
+
+
+def wait_for(predicate, timeout: float, what: str) -> None:
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if predicate():
+            return
+        time.sleep(0.2)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def test_a_killed_worker_is_retried_and_nothing_is_lost(ray_env, config, tmp_path):
+    out = tmp_path / "run"
+    driver = subprocess.Popen(search_cmd(config, out), env=ray_env, cwd=tmp_path, stdout=subprocess.PIPE,
+                              stderr=subprocess.STDOUT, text=True)
+    try:
+        wait_for(lambda: recorded(out) >= 2 and worker_pids(), 300, "two evaluations and a live worker")
+        victim = worker_pids()[0]
+        os.kill(victim, signal.SIGKILL)
+        output, _ = driver.communicate(timeout=600)
+    finally:
+        driver.kill()
+    assert driver.returncode == 0, output[-3000:]
+    frame = assert_complete_once(out, 8)
+    assert len(set(frame["pid"])) >= 2  # a fresh worker replaced the killed one
+
+
+def test_a_killed_driver_resumes_without_loss_or_duplicates(ray_env, config, tmp_path):
+    out = tmp_path / "run"
+    driver = subprocess.Popen(search_cmd(config, out), env=ray_env, cwd=tmp_path, start_new_session=True,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        wait_for(lambda: recorded(out) >= 3, 300, "three recorded evaluations")
+    finally:
+        os.killpg(driver.pid, signal.SIGKILL)  # the driver and the embedded Ray it started, mid-search
+        driver.wait()
+    partial = recorded(out)
+    assert 3 <= partial < 8
+    result = subprocess.run(search_cmd(config, tmp_path / "ignored", "--resume", str(out)), env=ray_env,
+                            cwd=tmp_path, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert_complete_once(out, 8)
+
+
+def test_dashboard_shows_the_study_in_headless_chromium(ray_env, config, tmp_path):
+    chromium = shutil.which("chromium")
+    if chromium is None:
+        pytest.skip("Debian's chromium is not installed (scripts/setup.sh installs it where apt is available)")
+    out = tmp_path / "run"
+    subprocess.run(search_cmd(config, out, "--backend", "local", "search.evaluations=5"), env=ray_env, cwd=tmp_path,
+                   check=True, capture_output=True, timeout=300)
+    port = free_port()
+    server = subprocess.Popen([sys.executable, "-m", "search.cli", "dashboard", str(out), "--port", str(port)],
+                              env=ray_env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    url = f"http://127.0.0.1:{port}/dashboard/studies/1"
+    flags = [chromium, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+             "--disable-background-networking", "--disable-component-update", "--disable-sync",
+             "--window-size=1400,1000", "--virtual-time-budget=15000"]
+    try:
+        def serving() -> bool:
+            with socket.socket() as s:
+                return s.connect_ex(("127.0.0.1", port)) == 0
+
+        wait_for(serving, 60, "optuna-dashboard to listen")
+        dom = subprocess.run([*flags, f"--user-data-dir={tmp_path / 'c1'}", "--dump-dom", url], capture_output=True,
+                             text=True, timeout=120).stdout
+        shot = tmp_path / "dashboard.png"
+        subprocess.run([*flags, f"--user-data-dir={tmp_path / 'c2'}", f"--screenshot={shot}", url],
+                       capture_output=True, timeout=120)
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+    assert "search" in dom and "Pareto Front" in dom and "accuracy" in dom and "macs_ratio" in dom
+    assert shot.is_file() and shot.stat().st_size > 20_000  # a rendered page, not a blank one
