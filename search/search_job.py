@@ -95,7 +95,7 @@ def search_job(args: argparse.Namespace) -> int:
         raise
     (out / "search.json").write_text(json.dumps(state, indent=2))
     start = time.perf_counter()
-    agent = None
+    agent, tune_seconds = None, None
     if backend == "local":
         env = build_env(cfg, base.model, ctx.data, graph)
         _, agent = run_local(cfg, base.model, env, lambda e: sink(
@@ -109,8 +109,10 @@ def search_job(args: argparse.Namespace) -> int:
         env = build_env(cfg, base.model, ctx.data, graph, deferred=True)
         connect(args.address)
         searcher, space, samples = search_algorithm(cfg, env, base.model, graph, out / "agent")
+        tune_start = time.perf_counter()
         run_tune(cfg, trainable(cfg, base, ctx.data, graph, str(ctx.device)), searcher, space, samples,
                  Path(state["storage_path"]), RecordingCallback(sink), resume=bool(args.resume))
+        tune_seconds = time.perf_counter() - tune_start
         env = build_env(cfg, base.model, ctx.data, graph)
     wall = time.perf_counter() - start
     sink.close()
@@ -146,7 +148,7 @@ def search_job(args: argparse.Namespace) -> int:
         "![reward](reward.png) ![accuracy vs MACs](accuracy_vs_macs.png) ![best vs uniform](best_vs_uniform.png)", ""])
     write_json({"evaluations": len(frame), "failed": int((frame["state"] != "COMPLETE").sum()), "wall_seconds": wall,
                 "nodes": int(nodes), "best": best.to_dict(), "uniform_accuracy": uniform_result.accuracy,
-                "backend": backend}, out / "search_summary.json")
+                "backend": backend, "tune_seconds": tune_seconds, "concurrency": cfg.search.concurrency}, out / "search_summary.json")
     if cfg.search.final_pass:
         final_pass(ctx, base, graph, best, out, extra_report=section)
     else:

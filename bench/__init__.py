@@ -1,0 +1,1 @@
+"""Benchmarks: each writes its figures to results/bench/ (rerun the module to regenerate them)."""
