@@ -40,6 +40,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--storage", help="Optuna storage URL (default sqlite:///<run>/study.db; e.g. postgresql://...)")
     p.add_argument("--storage-path", help="Ray Tune experiment folder shared by the cluster (default <run>/ray)")
     p.add_argument("--resume", metavar="RUN", help="continue the interrupted search in run folder RUN")
+    p.add_argument("--agent", help="warm-start the agent from a saved agent.zip (policy reuse across models)")
+
+    p = sub.add_parser("transfer", help="zero-shot: a saved agent proposes a policy for another model")
+    _common(p)
+    p.add_argument("--agent", required=True, help="agent.zip written by `prunepilot search`")
 
     p = sub.add_parser("dashboard", help="optuna-dashboard on a search run's study (bound to 127.0.0.1)")
     p.add_argument("run", help="run folder written by `prunepilot search`")
@@ -60,7 +65,7 @@ def _commands() -> dict[str, Callable[[argparse.Namespace], int]]:
 
     return {"train": jobs.train_job, "prune": jobs.prune_job, "sweep": jobs.sweep_job,
             "sensitivity": jobs.sensitivity_job, "search": search_job.search_job,
-            "dashboard": dashboard.dashboard_job}
+            "dashboard": dashboard.dashboard_job, "transfer": search_job.transfer_job}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

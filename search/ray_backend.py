@@ -68,14 +68,14 @@ class RecordingCallback(Callback):
 
 
 def search_algorithm(cfg: RunConfig, env: LayerPruningEnv, model: Any, graph: UnitGraph, agent_path: Path,
-                     ) -> tuple[Any, dict, int]:
+                     agent: PruningAgent | None = None) -> tuple[Any, dict, int]:
     """(Tune search algorithm, param space, number of trials) for `cfg.search.searcher`."""
     name, budget, seed = cfg.search.searcher, cfg.search.evaluations, cfg.seed
     space = {"ratios": {u: tune.uniform(env.r_min, env.r_max) for u in graph.names}}
     if name in BUILDERS:
         if name == "ppo":
             raise UserError("search.searcher: ppo learns on-policy from whole rollouts; use it with --backend local")
-        agent = PruningAgent.create(cfg.agent, env, seed)
+        agent = agent or PruningAgent.create(cfg.agent, env, seed)
         return AgentSearcher(agent, env, budget, save_to=str(agent_path)), {}, budget
     if name == "tpe":
         import optuna

@@ -11,8 +11,10 @@ from pathlib import Path
 
 import pandas as pd
 
+from agents.agent import PruningAgent
 from agents.baselines import uniform
-from envs.factory import build_env
+from envs.factory import build_env, env_kwargs
+from envs.layer_pruning import LayerPruningEnv
 from pruning.errors import UserError
 from pruning.policy import SparsityPolicy
 from search.cli import run_folder
@@ -68,6 +70,44 @@ def prepare_run_folder(args: argparse.Namespace, cfg_name: str) -> tuple[Path, d
     return out, {"storage": storage, "study_name": cfg_name, "storage_path": str(storage_path)}
 
 
+def load_warm_agent(args: argparse.Namespace, cfg, graph) -> PruningAgent | None:
+    """The saved agent to continue from (`--agent`), ready to explore near its learned policy."""
+    if not getattr(args, "agent", None):
+        return None
+    if cfg.search.searcher not in ("ddpg", "td3", "sac", "ppo"):
+        raise UserError(f"--agent: warm starts need an agent searcher, but search.searcher is {cfg.search.searcher!r}")
+    env = LayerPruningEnv(graph, deferred=True, **env_kwargs(cfg))
+    agent = PruningAgent.load(args.agent, env)
+    agent.warm_start()
+    return agent
+
+
+def transfer_job(args: argparse.Namespace) -> int:
+    """Zero-shot policy reuse: a saved agent walks this model's units once; the policy is scored and saved."""
+    ctx = prepare(args)
+    cfg = ctx.cfg
+    out = run_folder(args, f"{cfg.name}-transfer")
+    PruningAgent.load(args.agent)  # a missing or stale agent fails before any training
+    base = baseline_of(ctx)
+    graph = unit_graph(ctx, base.model)
+    env = build_env(cfg, base.model, ctx.data, graph)
+    agent = PruningAgent.load(args.agent, env)
+    policy, _ = agent.propose(env, deterministic=True)
+    result = env.evaluate(policy)
+    uniform_result = env.evaluate(uniform(graph, env.macs_target, env.round_to, cfg.prune.max_ratio))
+    policy.meta.update(agent=str(args.agent), accuracy=result.accuracy, macs_ratio=result.macs_ratio)
+    out.mkdir(parents=True, exist_ok=True)
+    policy.save(out / "policy.json")
+    summary = {"agent": str(args.agent), "model": cfg.model.name, "accuracy": result.accuracy,
+               "macs_ratio": result.macs_ratio, "reward": env.reward(result),
+               "uniform_accuracy": uniform_result.accuracy, "uniform_macs_ratio": uniform_result.macs_ratio}
+    write_json(summary, out / "transfer.json")
+    log.info("zero-shot policy for %s: val acc %.4f at %.1f%% MACs (uniform: %.4f at %.1f%%); saved %s",
+             cfg.model.name, result.accuracy, 100 * result.macs_ratio, uniform_result.accuracy,
+             100 * uniform_result.macs_ratio, out / "policy.json")
+    return 0
+
+
 def best_evaluation(frame: pd.DataFrame) -> pd.Series:
     complete = frame[frame["state"] == "COMPLETE"]
     if complete.empty:
@@ -96,9 +136,10 @@ def search_job(args: argparse.Namespace) -> int:
     (out / "search.json").write_text(json.dumps(state, indent=2))
     start = time.perf_counter()
     agent, tune_seconds = None, None
+    warm = load_warm_agent(args, cfg, graph)
     if backend == "local":
         env = build_env(cfg, base.model, ctx.data, graph)
-        _, agent = run_local(cfg, base.model, env, lambda e: sink(
+        _, agent = run_local(cfg, base.model, env, agent=warm, on_evaluation=lambda e: sink(
             f"local-{e.episode}", {"ratios": e.policy.ratios, "accuracy": e.accuracy, "macs_ratio": e.macs_ratio,
                                    "reward": e.reward, "episode": e.episode}))
         if agent is not None:
@@ -108,7 +149,7 @@ def search_job(args: argparse.Namespace) -> int:
 
         env = build_env(cfg, base.model, ctx.data, graph, deferred=True)
         connect(args.address)
-        searcher, space, samples = search_algorithm(cfg, env, base.model, graph, out / "agent")
+        searcher, space, samples = search_algorithm(cfg, env, base.model, graph, out / "agent", warm)
         tune_start = time.perf_counter()
         run_tune(cfg, trainable(cfg, base, ctx.data, graph, str(ctx.device)), searcher, space, samples,
                  Path(state["storage_path"]), RecordingCallback(sink), resume=bool(args.resume))

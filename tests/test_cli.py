@@ -102,3 +102,20 @@ def test_unknown_searcher_is_a_user_error(tmp_path, tiny_config):
     assert main(["search", str(tiny_config), "--backend", "local", "search.searcher=gridsearch",
                  "--out", str(tmp_path / "x"), "--quiet"]) == 2
     assert not (tmp_path / "x").exists()
+
+
+def test_policy_reuse_zero_shot_and_warm_start(tmp_path, tiny_config):
+    common = ["--backend", "local", "--quiet", "search.evaluations=6", "agent.warmup_episodes=2", "agent.net_arch=[16]",
+              "env.macs_target=0.6", "search.final_pass=false"]
+    assert main(["search", str(tiny_config), "--out", str(tmp_path / "a"), *common]) == 0
+    agent = tmp_path / "a" / "agent.zip"
+    other_model = ["model.name=vgg_small", "model.kwargs={widths: [8, M, 16, 16]}"]
+    assert main(["transfer", str(tiny_config), "--agent", str(agent), "--out", str(tmp_path / "t"), "--quiet",
+                 *other_model]) == 0
+    summary = json.loads((tmp_path / "t" / "transfer.json").read_text())
+    assert summary["model"] == "vgg_small" and summary["macs_ratio"] <= 0.6 + 1e-9
+    assert main(["search", str(tiny_config), "--out", str(tmp_path / "w"), "--agent", str(agent), *common,
+                 *other_model]) == 0
+    assert len(__import__("pandas").read_csv(tmp_path / "w" / "evaluations.csv")) == 6
+    assert main(["transfer", str(tiny_config), "--agent", str(tmp_path / "none.zip"), "--out", str(tmp_path / "x"),
+                 "--quiet"]) == 2
