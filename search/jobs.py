@@ -200,11 +200,16 @@ def prune_job(args: argparse.Namespace) -> int:
     return 0
 
 
-def sweep_job(args: argparse.Namespace) -> int:
+def evaluator_job(args: argparse.Namespace, suffix: str) -> tuple[Context, Path, Evaluator]:
+    """Shared start of the analysis commands: config, baseline, run folder and the shared evaluator."""
     ctx = prepare(args)
-    out = run_folder(args, f"{ctx.cfg.name}-sweep")
     base = baseline_of(ctx)
     evaluator = Evaluator(base.model, ctx.data, unit_graph(ctx, base.model), EvalSettings.from_config(ctx.cfg))
+    return ctx, run_folder(args, f"{ctx.cfg.name}-{suffix}"), evaluator
+
+
+def sweep_job(args: argparse.Namespace) -> int:
+    ctx, out, evaluator = evaluator_job(args, "sweep")
     rows = uniform_sweep(evaluator, ctx.cfg.sweep.ratios, lambda i, n: log.info("sweep %d/%d", i, n))
     frame = write_table(rows, out, "sweep")
     plot_lines(frame, "ratio", ["accuracy"], out / "sweep_ratio.png", "adaptive-BN accuracy vs uniform ratio")
@@ -224,10 +229,7 @@ def sweep_job(args: argparse.Namespace) -> int:
 
 
 def sensitivity_job(args: argparse.Namespace) -> int:
-    ctx = prepare(args)
-    out = run_folder(args, f"{ctx.cfg.name}-sensitivity")
-    base = baseline_of(ctx)
-    evaluator = Evaluator(base.model, ctx.data, unit_graph(ctx, base.model), EvalSettings.from_config(ctx.cfg))
+    ctx, out, evaluator = evaluator_job(args, "sensitivity")
     rows = sensitivity(evaluator, ctx.cfg.sweep.sensitivity_ratios, lambda i, n: log.info("sensitivity %d/%d", i, n))
     frame = write_table(rows, out, "sensitivity")
     plot_heatmap(frame, "unit", "ratio", "drop", out / "sensitivity.png", "accuracy drop when one unit is pruned")

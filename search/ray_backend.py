@@ -103,7 +103,6 @@ def run_tune(cfg: RunConfig, fn: Any, searcher: Any, space: dict, samples: int, 
              callback: RecordingCallback, resume: bool) -> None:
     """Start the Tune experiment, or continue it from its saved state when `resume`."""
     os.environ["TUNE_GLOBAL_CHECKPOINT_S"] = "0"  # experiment state after every event: a resume loses nothing
-    os.environ["TUNE_DISABLE_AUTO_CALLBACK_LOGGERS"] = "1"  # the Optuna study is the record; no per-trial CSV/JSON/TB
     experiment = storage_path / EXPERIMENT
     if resume:
         if not tune.Tuner.can_restore(str(experiment)):

@@ -15,7 +15,9 @@ from agents.agent import PruningAgent
 from agents.baselines import uniform
 from envs.factory import build_env, env_kwargs
 from envs.layer_pruning import LayerPruningEnv
+from pruning.analysis import largest_ratio_above, uniform_sweep
 from pruning.errors import UserError
+from pruning.evaluate import EvalSettings, Evaluator
 from pruning.policy import SparsityPolicy
 from search.cli import run_folder
 from search.jobs import baseline_of, final_pass, prepare, unit_graph
@@ -68,6 +70,23 @@ def prepare_run_folder(args: argparse.Namespace, cfg_name: str) -> tuple[Path, d
     storage = args.storage or sqlite_url(str((out / "study.db").resolve()))
     storage_path = Path(args.storage_path).resolve() if args.storage_path else (out / "ray").resolve()
     return out, {"storage": storage, "study_name": cfg_name, "storage_path": str(storage_path)}
+
+
+def target_from_floor(ctx, base, graph, out: Path) -> float:
+    """Global first (seed article): the uniform sweep's largest ratio above the accuracy floor sets the MACs target."""
+    cfg = ctx.cfg
+    evaluator = Evaluator(base.model, ctx.data, graph, EvalSettings.from_config(cfg))
+    rows = uniform_sweep(evaluator, cfg.sweep.ratios)
+    chosen = largest_ratio_above(rows, cfg.sweep.accuracy_floor)
+    if chosen is None or chosen["ratio"] == 0.0:
+        raise UserError(f"sweep.accuracy_floor: no pruned uniform policy keeps accuracy >= {cfg.sweep.accuracy_floor} "
+                        f"(dense validation accuracy {evaluator.dense_accuracy:.4f}); lower the floor")
+    out.mkdir(parents=True, exist_ok=True)
+    write_table(rows, out, "global_sweep")
+    log.info("global sweep: uniform ratio %.2f keeps accuracy %.4f >= floor %.4f at %.1f%% MACs: searching for policies "
+             "within that MACs target", chosen["ratio"], chosen["accuracy"], cfg.sweep.accuracy_floor,
+             100 * chosen["macs_ratio"])
+    return float(chosen["macs_ratio"])
 
 
 def load_warm_agent(args: argparse.Namespace, cfg, graph) -> PruningAgent | None:
@@ -123,6 +142,8 @@ def search_job(args: argparse.Namespace) -> int:
     out, state = prepare_run_folder(args, cfg.name)
     base = baseline_of(ctx)
     graph = unit_graph(ctx, base.model)
+    if cfg.sweep.accuracy_floor is not None and not args.resume:
+        cfg.env.macs_target = target_from_floor(ctx, base, graph, out)
     sink = EvaluationSink(state["storage"], state["study_name"], graph.names, cfg.search.searcher,
                           cfg.search.evaluations, ctx.show_progress)
     created = not out.exists()

@@ -87,7 +87,7 @@ def test_local_search_writes_the_run_folder(tmp_path, tiny_config, searcher):
     out = tmp_path / searcher
     args = ["search", str(tiny_config), "--backend", "local", "--out", str(out), "--quiet", f"search.searcher={searcher}",
             "search.evaluations=6", "agent.warmup_episodes=2", "agent.net_arch=[16]", "env.macs_target=0.6",
-            "search.final_pass=false"]
+            "search.final_pass=false", "sweep.accuracy_floor=null"]
     assert main(args) == 0
     import pandas as pd
 
@@ -106,7 +106,7 @@ def test_unknown_searcher_is_a_user_error(tmp_path, tiny_config):
 
 def test_policy_reuse_zero_shot_and_warm_start(tmp_path, tiny_config):
     common = ["--backend", "local", "--quiet", "search.evaluations=6", "agent.warmup_episodes=2", "agent.net_arch=[16]",
-              "env.macs_target=0.6", "search.final_pass=false"]
+              "env.macs_target=0.6", "search.final_pass=false", "sweep.accuracy_floor=null"]
     assert main(["search", str(tiny_config), "--out", str(tmp_path / "a"), *common]) == 0
     agent = tmp_path / "a" / "agent.zip"
     other_model = ["model.name=vgg_small", "model.kwargs={widths: [8, M, 16, 16]}"]
