@@ -119,3 +119,17 @@ def test_policy_reuse_zero_shot_and_warm_start(tmp_path, tiny_config):
     assert len(__import__("pandas").read_csv(tmp_path / "w" / "evaluations.csv")) == 6
     assert main(["transfer", str(tiny_config), "--agent", str(tmp_path / "none.zip"), "--out", str(tmp_path / "x"),
                  "--quiet"]) == 2
+
+
+def test_same_config_and_seed_give_the_same_search(tmp_path, tiny_config):
+    import pandas as pd
+
+    args = ["--backend", "local", "--quiet", "search.evaluations=8", "agent.warmup_episodes=3", "agent.net_arch=[16]",
+            "agent.batch_size=8", "search.final_pass=false", "sweep.accuracy_floor=null"]
+    tables = []
+    for name in ("one", "two"):
+        assert main(["search", str(tiny_config), "--out", str(tmp_path / name), *args]) == 0
+        tables.append(pd.read_csv(tmp_path / name / "evaluations.csv"))
+    columns = [c for c in tables[0].columns if c.startswith("ratio:")] + ["reward", "accuracy"]
+    pd.testing.assert_frame_equal(tables[0][columns], tables[1][columns])
+    assert tables[0]["reward"].nunique() > 1  # the searches explored, they did not repeat one policy
