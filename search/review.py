@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import math
+import warnings
 from typing import Any
 
 import optuna
@@ -37,7 +38,9 @@ class OptunaRecorder:
         except Exception as exc:  # bad URL, unreachable server, missing driver
             raise UserError(f"--storage: cannot open Optuna storage {storage!r} ({type(exc).__name__}: {exc})") from None
         if self.study.metric_names is None:
-            self.study.set_metric_names(OBJECTIVES)
+            with warnings.catch_warnings():  # set_metric_names is marked experimental; the dashboard reads it
+                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                self.study.set_metric_names(OBJECTIVES)
         self.storage, self.unit_names = storage, unit_names
         self.seen = {t.user_attrs.get("evaluation_id") for t in self.study.get_trials(deepcopy=False)}
 
