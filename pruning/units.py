@@ -54,7 +54,6 @@ class UnitGraph:
     out_unit: dict[str, str] = field(default_factory=dict)
     in_unit: dict[str, str] = field(default_factory=dict)
     depthwise: set[str] = field(default_factory=set)
-    layer_weights: dict[str, int] = field(default_factory=dict)
     fingerprint: str = ""
 
     @property
@@ -144,7 +143,6 @@ def discover_units(model: nn.Module, input_shape: tuple[int, ...], mode: Mode = 
             graph.units.append(Unit(name, 0, "linear" if isinstance(module, nn.Linear) else "conv",
                                     module.weight.numel(), cin, k, s, shapes[name].in_hw, shapes[name].macs,
                                     (name,), ()))
-            graph.layer_weights[name] = module.weight.numel()
     else:
         dg = build_dependency_graph(model, input_shape)
         for group in dg.get_all_groups(ignored_layers=classifier_layers(model), root_module_types=PRUNABLE_TYPES):

@@ -116,7 +116,7 @@ def final_pass(ctx: Context, base: Baseline, graph: UnitGraph, policy: SparsityP
     steps_frame = write_table([s.as_dict() for s in steps], out, "steps")
 
     sparse = graph.mode == "unstructured"
-    dense_row = measure_model(base.model.cpu() if ctx.device.type == "cpu" else base.model, ctx, sparse=False)
+    dense_row = measure_model(base.model, ctx, sparse=False)
     pruned_row = measure_model(model, ctx, sparse=sparse)
     save_pruned(out / "model.pt", model, graph, base.arch, ctx.data.fingerprint,
                 metrics={k: float(v) for k, v in pruned_row.items()})
