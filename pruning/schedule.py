@@ -15,8 +15,3 @@ def cubic_schedule(final_ratio: float, steps: int) -> list[float]:
         raise ValueError(f"`0 <= final_ratio <= 1` must hold, but got {final_ratio=}")
     return [final_ratio * (1.0 - (1.0 - t / steps) ** 3) for t in range(steps + 1)]
 
-
-def linear_schedule(final_ratio: float, steps: int) -> list[float]:
-    if steps < 1:
-        raise ValueError(f"`steps >= 1` must hold, but got {steps=}")
-    return [final_ratio * t / steps for t in range(steps + 1)]

@@ -142,8 +142,11 @@ def search_job(args: argparse.Namespace) -> int:
     out, state = prepare_run_folder(args, cfg.name)
     base = baseline_of(ctx)
     graph = unit_graph(ctx, base.model)
-    if cfg.sweep.accuracy_floor is not None and not args.resume:
+    if args.resume:
+        cfg.env.macs_target = state.get("macs_target", cfg.env.macs_target)  # the target the search started with
+    elif cfg.sweep.accuracy_floor is not None:
         cfg.env.macs_target = target_from_floor(ctx, base, graph, out)
+    state["macs_target"] = cfg.env.macs_target
     sink = EvaluationSink(state["storage"], state["study_name"], graph.names, cfg.search.searcher,
                           cfg.search.evaluations, ctx.show_progress)
     created = not out.exists()
