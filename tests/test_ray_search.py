@@ -96,7 +96,16 @@ def two_node_cluster(ray_env, tmp_path):
                    env=ray_env, check=True, capture_output=True, timeout=120)
     subprocess.run([RAY, "start", f"--address={address}", *common], env=ray_env, check=True, capture_output=True,
                    timeout=120)
+    count_alive = (f"import ray; ray.init(address='{address}', logging_level='ERROR'); "
+                   "print(sum(n['Alive'] for n in ray.nodes()))")
+
+    def both_nodes_alive() -> bool:  # `ray start` can return before the node has registered with the head
+        out = subprocess.run([sys.executable, "-c", count_alive], env=ray_env, capture_output=True, text=True,
+                             timeout=120)
+        return out.stdout.strip().endswith("2")
+
     try:
+        wait_for(both_nodes_alive, 120, "both Ray nodes to register")
         yield address
     finally:
         subprocess.run([RAY, "stop", "--force"], env=ray_env, capture_output=True, timeout=120)
@@ -104,7 +113,9 @@ def two_node_cluster(ray_env, tmp_path):
 
 def test_search_runs_trials_on_both_nodes_of_a_cluster(two_node_cluster, ray_env, config, tmp_path):
     out = tmp_path / "run"
-    result = subprocess.run(search_cmd(config, out, "--address", two_node_cluster), env=ray_env, cwd=tmp_path,
+    # evaluations long enough (~1 s) that two are in flight: with 0.1 s trials one reused actor could run them all
+    heavier = ["model.kwargs={width: 64}", "data.options={size: 28, n_train: 3000, n_test: 100}", "eval.bn_batches=20"]
+    result = subprocess.run(search_cmd(config, out, "--address", two_node_cluster, *heavier), env=ray_env, cwd=tmp_path,
                             capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
     frame = assert_complete_once(out, 8)
