@@ -132,6 +132,20 @@ def live_worker_pids(out: Path) -> list[int]:
     return [int(pid) for pid in study_frame(out)["pid"].dropna().unique() if Path(f"/proc/{int(pid)}").exists()]
 
 
+def busy(pid: int) -> bool:
+    """True when the process is burning CPU right now (evaluating), not idling between trials."""
+    def cpu_ticks() -> int:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return int(fields[11]) + int(fields[12])
+
+    try:
+        before = cpu_ticks()
+        time.sleep(0.1)
+        return cpu_ticks() - before >= 3
+    except (OSError, IndexError):
+        return False
+
+
 def wait_for(predicate, timeout: float, what: str) -> None:
     deadline = time.time() + timeout
     while time.time() < deadline:
@@ -143,11 +157,20 @@ def wait_for(predicate, timeout: float, what: str) -> None:
 
 def test_a_killed_worker_is_retried_and_nothing_is_lost(ray_env, config, tmp_path):
     out = tmp_path / "run"
-    driver = subprocess.Popen(search_cmd(config, out), env=ray_env, cwd=tmp_path, stdout=subprocess.PIPE,
+    # ~1 s evaluations, and the kill lands while the worker computes: Tune 2.60 retries a trial that was RUNNING
+    # when its worker died, not one still PENDING on a reused actor that died between two trials
+    heavier = ["model.kwargs={width: 64}", "data.options={size: 28, n_train: 3000, n_test: 100}", "eval.bn_batches=20"]
+    driver = subprocess.Popen(search_cmd(config, out, *heavier), env=ray_env, cwd=tmp_path, stdout=subprocess.PIPE,
                               stderr=subprocess.STDOUT, text=True)
+
+    def busy_workers() -> list[int]:
+        return [pid for pid in live_worker_pids(out) if busy(pid)] if recorded(out) >= 2 else []
+
     try:
-        wait_for(lambda: recorded(out) >= 2 and live_worker_pids(out), 300, "two evaluations and a live worker")
-        victim = live_worker_pids(out)[0]
+        candidates: list[int] = []
+        wait_for(lambda: candidates.extend(busy_workers()) or candidates, 300,
+                 "two evaluations and a worker in the middle of a trial")
+        victim = candidates[0]
         os.kill(victim, signal.SIGKILL)  # the actor reused for the next trials dies, mid-trial or between two
         before_kill = recorded(out)
         output, _ = driver.communicate(timeout=600)
