@@ -171,6 +171,50 @@ class SearchConfig(Section):
     gpus_per_trial: float = Field(0.0, ge=0)
     max_failures: int = Field(2, ge=0)
     """Retries of a trial whose worker died (Ray Tune FailureConfig)."""
+    seed: int | None = None
+    """Seed of the searcher and of the final pass (None = the run's seed). Benchmarks vary it over
+    repeats while the run's seed, and so the cached dense baseline, stays the same."""
+
+
+class BenchConfig(Section):
+    """`prunepilot bench`: every method at the same budgets, side by side (DESIGN.md section 3)."""
+
+    methods: list[str] = Field(default_factory=lambda: ["uniform", "global_magnitude", "lamp", "random", "tpe", "ddpg"])
+    """Searchers compared (search.searcher names); rules evaluate one policy, searchers `evaluations`."""
+    macs_targets: list[float] = Field(default_factory=lambda: [0.5, 0.25])
+    """Operating points: fractions of dense MACs."""
+    seeds: list[int] = Field(default_factory=lambda: [0, 1, 2])
+    """Values of search.seed; figures are mean and std over them."""
+    evaluations: int = Field(200, ge=1)
+    """Evaluation budget of every searcher."""
+    parallel: int = Field(2, ge=1)
+    """Runs at once, each a process with one torch thread."""
+    final_pass: bool = True
+    """Run the same progressive prune-finetune pass (the prune section) on every method's policy."""
+    efficiency_evaluations: int = Field(24, ge=0)
+    """Evaluations per Ray Tune run of the 1-vs-2-worker throughput measurement (0 = skip)."""
+    transfer_model: str | None = "resnet56"
+    """Policy reuse: the DDPG agent of the first seed at each target is applied to this model (None = skip)."""
+    transfer_fraction: float = Field(0.25, gt=0, le=1)
+    """Budget of the warm-started search, as a fraction of `evaluations`."""
+    transfer_overrides: list[str] = Field(default_factory=list)
+    """Extra dotted.key=value overrides for the transfer model's runs (e.g. its baseline's train.epochs)."""
+    zoo: list[str] = Field(default_factory=lambda: ["lenet5", "vgg_small", "resnet20", "resnet56", "mobilenetv2_small"])
+    """Models of the MACs-vs-latency speed-up table."""
+
+    @field_validator("macs_targets")
+    @classmethod
+    def _targets_in_range(cls, values: list[float]) -> list[float]:
+        if not values or any(not 0 < v < 1 for v in values):
+            raise ValueError(f"every MACs target must lie in (0, 1) and the list must not be empty, got {values}")
+        return values
+
+    @field_validator("methods", "seeds")
+    @classmethod
+    def _not_empty(cls, values: list) -> list:
+        if not values or len(set(values)) != len(values):
+            raise ValueError(f"expected a non-empty list without repeats, got {values}")
+        return values
 
 
 class RunConfig(Section):
@@ -192,6 +236,11 @@ class RunConfig(Section):
     env: EnvConfig = Field(default_factory=EnvConfig)
     agent: AgentConfig = Field(default_factory=AgentConfig)
     search: SearchConfig = Field(default_factory=SearchConfig)
+    bench: BenchConfig = Field(default_factory=BenchConfig)
+
+    @property
+    def search_seed(self) -> int:
+        return self.seed if self.search.seed is None else self.search.seed
 
     @model_validator(mode="after")
     def _one_target(self) -> "RunConfig":

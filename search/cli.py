@@ -55,17 +55,23 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("sweep", help="accuracy (adaptive BN) vs uniform ratio and MACs")
     _common(p)
 
+    p = sub.add_parser("bench", help="every method at the same budgets, side by side, into results/bench/<name>/")
+    _common(p)
+    p.add_argument("--parts", help="comma-separated subset of comparison,transfer,efficiency,zoo (default: all)")
+
     p = sub.add_parser("sensitivity", help="per-unit accuracy drop at a few ratios")
     _common(p)
     return parser
 
 
 def _commands() -> dict[str, Callable[[argparse.Namespace], int]]:
+    from bench import runner
     from search import dashboard, jobs, search_job
 
     return {"train": jobs.train_job, "prune": jobs.prune_job, "sweep": jobs.sweep_job,
             "sensitivity": jobs.sensitivity_job, "search": search_job.search_job,
-            "dashboard": dashboard.dashboard_job, "transfer": search_job.transfer_job}
+            "dashboard": dashboard.dashboard_job, "transfer": search_job.transfer_job,
+            "bench": runner.bench_job}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

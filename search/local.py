@@ -60,7 +60,7 @@ def tpe_search(env: LayerPruningEnv, evaluations: int, seed: int,
 def run_local(cfg: RunConfig, model: nn.Module, env: LayerPruningEnv, on_evaluation: Callable[[Evaluation], None],
               agent: PruningAgent | None = None) -> tuple[list[Evaluation], PruningAgent | None]:
     """Run `cfg.search.searcher` for `cfg.search.evaluations` evaluations on `env` (standalone mode)."""
-    name, budget, seed = cfg.search.searcher, cfg.search.evaluations, cfg.seed
+    name, budget, seed = cfg.search.searcher, cfg.search.evaluations, cfg.search_seed
     check_searcher(name)
     if name in BUILDERS:
         agent = agent or PruningAgent.create(cfg.agent, env, seed)

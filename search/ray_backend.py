@@ -70,7 +70,7 @@ class RecordingCallback(Callback):
 def search_algorithm(cfg: RunConfig, env: LayerPruningEnv, model: Any, graph: UnitGraph, agent_path: Path,
                      agent: PruningAgent | None = None) -> tuple[Any, dict, int]:
     """(Tune search algorithm, param space, number of trials) for `cfg.search.searcher`."""
-    name, budget, seed = cfg.search.searcher, cfg.search.evaluations, cfg.seed
+    name, budget, seed = cfg.search.searcher, cfg.search.evaluations, cfg.search_seed
     space = {"ratios": {u: tune.uniform(env.r_min, env.r_max) for u in graph.names}}
     if name in BUILDERS:
         if name == "ppo":

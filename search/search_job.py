@@ -19,6 +19,7 @@ from pruning.analysis import largest_ratio_above, uniform_sweep
 from pruning.errors import UserError
 from pruning.evaluate import EvalSettings, Evaluator
 from pruning.policy import SparsityPolicy
+from pruning.runtime import seed_everything
 from search.cli import run_folder
 from search.jobs import baseline_of, final_pass, prepare, unit_graph
 from search.local import check_searcher, run_local
@@ -186,7 +187,7 @@ def search_job(args: argparse.Namespace) -> int:
     ratio_columns = [c for c in frame.columns if c.startswith("ratio:")]
     best = SparsityPolicy({c.split(":", 1)[1]: float(best_row[c]) for c in ratio_columns}, graph.fingerprint,
                           graph.mode, {"reward": float(best_row["reward"]), "accuracy": float(best_row["accuracy"]),
-                                       "searcher": cfg.search.searcher, "macs_target": env.macs_target})
+                                       "macs_ratio": float(best_row["macs_ratio"]), "searcher": cfg.search.searcher, "macs_target": env.macs_target})
     best.save(out / "best_policy.json")
     complete = frame[frame["state"] == "COMPLETE"].copy()
     complete["best_reward"] = complete["reward"].cummax()
@@ -215,6 +216,8 @@ def search_job(args: argparse.Namespace) -> int:
                 "nodes": int(nodes), "best": best.to_dict(), "uniform_accuracy": uniform_result.accuracy,
                 "backend": backend, "tune_seconds": tune_seconds, "concurrency": cfg.search.concurrency}, out / "search_summary.json")
     if cfg.search.final_pass:
+        if cfg.search.seed is not None:  # repeats differ in fine-tuning order too, not only in the search
+            ctx.generator = seed_everything(cfg.search.seed)
         final_pass(ctx, base, graph, best, out, extra_report=section)
     else:
         (out / "report.md").write_text(f"# Search report: {cfg.model.name} ({cfg.name})\n{section}")

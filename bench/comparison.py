@@ -1,0 +1,159 @@
+"""The method comparison: every searcher and rule at the same budgets, per MACs target and seed.
+
+Each (method, target, seed) is one `prunepilot search --backend local` run with the same config,
+evaluation budget and final-pass budget; this module lays out the runs and turns their outputs into
+the per-run table, the mean +- std table and the best-reward-vs-evaluations plot.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import pandas as pd  # noqa: E402
+
+from agents.baselines import RULES  # noqa: E402
+from bench.grid import Run  # noqa: E402
+from pruning.config import RunConfig  # noqa: E402
+
+AGENTS = ("ddpg", "td3", "sac", "ppo")
+
+
+def target_tag(target: float) -> str:
+    return f"m{round(100 * target):02d}"
+
+
+def run_name(method: str, target: float, seed: int) -> str:
+    return f"{method}-{target_tag(target)}-s{seed}"
+
+
+def comparison_runs(cfg: RunConfig, config: str, folder: Path, overrides: list[str]) -> list[Run]:
+    """Seeds outermost, so that a partial benchmark has whole seeds to show."""
+    b = cfg.bench
+    done_when = ("search_summary.json", "summary.json") if b.final_pass else ("search_summary.json",)
+    runs = []
+    for seed in b.seeds:
+        for target in b.macs_targets:
+            for method in b.methods:
+                name = run_name(method, target, seed)
+                runs.append(Run(name, "search", config, folder / "runs" / name, tuple([
+                    *overrides, f"search.searcher={method}", f"search.seed={seed}", f"env.macs_target={target}",
+                    f"search.evaluations={b.evaluations}", f"search.final_pass={str(b.final_pass).lower()}",
+                    "search.backend=local", "sweep.accuracy_floor=null", "threads=1"]), done_when=done_when))
+    return runs
+
+
+def run_row(run: Run, method: str, target: float, seed: int) -> dict | None:
+    """One finished run as a table row (None while it has not finished)."""
+    if not run.done:
+        return None
+    search = json.loads((run.out / "search_summary.json").read_text())
+    meta = search["best"]["meta"]
+    row = {"method": method, "macs_target": target, "seed": seed, "evaluations": search["evaluations"],
+           "search_seconds": search["wall_seconds"], "reward": meta["reward"], "val_accuracy": meta["accuracy"],
+           "policy_macs_ratio": meta.get("macs_ratio")}
+    final_file = run.out / "summary.json"
+    if final_file.is_file():
+        final = json.loads(final_file.read_text())
+        dense, pruned = final["dense"], final["pruned"]
+        row.update({
+            "test_accuracy_oneshot": final["oneshot"]["test_accuracy"], "test_accuracy": pruned["test_accuracy"],
+            "dense_test_accuracy": dense["test_accuracy"], "drop_pp": final["accuracy_drop_pp"],
+            "macs_ratio": final["macs_ratio"], "params_ratio": final["params_ratio"],
+            "dense_latency_b1_ms": dense["latency_b1_ms"], "latency_b1_ms": pruned["latency_b1_ms"],
+            "dense_latency_b64_ms": dense["latency_b64_ms"], "latency_b64_ms": pruned["latency_b64_ms"],
+            "speedup_b1": final["speedup_b1"], "speedup_b64": final["speedup_b64"],
+            "speedup_over_macs_reduction_b64": final["speedup_b64"] * final["macs_ratio"]})
+    return row
+
+
+def collect(cfg: RunConfig, runs: list[Run]) -> pd.DataFrame:
+    b = cfg.bench
+    keys = [(m, t, s) for s in b.seeds for t in b.macs_targets for m in b.methods]
+    rows = [run_row(run, *key) for run, key in zip(runs, keys)]
+    return pd.DataFrame([r for r in rows if r is not None])
+
+
+MEAN_COLUMNS = ["val_accuracy", "reward", "test_accuracy_oneshot", "test_accuracy", "drop_pp", "macs_ratio",
+                "params_ratio", "latency_b1_ms", "latency_b64_ms", "speedup_b64", "search_seconds"]
+
+
+def aggregate(frame: pd.DataFrame) -> pd.DataFrame:
+    """Mean and std over seeds per (target, method), in the configured method order."""
+    columns = [c for c in MEAN_COLUMNS if c in frame]
+    grouped = frame.groupby(["macs_target", "method"], sort=False)
+    stats = grouped[columns].agg(["mean", "std"])
+    stats.columns = [f"{c}_{s}" for c, s in stats.columns]
+    stats["seeds"] = grouped.size()
+    stats["evaluations"] = grouped["evaluations"].max()
+    return stats.reset_index()
+
+
+def display_table(stats: pd.DataFrame) -> pd.DataFrame:
+    """`mean ± std` strings for the Markdown table."""
+    def pm(row: pd.Series, column: str, scale: float = 1.0, digits: int = 2) -> str:
+        mean, std = row.get(f"{column}_mean"), row.get(f"{column}_std")
+        if mean is None or pd.isna(mean):
+            return "–"
+        text = f"{scale * mean:.{digits}f}"
+        return text if pd.isna(std) else f"{text} ± {scale * std:.{digits}f}"
+
+    rows = []
+    for _, r in stats.iterrows():
+        rows.append({"MACs target": f"{100 * r['macs_target']:.0f}%", "method": r["method"],
+                     "evals": int(r["evaluations"]), "seeds": int(r["seeds"]),
+                     "val acc % (adaptive BN)": pm(r, "val_accuracy", 100), "reward": pm(r, "reward", 1, 4),
+                     "test acc % after final pass": pm(r, "test_accuracy", 100),
+                     "drop pp": pm(r, "drop_pp"), "MACs %": pm(r, "macs_ratio", 100, 1),
+                     "params %": pm(r, "params_ratio", 100, 1), "latency b1 ms": pm(r, "latency_b1_ms"),
+                     "latency b64 ms": pm(r, "latency_b64_ms"), "speed-up b64": pm(r, "speedup_b64"),
+                     "search s": pm(r, "search_seconds", 1, 0)})
+    return pd.DataFrame(rows)
+
+
+def best_reward_curves(cfg: RunConfig, runs: list[Run]) -> pd.DataFrame:
+    """Best reward so far vs evaluation, per method, target and seed (rules: their single evaluation)."""
+    b, frames = cfg.bench, []
+    keys = [(m, t, s) for s in b.seeds for t in b.macs_targets for m in b.methods]
+    for run, (method, target, seed) in zip(runs, keys):
+        table = run.out / "evaluations.csv"
+        if not run.done or not table.is_file():
+            continue
+        ev = pd.read_csv(table)
+        ev = ev[ev["state"] == "COMPLETE"].reset_index(drop=True)
+        frames.append(pd.DataFrame({"method": method, "macs_target": target, "seed": seed,
+                                    "evaluation": range(1, len(ev) + 1), "best_reward": ev["reward"].cummax()}))
+    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+
+
+def plot_best_reward(curves: pd.DataFrame, budget: int, path: Path) -> None:
+    """One panel per target: mean best reward vs evaluations per searcher; rules as horizontal lines."""
+    targets = sorted(curves["macs_target"].unique(), reverse=True)
+    fig, axes = plt.subplots(1, len(targets), figsize=(6 * len(targets), 4), squeeze=False)
+    for ax, target in zip(axes[0], targets):
+        part = curves[curves["macs_target"] == target]
+        for i, (method, group) in enumerate(part.groupby("method", sort=False)):
+            mean = group.groupby("evaluation")["best_reward"].agg(["mean", "std"])
+            if len(mean) == 1:
+                ax.axhline(mean["mean"].iloc[0], color=f"C{i}", linestyle="--", label=f"{method} (rule)")
+                continue
+            ax.plot(mean.index, mean["mean"], color=f"C{i}", label=method)
+            ax.fill_between(mean.index, mean["mean"] - mean["std"].fillna(0), mean["mean"] + mean["std"].fillna(0),
+                            color=f"C{i}", alpha=0.15)
+        ax.set_xlim(1, budget)
+        ax.set_title(f"{100 * target:.0f}% of dense MACs")
+        ax.set_xlabel("evaluations")
+        ax.set_ylabel("best reward so far (mean over seeds)")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def is_rule(method: str) -> bool:
+    return method in RULES

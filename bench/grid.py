@@ -1,0 +1,89 @@
+"""Runs of `prunepilot` sub-commands as separate processes, a few at once, each resumable by its folder.
+
+One process per run keeps runs independent (own seed, own torch thread, own failure) and lets a
+benchmark stop and continue: a run whose outputs exist is not run again.
+"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+from concurrent.futures import ThreadPoolExecutor, as_completed
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from tqdm import tqdm
+
+from pruning.errors import UserError
+
+
+@dataclass(frozen=True)
+class Run:
+    """One `prunepilot` command whose outputs go to `out`; done when every file of `done_when` exists there."""
+
+    name: str
+    command: str
+    config: str
+    out: Path
+    overrides: tuple[str, ...] = ()
+    flags: tuple[str, ...] = ()
+    done_when: tuple[str, ...] = ("search_summary.json",)
+    takes_out: bool = True
+
+    @property
+    def done(self) -> bool:
+        return all((self.out / f).is_file() for f in self.done_when)
+
+    @property
+    def log(self) -> Path:
+        return self.out.parent / f"{self.out.name}.log"
+
+    def argv(self) -> list[str]:
+        out = ["--out", str(self.out)] if self.takes_out else []
+        return [sys.executable, "-m", "search.cli", self.command, self.config, *out, "--quiet", *self.flags,
+                *self.overrides]
+
+
+@dataclass
+class GridOutcome:
+    ran: list[str] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)
+    failed: list[str] = field(default_factory=list)
+
+
+def _execute(run: Run) -> int:
+    if run.takes_out and run.out.exists():  # a run interrupted earlier starts again from a clean folder
+        shutil.rmtree(run.out)
+    run.out.parent.mkdir(parents=True, exist_ok=True)
+    with run.log.open("w") as log:
+        log.write(" ".join(run.argv()) + "\n")
+        log.flush()
+        return subprocess.run(run.argv(), stdout=log, stderr=subprocess.STDOUT).returncode
+
+
+def run_grid(runs: list[Run], parallel: int, label: str, show_progress: bool = True) -> GridOutcome:
+    """Run what is not done yet, `parallel` at a time; failures are collected, not raised, so others finish."""
+    outcome = GridOutcome()
+    todo = []
+    for run in runs:
+        (outcome.skipped if run.done else todo).append(run)
+    outcome.skipped = [r.name for r in outcome.skipped]
+    with ThreadPoolExecutor(max_workers=parallel) as pool, \
+            tqdm(total=len(runs), initial=len(outcome.skipped), desc=label, disable=not show_progress) as bar:
+        futures = {pool.submit(_execute, run): run for run in todo}
+        for future in as_completed(futures):
+            run = futures[future]
+            ok = future.result() == 0 and run.done
+            (outcome.ran if ok else outcome.failed).append(run.name)
+            bar.set_postfix_str(f"{run.name} {'done' if ok else 'FAILED'}")
+            bar.update()
+    return outcome
+
+
+def require(outcome: GridOutcome, runs: list[Run]) -> None:
+    """Raise with the failed runs' logs named, after every other run has finished."""
+    if outcome.failed:
+        logs = [str(r.log) for r in runs if r.name in outcome.failed]
+        raise UserError(f"bench: {len(outcome.failed)} run(s) failed: {', '.join(outcome.failed)}; "
+                        f"see {', '.join(logs)} (finished runs are kept: run the same command again to continue)")

@@ -1,0 +1,201 @@
+"""`prunepilot bench CONFIG`: PrunePilot against the baselines, side by side, into results/bench/<name>/.
+
+Parts (all by default, `--parts` picks some): the method comparison (bench/comparison.py), policy
+reuse (bench/transfer.py), search throughput on Ray Tune (bench/search_efficiency.py) and the zoo
+speed-up table (bench/zoo.py). Every run is a separate process whose folder is kept, so running the
+same command again continues where it stopped; summary.md is rebuilt from whatever is on disk.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import time
+from pathlib import Path
+
+import pandas as pd
+
+from bench.comparison import (aggregate, best_reward_curves, collect, comparison_runs, display_table, is_rule,
+                              plot_best_reward)
+from bench.grid import require, run_grid
+from bench.search_efficiency import measure
+from bench.transfer import source_agent, transfer_runs, transfer_table
+from bench.zoo import display_zoo, zoo_rows
+from pruning.config import RunConfig, load_config
+from pruning.data import load_data
+from pruning.errors import UserError
+from pruning.runtime import set_threads
+from search.local import check_searcher
+from search.report import markdown_table, write_json, write_table
+
+log = logging.getLogger("prunepilot")
+PARTS = ("comparison", "transfer", "efficiency", "zoo")
+DROP_LIMIT_PP = {0.5: 0.3, 0.25: 1.5}  # issue targets: at 2x and 4x MACs reduction
+
+
+def parse_parts(text: str | None) -> list[str]:
+    parts = [p.strip() for p in (text or ",".join(PARTS)).split(",") if p.strip()]
+    unknown = [p for p in parts if p not in PARTS]
+    if unknown or not parts:
+        raise UserError(f"--parts: unknown part(s) {unknown}; expected a comma-separated subset of {list(PARTS)}")
+    return parts
+
+
+def check_methods(cfg: RunConfig) -> None:
+    for method in cfg.bench.methods:
+        try:
+            check_searcher(method)
+        except UserError as exc:
+            raise UserError(str(exc).replace("search.searcher", "bench.methods")) from None
+
+
+# ------------------------------------------------------------------------------------------- parts
+def comparison_part(cfg: RunConfig, config: str, folder: Path, overrides: list[str], show: bool) -> None:
+    runs = comparison_runs(cfg, config, folder, overrides)
+    outcome = run_grid(runs, cfg.bench.parallel, "comparison runs", show)
+    frame = collect(cfg, runs)
+    if not frame.empty:
+        write_table(frame, folder, "runs")
+        stats = write_table(aggregate(frame), folder, "table")
+        (folder / "table.md").write_text(markdown_table(display_table(stats)) + "\n")
+        plot_best_reward(best_reward_curves(cfg, runs), cfg.bench.evaluations, folder / "best_reward.png")
+    require(outcome, runs)
+
+
+def transfer_part(cfg: RunConfig, config: str, folder: Path, overrides: list[str], show: bool) -> None:
+    if cfg.bench.transfer_model is None:
+        return
+    agent = source_agent(cfg, folder)
+    if not agent.is_file():
+        raise UserError(f"bench transfer: {agent} not found; run the comparison part first (it trains that agent)")
+    zero, searches = transfer_runs(cfg, config, folder, overrides)
+    outcome = run_grid([zero], 1, "transfer: zero-shot (and the target's baseline)", show)
+    require(outcome, [zero])
+    outcome = run_grid(searches, cfg.bench.parallel, "transfer: searches", show)
+    require(outcome, searches)
+    frame, check = transfer_table(zero, *searches)
+    write_table(frame, folder, "transfer")
+    write_json({"model": cfg.bench.transfer_model, "source_agent": str(agent), **check}, folder / "transfer.json")
+    (folder / "transfer.md").write_text(markdown_table(frame) + "\n")
+
+
+def efficiency_part(cfg: RunConfig, config: str, folder: Path, overrides: list[str]) -> None:
+    if cfg.bench.efficiency_evaluations == 0 or (folder / "efficiency.json").is_file():
+        return
+    figures, md = measure(config, cfg.bench.efficiency_evaluations, tuple(overrides))
+    write_json(figures, folder / "efficiency.json")
+    (folder / "efficiency.md").write_text(md)
+
+
+def zoo_part(cfg: RunConfig, folder: Path) -> None:
+    set_threads(cfg.threads)
+    data = load_data(cfg.data.name, cfg.data.path, cfg.data.val_fraction, cfg.data.val_size, **cfg.data.options)
+    frame = write_table(zoo_rows(cfg, data, cfg.eval.latency_repeats), folder, "zoo")
+    (folder / "zoo.md").write_text(markdown_table(display_zoo(frame)) + "\n")
+
+
+# ----------------------------------------------------------------------------------------- summary
+def rl_method(cfg: RunConfig) -> str | None:
+    agents = [m for m in cfg.bench.methods if m in ("ddpg", "td3", "sac", "ppo")]
+    return agents[0] if agents else None
+
+
+def target_checks(cfg: RunConfig, stats: pd.DataFrame) -> list[str]:
+    """The issue's targets, each stated with the figures and whether it is met."""
+    rl = rl_method(cfg)
+    if rl is None:
+        return ["- no RL method in bench.methods: nothing to check"]
+    lines = []
+    for target, part in stats.groupby("macs_target", sort=False):
+        mine = part[part["method"] == rl]
+        if mine.empty:
+            continue
+        mine = mine.iloc[0]
+        others = part[part["method"] != rl]
+        for metric, label in (("reward_mean", "search reward"), ("val_accuracy_mean", "adaptive-BN val accuracy"),
+                              ("test_accuracy_mean", "test accuracy after the final pass")):
+            if metric not in part or others[metric].isna().all():
+                continue
+            best = others.loc[others[metric].idxmax()]
+            met = mine[metric] >= best[metric]
+            lines.append(f"- {100 * target:.0f}% MACs, {label}: {rl} {mine[metric]:.4f} vs best baseline "
+                         f"{best['method']} {best[metric]:.4f} → **{'met' if met else 'NOT met'}**")
+        limit = DROP_LIMIT_PP.get(round(target, 2))
+        if limit is not None and "drop_pp_mean" in part and not pd.isna(mine["drop_pp_mean"]):
+            lines.append(f"- {100 * target:.0f}% MACs, {rl} accuracy drop after the final pass: "
+                         f"{mine['drop_pp_mean']:.2f} pp (target ≤ {limit} pp) → "
+                         f"**{'met' if mine['drop_pp_mean'] <= limit else 'NOT met'}**")
+        if "speedup_b64_mean" in part and not pd.isna(mine["speedup_b64_mean"]):
+            reduction = 1 / mine["macs_ratio_mean"]
+            ratio = mine["speedup_b64_mean"] / reduction
+            lines.append(f"- {100 * target:.0f}% MACs, {rl} latency speed-up at batch 64: x{mine['speedup_b64_mean']:.2f}"
+                         f" for x{reduction:.2f} fewer MACs = {ratio:.2f} of the MACs reduction (target ≥ 0.8) → "
+                         f"**{'met' if ratio >= 0.8 else 'NOT met'}**")
+    return lines
+
+
+def write_summary(cfg: RunConfig, config: str, folder: Path, overrides: list[str]) -> Path:
+    b = cfg.bench
+    rerun = " ".join(["prunepilot bench", config, *overrides])
+    lines = [f"# Benchmark `{cfg.name}`: {cfg.model.name} on {cfg.data.name}", "",
+             f"Regenerate (continues where it stopped): `{rerun}`", "",
+             f"Budgets: {b.evaluations} evaluations per searcher (rules: 1), seeds {b.seeds} (search.seed; the dense "
+             f"baseline is shared), MACs targets {b.macs_targets}; final pass: "
+             + (f"{cfg.prune.steps} cubic steps, {cfg.prune.finetune_epochs} epochs between steps, "
+                f"{cfg.prune.final_epochs} final epochs, distillation {cfg.prune.distill}, importance "
+                f"{cfg.prune.importance}, round_to {cfg.prune.round_to}" if b.final_pass else "off")
+             + f". Rewards on {cfg.eval.val_limit or 'all'} validation images after {cfg.eval.bn_batches} adaptive-BN "
+               f"batches; reward `{cfg.env.reward}` (λ {cfg.env.reward_lambda}). One torch thread per run, "
+               f"{b.parallel} runs at once; latencies are medians on this machine's CPU, dense and pruned in the same "
+               "process.", ""]
+    if (folder / "table.csv").is_file():
+        stats = pd.read_csv(folder / "table.csv")
+        lines += ["## Comparison (mean ± std over seeds)", "", (folder / "table.md").read_text(), "",
+                  "![best reward vs evaluations](best_reward.png)", "", "## Targets", "", *target_checks(cfg, stats), ""]
+        rules = [m for m in b.methods if is_rule(m)]
+        if rules:
+            lines += [f"Rules ({', '.join(rules)}) evaluate a single policy; their 'evaluations' column is 1.", ""]
+    if (folder / "transfer.json").is_file():
+        t = json.loads((folder / "transfer.json").read_text())
+        ratio = t["warm_over_scratch"]
+        lines += [f"## Policy reuse: {cfg.model.name} agent → {t['model']}", "", (folder / "transfer.md").read_text(),
+                  f"- warm-started best reward / from-scratch best reward = **{ratio:.3f}** with "
+                  f"{t['warm_evaluations']} vs {t['scratch_evaluations']} evaluations (target ≥ 0.98 with ≤ 25%) → "
+                  f"**{'met' if t['met'] else 'NOT met'}**",
+                  f"- the from-scratch search first reached the warm-started best after "
+                  f"{t['scratch_evaluations_to_reach_warm_best'] or 'never (within its budget)'} evaluations", ""]
+    if (folder / "efficiency.md").is_file():
+        lines += ["## Search efficiency on Ray Tune", "",
+                  (folder / "efficiency.md").read_text().split("\n", 2)[2], ""]
+    if (folder / "zoo.md").is_file():
+        lines += ["## Speed-up across the model zoo (uniform policy, one-shot; latency depends on shapes only)", "",
+                  (folder / "zoo.md").read_text(), ""]
+    path = folder / "summary.md"
+    path.write_text("\n".join(lines))
+    return path
+
+
+def bench_job(args: argparse.Namespace) -> int:
+    cfg = load_config(args.config, args.overrides)
+    check_methods(cfg)
+    parts = parse_parts(args.parts)
+    folder = Path(args.out) if args.out else Path("results") / "bench" / cfg.name
+    folder.mkdir(parents=True, exist_ok=True)
+    write_json(cfg.model_dump(), folder / "config.json")
+    show = not args.quiet
+    start = time.perf_counter()
+    try:
+        if "comparison" in parts:
+            comparison_part(cfg, args.config, folder, args.overrides, show)
+        if "transfer" in parts:
+            transfer_part(cfg, args.config, folder, args.overrides, show)
+        if "efficiency" in parts:
+            efficiency_part(cfg, args.config, folder, args.overrides)
+        if "zoo" in parts:
+            zoo_part(cfg, folder)
+    finally:
+        summary = write_summary(cfg, args.config, folder, args.overrides)
+        log.info("bench: %.0f s; summary: %s", time.perf_counter() - start, summary)
+    print(summary.read_text())
+    return 0

@@ -1,0 +1,79 @@
+"""Policy reuse: the DDPG agent searched on the bench model, applied to another model.
+
+Three runs on the transfer model at the first MACs target and seed: zero-shot (`prunepilot transfer`,
+one evaluation), a warm-started search with `transfer_fraction` of the budget (`search --agent`),
+and a from-scratch search with the whole budget. No final pass: the comparison is on search reward.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pandas as pd
+
+from bench.comparison import run_name, target_tag
+from bench.grid import Run
+from pruning.config import RunConfig
+from pruning.errors import UserError
+
+
+def source_agent(cfg: RunConfig, folder: Path) -> Path:
+    b = cfg.bench
+    if "ddpg" not in b.methods:
+        raise UserError("bench.transfer_model: policy reuse starts from the DDPG agent, so bench.methods must "
+                        "include ddpg (or set bench.transfer_model: null)")
+    return folder / "runs" / run_name("ddpg", b.macs_targets[0], b.seeds[0]) / "agent.zip"
+
+
+def transfer_runs(cfg: RunConfig, config: str, folder: Path, overrides: list[str]) -> tuple[Run, list[Run]]:
+    """(the zero-shot run, which also trains the target's baseline, then the two searches)."""
+    b = cfg.bench
+    agent = str(source_agent(cfg, folder))
+    target, seed = b.macs_targets[0], b.seeds[0]
+    common = (*overrides, f"model.name={b.transfer_model}", *b.transfer_overrides, f"env.macs_target={target}",
+              f"search.seed={seed}", "sweep.accuracy_floor=null", "threads=1")
+    search = (*common, "search.searcher=ddpg", "search.backend=local", "search.final_pass=false")
+    base = folder / "transfer" / f"{b.transfer_model}-{target_tag(target)}"
+    warm_budget = max(1, round(b.transfer_fraction * b.evaluations))
+    zero = Run("zero-shot", "transfer", config, base / "zero-shot", common, ("--agent", agent), ("transfer.json",))
+    warm = Run("warm-start", "search", config, base / "warm-start", (*search, f"search.evaluations={warm_budget}"),
+               ("--agent", agent))
+    scratch = Run("from-scratch", "search", config, base / "from-scratch", (*search,
+                                                                             f"search.evaluations={b.evaluations}"))
+    return zero, [warm, scratch]
+
+
+def _curve(run: Run) -> pd.Series:
+    ev = pd.read_csv(run.out / "evaluations.csv")
+    return ev[ev["state"] == "COMPLETE"]["reward"].reset_index(drop=True).cummax()
+
+
+def first_reaching(curve: pd.Series, level: float) -> int | None:
+    hits = curve.index[curve >= level]
+    return int(hits[0]) + 1 if len(hits) else None
+
+
+def transfer_table(zero: Run, warm: Run, scratch: Run) -> tuple[pd.DataFrame, dict]:
+    """The three runs side by side, and the target check (warm >= 98% of scratch with <= 25% of the evaluations)."""
+    shot = json.loads((zero.out / "transfer.json").read_text())
+    warm_curve, scratch_curve = _curve(warm), _curve(scratch)
+    warm_best, scratch_best = float(warm_curve.iloc[-1]), float(scratch_curve.iloc[-1])
+    frame = pd.DataFrame([
+        {"run": "uniform (rule)", "evaluations": 1, "best reward": None, "val accuracy": shot["uniform_accuracy"],
+         "MACs ratio": shot["uniform_macs_ratio"]},
+        {"run": "zero-shot transfer", "evaluations": 1, "best reward": shot["reward"],
+         "val accuracy": shot["accuracy"], "MACs ratio": shot["macs_ratio"]},
+        {"run": "warm-started search", "evaluations": len(warm_curve), "best reward": warm_best},
+        {"run": "from-scratch search", "evaluations": len(scratch_curve), "best reward": scratch_best},
+    ])
+    check = {
+        "warm_best_reward": warm_best, "scratch_best_reward": scratch_best, "zero_shot_reward": shot["reward"],
+        "warm_over_scratch": warm_best / scratch_best if scratch_best else None,
+        "warm_evaluations": len(warm_curve), "scratch_evaluations": len(scratch_curve),
+        "scratch_evaluations_to_reach_warm_best": first_reaching(scratch_curve, warm_best),
+        "warm_evaluations_to_reach_98pct_scratch": first_reaching(warm_curve, 0.98 * scratch_best),
+    }
+    check["met"] = bool(check["warm_over_scratch"] is not None and check["warm_over_scratch"] >= 0.98
+                        and len(warm_curve) <= 0.25 * len(scratch_curve) + 1e-9)
+    return frame, check
