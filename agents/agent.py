@@ -115,8 +115,9 @@ class PruningAgent:
         if hasattr(self.model, "learning_starts"):
             self.model.learning_starts = self.model.num_timesteps + warmup_episodes
         schedule = getattr(self.model, "noise_schedule", None)
-        if schedule is not None:  # keep exploring near the learned policy, not from scratch
+        if schedule is not None:  # first the learned policy as it is, then explore near it, not from scratch
             schedule.warmup_episodes = self.model._episode_num
+            schedule.exact_episode = self.model._episode_num
             schedule.sigma = schedule.sigma * 0.5
 
     def observe_episode(self, transitions: list[tuple], reward: float, train: bool = True) -> None:

@@ -24,8 +24,12 @@ class NoiseSchedule:
     sigma: float = 0.5
     decay: float = 0.95
     warmup_episodes: int = 100
+    exact_episode: int | None = None
+    """An episode played without noise: a warm start's first, so it scores the transferred policy itself."""
 
     def sigma_at(self, episode: int) -> float:
+        if episode == self.exact_episode:
+            return 0.0
         return self.sigma * self.decay ** max(0, episode - self.warmup_episodes)
 
 

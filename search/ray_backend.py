@@ -31,6 +31,7 @@ from search.trial import TrialPayload, evaluate_policy_trial
 
 log = logging.getLogger("prunepilot")
 EXPERIMENT = "search"
+CHECKPOINT_S = 5
 
 
 def connect(address: str | None, num_cpus: int | None = None) -> None:
@@ -49,6 +50,17 @@ def connect(address: str | None, num_cpus: int | None = None) -> None:
         raise UserError(f"--address: cannot connect to Ray at {address!r} ({exc})") from None
 
 
+def evaluation_key(trial: Any) -> str:
+    """The trial's creation index in the experiment ('#7' from experiment tag '7_ratios=...').
+
+    The index, unlike the trial id, survives a resume from an experiment checkpoint taken before
+    the trial was created: Tune then creates it again, under a new id but the same index, and the
+    study keeps the evaluation once.
+    """
+    index = str(getattr(trial, "experiment_tag", "") or "").split("_", 1)[0]
+    return f"#{index}" if index.isdigit() else trial.trial_id
+
+
 class RecordingCallback(Callback):
     """Driver-side: every finished or failed trial goes to `sink` once (picklable: Tune saves it with the run)."""
 
@@ -58,7 +70,8 @@ class RecordingCallback(Callback):
     def _emit(self, trial: Any, failed: bool) -> None:
         result = dict(trial.last_result or {})
         result.setdefault("ratios", trial.config.get("ratios", {}))
-        self.sink(trial.trial_id, result, failed)
+        result["trial_id"] = trial.trial_id
+        self.sink(evaluation_key(trial), result, failed)
 
     def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         self._emit(trial, failed="reward" not in (trial.last_result or {}))
@@ -102,7 +115,11 @@ def trainable(cfg: RunConfig, base: Any, data: Any, graph: UnitGraph, device: st
 def run_tune(cfg: RunConfig, fn: Any, searcher: Any, space: dict, samples: int, storage_path: Path,
              callback: RecordingCallback, resume: bool) -> None:
     """Start the Tune experiment, or continue it from its saved state when `resume`."""
-    os.environ["TUNE_GLOBAL_CHECKPOINT_S"] = "0"  # experiment state after every event: a resume loses nothing
+    # Tune saves the experiment state (trials and searcher) at most every CHECKPOINT_S. With 0 it saves at every
+    # controller step (10 per second), which cost the driver more CPU than the evaluations could spare. A resume
+    # from a state up to CHECKPOINT_S old re-runs the trials that ended since; the study keys evaluations by
+    # creation index (`evaluation_key`), so each is recorded once.
+    os.environ["TUNE_GLOBAL_CHECKPOINT_S"] = str(CHECKPOINT_S)
     experiment = storage_path / EXPERIMENT
     if resume:
         if not tune.Tuner.can_restore(str(experiment)):

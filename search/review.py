@@ -2,8 +2,8 @@
 
 Only the driver writes. Per-unit ratios are the params; (accuracy, MACs ratio) are the two
 objectives, so optuna-dashboard draws the Pareto front; reward, searcher, episode, node id and
-timings are user attributes. Each evaluation carries an id (the Tune trial id) and is written
-at most once, which is what makes a resumed search free of duplicates.
+timings are user attributes. Each evaluation carries an id (its Tune trial's creation index) and is
+written at most once, which is what makes a resumed search free of duplicates.
 """
 
 from __future__ import annotations

@@ -96,7 +96,10 @@ def test_agent_from_resnet20_acts_on_resnet56_within_budget(graphs):
     assert policy.model_fingerprint == graphs["resnet56"].fingerprint
     assert policy.macs_ratio(graphs["resnet56"]) <= 0.5 + 1e-9
     agent.warm_start()  # then as the warm start of a new search
-    assert len(agent.learn(env56, 4)) == 4
+    evaluations = agent.learn(env56, 4)
+    assert len(evaluations) == 4
+    assert evaluations[0].policy.ratios == policy.ratios  # a warm start scores the transferred policy itself first
+    assert evaluations[1].policy.ratios != policy.ratios  # and then explores around it
 
 
 def test_deferred_rewards_train_the_agent(graphs):

@@ -230,3 +230,14 @@ def test_dashboard_shows_the_study_in_headless_chromium(ray_env, config, tmp_pat
         server.wait(timeout=30)
     assert "search" in dom and "Pareto Front" in dom and "accuracy" in dom and "macs_ratio" in dom
     assert shot.is_file() and shot.stat().st_size > 20_000  # a rendered page, not a blank one
+
+
+def test_an_evaluation_is_keyed_by_its_creation_index_not_its_trial_id():
+    from types import SimpleNamespace
+
+    from search.ray_backend import evaluation_key
+
+    first = SimpleNamespace(trial_id="a1b2c3d4", experiment_tag="7_ratios=0.5")
+    recreated = SimpleNamespace(trial_id="e5f6a7b8", experiment_tag="7_ratios=0.3")  # after a stale resume
+    assert evaluation_key(first) == evaluation_key(recreated) == "#7"
+    assert evaluation_key(SimpleNamespace(trial_id="a1b2c3d4", experiment_tag="")) == "a1b2c3d4"

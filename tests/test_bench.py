@@ -1,0 +1,94 @@
+"""`prunepilot bench` end to end on a tiny model: every part, the tables, the targets and the resume."""
+
+import json
+
+import pandas as pd
+import pytest
+
+from search.cli import main
+
+TINY_BENCH = """
+model: {name: "tests.fixtures:tiny_cnn"}
+data: {name: synthetic, options: {size: 10, n_train: 400, n_test: 100}}
+train: {epochs: 3, batch_size: 64, lr: 0.05, augment: false}
+prune: {importance: l1, steps: 2, finetune_epochs: 0.5, final_epochs: 1, distill: 0.5}
+eval: {bn_batches: 2, bn_batch_size: 64, latency_repeats: 3}
+sweep: {accuracy_floor: 0.3}
+agent: {warmup_episodes: 2, net_arch: [16], batch_size: 8}
+threads: 1
+bench:
+  methods: [uniform, ddpg]
+  macs_targets: [0.6, 0.4]
+  seeds: [0, 1]
+  evaluations: 6
+  efficiency_evaluations: 0
+  transfer_model: vgg_small
+  transfer_overrides: ["model.kwargs={widths: [8, M, 16, 16]}"]
+  zoo: ["tests.fixtures:tiny_cnn"]
+"""
+
+
+@pytest.fixture(scope="module")
+def bench_run(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("bench")
+    config = folder / "tiny.yaml"
+    config.write_text(TINY_BENCH)
+    out = folder / "out"
+    assert main(["bench", str(config), "--out", str(out), "--quiet"]) == 0
+    return config, out
+
+
+def test_every_method_target_and_seed_ran_with_the_same_budgets(bench_run):
+    _, out = bench_run
+    runs = pd.read_csv(out / "runs.csv")
+    assert len(runs) == 2 * 2 * 2
+    assert set(runs["method"]) == {"uniform", "ddpg"} and set(runs["seed"]) == {0, 1}
+    assert (runs[runs["method"] == "ddpg"]["evaluations"] == 6).all()
+    assert (runs[runs["method"] == "uniform"]["evaluations"] == 1).all()
+    # the accuracy floor in the config must not move the operating points: each run meets its own target
+    assert (runs["policy_macs_ratio"] <= runs["macs_target"] + 1e-9).all()
+    assert (runs["macs_ratio"] <= runs["macs_target"] + 1e-9).all()
+    for target in ("m60", "m40"):  # the seeds are different searches, not one search twice
+        tables = [pd.read_csv(out / "runs" / f"ddpg-{target}-s{seed}" / "evaluations.csv") for seed in (0, 1)]
+        ratios = [t[[c for c in t.columns if c.startswith("ratio:")]].to_numpy() for t in tables]
+        assert ratios[0].shape == ratios[1].shape and (ratios[0] != ratios[1]).any()
+    table = pd.read_csv(out / "table.csv")
+    assert set(table.columns) >= {"val_accuracy_mean", "val_accuracy_std", "test_accuracy_mean", "speedup_b64_mean"}
+    assert (table["seeds"] == 2).all() and len(table) == 4
+    assert (out / "best_reward.png").stat().st_size > 0
+
+
+def test_transfer_and_zoo_parts_and_the_summary(bench_run):
+    _, out = bench_run
+    transfer = json.loads((out / "transfer.json").read_text())
+    assert transfer["warm_evaluations"] == 2 and transfer["scratch_evaluations"] == 6
+    # the warm start scores the transferred policy first, so it never ends below zero-shot
+    assert transfer["warm_best_reward"] >= transfer["zero_shot_reward"] - 1e-9
+    zoo = pd.read_csv(out / "zoo.csv")
+    assert len(zoo) == 2 and (zoo["macs_reduction"] > 1.5).all() and (zoo["dense_b64_ms"] > 0).all()
+    summary = (out / "summary.md").read_text()
+    for heading in ("## Comparison", "## Targets", "## Policy reuse", "## Speed-up across the model zoo"):
+        assert heading in summary
+    assert "40% MACs, search reward: ddpg" in summary
+
+
+def test_a_second_call_continues_instead_of_running_again(bench_run, capsys):
+    config, out = bench_run
+    logs = sorted((out / "runs").glob("*.log"))
+    before = {p: p.stat().st_mtime_ns for p in logs}
+    assert main(["bench", str(config), "--out", str(out), "--quiet", "--parts", "comparison"]) == 0
+    assert {p: p.stat().st_mtime_ns for p in logs} == before
+    assert "## Policy reuse" in (out / "summary.md").read_text()  # rebuilt from everything on disk
+
+
+@pytest.mark.parametrize("args, message", [
+    (["bench.methods=[uniform, gridsearch]"], "bench.methods: unknown searcher 'gridsearch'"),
+    (["bench.macs_targets=[1.5]"], "field `bench.macs_targets`"),
+    (["--parts", "comparison,speed"], "--parts: unknown part(s) ['speed']"),
+])
+def test_bad_bench_input_is_a_user_error(tmp_path, capsys, args, message):
+    config = tmp_path / "tiny.yaml"
+    config.write_text(TINY_BENCH)
+    assert main(["bench", str(config), "--out", str(tmp_path / "out"), "--quiet", *args]) == 2
+    assert message in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
