@@ -53,7 +53,7 @@ def run_row(run: Run, method: str, target: float, seed: int) -> dict | None:
         return None
     search = json.loads((run.out / "search_summary.json").read_text())
     meta = search["best"]["meta"]
-    row = {"method": method, "macs_target": target, "seed": seed, "evaluations": search["evaluations"],
+    row = {"run": run.name, "method": method, "macs_target": target, "seed": seed, "evaluations": search["evaluations"],
            "search_seconds": search["wall_seconds"], "reward": meta["reward"], "val_accuracy": meta["accuracy"],
            "policy_macs_ratio": meta.get("macs_ratio")}
     final_file = run.out / "summary.json"

@@ -19,6 +19,7 @@ import pandas as pd
 from bench.comparison import (aggregate, best_reward_curves, collect, comparison_runs, display_table, is_rule,
                               plot_best_reward)
 from bench.grid import require, run_grid
+from bench.latency import quiet_latency
 from bench.search_efficiency import measure
 from bench.transfer import source_agent, transfer_runs, transfer_table
 from bench.zoo import display_zoo, zoo_rows
@@ -55,6 +56,9 @@ def comparison_part(cfg: RunConfig, config: str, folder: Path, overrides: list[s
     runs = comparison_runs(cfg, config, folder, overrides)
     outcome = run_grid(runs, cfg.bench.parallel, "comparison runs", show)
     frame = collect(cfg, runs)
+    if not frame.empty and cfg.bench.final_pass:
+        set_threads(cfg.threads)
+        frame = quiet_latency(frame, {r.name: r.out for r in runs}, cfg.eval.latency_repeats)
     if not frame.empty:
         write_table(frame, folder, "runs")
         stats = write_table(aggregate(frame), folder, "table")
@@ -147,8 +151,9 @@ def write_summary(cfg: RunConfig, config: str, folder: Path, overrides: list[str
                 f"{cfg.prune.importance}, round_to {cfg.prune.round_to}" if b.final_pass else "off")
              + f". Rewards on {cfg.eval.val_limit or 'all'} validation images after {cfg.eval.bn_batches} adaptive-BN "
                f"batches; reward `{cfg.env.reward}` (λ {cfg.env.reward_lambda}). One torch thread per run, "
-               f"{b.parallel} runs at once; latencies are medians on this machine's CPU, dense and pruned in the same "
-               "process.", ""]
+               f"{b.parallel} runs at once. Latencies: medians over {cfg.eval.latency_repeats} "
+               f"repeats on this machine's CPU with {cfg.threads or 'all'} thread(s), measured after all runs with "
+               "nothing else running, each pruned model alternating with its dense baseline.", ""]
     if (folder / "table.csv").is_file():
         stats = pd.read_csv(folder / "table.csv")
         lines += ["## Comparison (mean ± std over seeds)", "", (folder / "table.md").read_text(), "",

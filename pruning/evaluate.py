@@ -88,6 +88,20 @@ class Evaluator:
         self.rankings = channel_rankings(scored, graph, settings.criterion) if graph.mode == "structured" else None
         self.weight_scores = weight_score_table(scored, graph, settings.criterion) if graph.mode == "unstructured" else None
 
+    def to(self, device: torch.device | str) -> "Evaluator":
+        """This evaluator on `device` (a copy when it moves): built once, then shipped to workers as it is."""
+        device = torch.device(device)
+        if device == self.device:
+            return self
+        moved = copy.copy(self)
+        moved.device = device
+        moved.dense = copy.deepcopy(self.dense).to(device)
+        moved.x_val, moved.y_val = self.x_val.to(device), self.y_val.to(device)
+        moved.bn_batches = [batch.to(device) for batch in self.bn_batches]
+        if self.weight_scores is not None:
+            moved.weight_scores = {name: score.to(device) for name, score in self.weight_scores.items()}
+        return moved
+
     def prune_copy(self, policy: SparsityPolicy) -> tuple[nn.Module, dict[str, int]]:
         """A pruned copy of the dense model (no BN recalibration yet) and its kept counts."""
         kept = policy.kept(self.graph, self.settings.round_to)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import os
+import uuid
 from pathlib import Path
 from typing import Any, Callable
 
@@ -24,7 +25,7 @@ from envs.factory import env_kwargs
 from envs.layer_pruning import LayerPruningEnv
 from pruning.config import RunConfig
 from pruning.errors import UserError
-from pruning.evaluate import EvalSettings
+from pruning.evaluate import Evaluator
 from pruning.units import UnitGraph
 from search.agent_searcher import AgentSearcher
 from search.trial import TrialPayload, evaluate_policy_trial
@@ -102,11 +103,10 @@ def search_algorithm(cfg: RunConfig, env: LayerPruningEnv, model: Any, graph: Un
     raise UserError(f"search.searcher: unknown searcher {name!r}")
 
 
-def trainable(cfg: RunConfig, base: Any, data: Any, graph: UnitGraph, device: str) -> Any:
-    """The trial function with its payload in the object store and its resources attached."""
-    payload = TrialPayload(key=f"{graph.fingerprint}-{data.fingerprint}", arch=base.arch,
-                           state_dict={k: v.cpu() for k, v in base.model.state_dict().items()}, data=data.to("cpu"),
-                           mode=cfg.prune.mode, settings=EvalSettings.from_config(cfg), env_kwargs=env_kwargs(cfg),
+def trainable(cfg: RunConfig, evaluator: Evaluator, device: str) -> Any:
+    """The trial function with its payload (the driver's evaluator, on the CPU) in the object store."""
+    # a fresh key per search: a worker of a long-lived cluster that served another search rebuilds its state
+    payload = TrialPayload(key=uuid.uuid4().hex, evaluator=evaluator.to("cpu"), env_kwargs=env_kwargs(cfg),
                            threads=max(1, int(cfg.search.cpus_per_trial)), device=device)
     resources = {"cpu": cfg.search.cpus_per_trial, "gpu": cfg.search.gpus_per_trial}
     return tune.with_resources(tune.with_parameters(evaluate_policy_trial, payload=payload), resources)

@@ -70,7 +70,22 @@ def prepare_run_folder(args: argparse.Namespace, cfg_name: str) -> tuple[Path, d
         raise UserError(f"{out} already holds a search; continue it with --resume {out}, or choose --out")
     storage = args.storage or sqlite_url(str((out / "study.db").resolve()))
     storage_path = Path(args.storage_path).resolve() if args.storage_path else (out / "ray").resolve()
-    return out, {"storage": storage, "study_name": cfg_name, "storage_path": str(storage_path)}
+    return out, {"storage": storage, "study_name": cfg_name, "storage_path": str(storage_path),
+                 "overrides": list(args.overrides)}
+
+
+def use_stored_overrides(args: argparse.Namespace) -> None:
+    """A resumed search runs with the overrides it started with; different ones would change what is searched."""
+    state_file = Path(args.resume) / "search.json" if args.resume else None
+    if state_file is None or not state_file.is_file():
+        return  # prepare_run_folder reports a missing state
+    stored = json.loads(state_file.read_text()).get("overrides")
+    if stored is None:
+        return
+    if args.overrides and args.overrides != stored:
+        raise UserError(f"--resume: {state_file} started with overrides {stored}, not {args.overrides}; "
+                        "give the same ones, or none to reuse them")
+    args.overrides = stored
 
 
 def target_from_floor(ctx, base, graph, out: Path) -> float:
@@ -136,6 +151,7 @@ def best_evaluation(frame: pd.DataFrame) -> pd.Series:
 
 
 def search_job(args: argparse.Namespace) -> int:
+    use_stored_overrides(args)
     ctx = prepare(args)
     cfg = ctx.cfg
     check_searcher(cfg.search.searcher)
@@ -175,11 +191,12 @@ def search_job(args: argparse.Namespace) -> int:
         env = build_env(cfg, base.model, ctx.data, graph, deferred=True)
         connect(args.address)
         searcher, space, samples = search_algorithm(cfg, env, base.model, graph, out / "agent", warm)
+        evaluator = Evaluator(base.model, ctx.data, graph, EvalSettings.from_config(cfg))
         tune_start = time.perf_counter()
-        run_tune(cfg, trainable(cfg, base, ctx.data, graph, str(ctx.device)), searcher, space, samples,
+        run_tune(cfg, trainable(cfg, evaluator, str(ctx.device)), searcher, space, samples,
                  Path(state["storage_path"]), RecordingCallback(sink), resume=bool(args.resume))
         tune_seconds = time.perf_counter() - tune_start
-        env = build_env(cfg, base.model, ctx.data, graph)
+        env = build_env(cfg, base.model, ctx.data, graph, evaluator=evaluator)
     wall = time.perf_counter() - start
     sink.close()
     frame = write_table(sink.recorder.frame(), out, "evaluations")

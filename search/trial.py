@@ -1,7 +1,9 @@
 """The Ray Tune trial: evaluate one proposed policy on a worker with the engine's shared evaluation.
 
-Model weights and data arrive once through the object store (`tune.with_parameters`); each
-worker process builds its `Evaluator` once and keeps it across trials (`reuse_actors=True`).
+The driver builds the `Evaluator` once (dense model, validation split, fixed adaptive-BN batches,
+channel rankings with their Taylor gradients) and it reaches the workers through the object store
+(`tune.with_parameters`): a few MB instead of the whole dataset, and no worker recomputes rankings.
+Each worker process keeps it on its device across trials (`reuse_actors=True`).
 """
 
 from __future__ import annotations
@@ -14,11 +16,8 @@ from typing import Any
 import torch
 
 from envs.layer_pruning import LayerPruningEnv
-from pruning.baseline import build_from_arch
-from pruning.data import DataBundle
-from pruning.evaluate import EvalSettings, Evaluator
+from pruning.evaluate import Evaluator
 from pruning.runtime import resolve_device
-from pruning.units import discover_units
 from search.local import clamp_ratios
 
 _WORKER_CACHE: dict[str, tuple[Evaluator, LayerPruningEnv]] = {}
@@ -29,11 +28,7 @@ class TrialPayload:
     """Everything a worker needs, shipped once per search through the object store."""
 
     key: str
-    arch: dict
-    state_dict: dict[str, torch.Tensor]
-    data: DataBundle
-    mode: str
-    settings: EvalSettings
+    evaluator: Evaluator
     env_kwargs: dict[str, Any]
     threads: int
     device: str
@@ -42,14 +37,8 @@ class TrialPayload:
 def _worker_state(payload: TrialPayload) -> tuple[Evaluator, LayerPruningEnv]:
     if payload.key not in _WORKER_CACHE:
         _WORKER_CACHE.clear()
-        device = resolve_device(payload.device)
-        model = build_from_arch(payload.arch)
-        model.load_state_dict(payload.state_dict)
-        model = model.to(device).eval()
-        data = payload.data.to(device)
-        graph = discover_units(model, data.input_shape, payload.mode)
-        evaluator = Evaluator(model, data, graph, payload.settings)
-        _WORKER_CACHE[payload.key] = (evaluator, LayerPruningEnv(graph, evaluator, **payload.env_kwargs))
+        evaluator = payload.evaluator.to(resolve_device(payload.device))
+        _WORKER_CACHE[payload.key] = (evaluator, LayerPruningEnv(evaluator.graph, evaluator, **payload.env_kwargs))
     return _WORKER_CACHE[payload.key]
 
 

@@ -133,3 +133,12 @@ def test_same_config_and_seed_give_the_same_search(tmp_path, tiny_config):
     columns = [c for c in tables[0].columns if c.startswith("ratio:")] + ["reward", "accuracy"]
     pd.testing.assert_frame_equal(tables[0][columns], tables[1][columns])
     assert tables[0]["reward"].nunique() > 1  # the searches explored, they did not repeat one policy
+
+
+def test_resume_keeps_the_overrides_the_search_started_with(tmp_path, tiny_config):
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "search.json").write_text(json.dumps({"overrides": ["search.evaluations=8"], "storage": "x",
+                                                 "study_name": "tiny", "storage_path": str(run / "ray")}))
+    assert main(["search", str(tiny_config), "--resume", str(run), "--quiet", "search.evaluations=9"]) == 2
+    assert sorted(p.name for p in run.iterdir()) == ["search.json"]

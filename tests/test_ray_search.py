@@ -59,6 +59,10 @@ def config(tmp_path):
     return path
 
 
+# evaluations of about a second (instead of ~0.1 s): several are in flight at once and a kill lands mid-search
+HEAVIER = ["model.kwargs={width: 64}", "data.options={size: 28, n_train: 3000, n_test: 100}", "eval.bn_batches=20"]
+
+
 def search_cmd(config: Path, out: Path, *extra: str) -> list[str]:
     return [sys.executable, "-m", "search.cli", "search", str(config), "--out", str(out), "--quiet", *extra]
 
@@ -114,8 +118,7 @@ def two_node_cluster(ray_env, tmp_path):
 def test_search_runs_trials_on_both_nodes_of_a_cluster(two_node_cluster, ray_env, config, tmp_path):
     out = tmp_path / "run"
     # evaluations long enough (~1 s) that two are in flight: with 0.1 s trials one reused actor could run them all
-    heavier = ["model.kwargs={width: 64}", "data.options={size: 28, n_train: 3000, n_test: 100}", "eval.bn_batches=20"]
-    result = subprocess.run(search_cmd(config, out, "--address", two_node_cluster, *heavier), env=ray_env, cwd=tmp_path,
+    result = subprocess.run(search_cmd(config, out, "--address", two_node_cluster, *HEAVIER), env=ray_env, cwd=tmp_path,
                             capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
     frame = assert_complete_once(out, 8)
@@ -159,8 +162,7 @@ def test_a_killed_worker_is_retried_and_nothing_is_lost(ray_env, config, tmp_pat
     out = tmp_path / "run"
     # ~1 s evaluations, and the kill lands while the worker computes: Tune 2.60 retries a trial that was RUNNING
     # when its worker died, not one still PENDING on a reused actor that died between two trials
-    heavier = ["model.kwargs={width: 64}", "data.options={size: 28, n_train: 3000, n_test: 100}", "eval.bn_batches=20"]
-    driver = subprocess.Popen(search_cmd(config, out, *heavier), env=ray_env, cwd=tmp_path, stdout=subprocess.PIPE,
+    driver = subprocess.Popen(search_cmd(config, out, *HEAVIER), env=ray_env, cwd=tmp_path, stdout=subprocess.PIPE,
                               stderr=subprocess.STDOUT, text=True)
 
     def busy_workers() -> list[int]:
@@ -185,7 +187,8 @@ def test_a_killed_worker_is_retried_and_nothing_is_lost(ray_env, config, tmp_pat
 
 def test_a_killed_driver_resumes_without_loss_or_duplicates(ray_env, config, tmp_path):
     out = tmp_path / "run"
-    driver = subprocess.Popen(search_cmd(config, out), env=ray_env, cwd=tmp_path, start_new_session=True,
+    # ~1 s evaluations, so that the kill lands while the search still has evaluations to run
+    driver = subprocess.Popen(search_cmd(config, out, *HEAVIER), env=ray_env, cwd=tmp_path, start_new_session=True,
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         wait_for(lambda: recorded(out) >= 3, 300, "three recorded evaluations")
@@ -194,7 +197,7 @@ def test_a_killed_driver_resumes_without_loss_or_duplicates(ray_env, config, tmp
         driver.wait()
     partial = recorded(out)
     assert 3 <= partial < 8
-    result = subprocess.run(search_cmd(config, tmp_path / "ignored", "--resume", str(out)), env=ray_env,
+    result = subprocess.run(search_cmd(config, tmp_path / "ignored", "--resume", str(out), *HEAVIER), env=ray_env,
                             cwd=tmp_path, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
     assert_complete_once(out, 8)

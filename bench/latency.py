@@ -1,0 +1,44 @@
+"""Latency of every comparison run's pruned model against its dense baseline, measured on a quiet machine.
+
+Runs execute side by side, so the latency each run measured for itself shares the CPU with
+another run. After the grid, this process times each pruned model and its dense baseline again,
+alternating the two at batch 1 and 64, with nothing else running.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pandas as pd
+import torch
+
+from pruning.checkpoint import load_checkpoint
+from pruning.cost import measure_latency
+from pruning.export import load_pruned
+
+
+def quiet_latency(frame: pd.DataFrame, folders: dict[str, Path], repeats: int) -> pd.DataFrame:
+    """`frame` with its latency and speed-up columns replaced by measurements taken here, in one process."""
+    frame = frame.copy()
+    dense_models: dict[str, torch.nn.Module] = {}
+    for index, row in frame.iterrows():
+        folder = folders[row["run"]]
+        if not (folder / "model.pt").is_file():
+            continue
+        summary = json.loads((folder / "summary.json").read_text())
+        dense_path = summary["baseline_checkpoint"]
+        if dense_path not in dense_models:
+            dense_models[dense_path] = load_pruned(dense_path).eval()
+        dense, pruned = dense_models[dense_path], load_pruned(folder / "model.pt").eval()
+        shape = tuple(load_checkpoint(folder / "model.pt")["arch"]["input_shape"])
+        for batch in (1, 64):
+            dense_ms = measure_latency(dense, shape, batch, repeats).median_ms
+            pruned_ms = measure_latency(pruned, shape, batch, repeats).median_ms
+            frame.loc[index, f"dense_latency_b{batch}_ms"] = dense_ms
+            frame.loc[index, f"latency_b{batch}_ms"] = pruned_ms
+            frame.loc[index, f"speedup_b{batch}"] = dense_ms / pruned_ms
+        frame.loc[index, "latency_threads"] = torch.get_num_threads()
+    if "speedup_b64" in frame and "macs_ratio" in frame:
+        frame["speedup_over_macs_reduction_b64"] = frame["speedup_b64"] * frame["macs_ratio"]
+    return frame
