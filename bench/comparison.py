@@ -79,7 +79,8 @@ def collect(cfg: RunConfig, runs: list[Run]) -> pd.DataFrame:
 
 
 MEAN_COLUMNS = ["val_accuracy", "reward", "test_accuracy_oneshot", "test_accuracy", "drop_pp", "macs_ratio",
-                "params_ratio", "latency_b1_ms", "latency_b64_ms", "speedup_b64", "search_seconds"]
+                "params_ratio", "dense_latency_b1_ms", "latency_b1_ms", "dense_latency_b64_ms", "latency_b64_ms",
+                "speedup_b1", "speedup_b64", "search_seconds"]
 
 
 def aggregate(frame: pd.DataFrame) -> pd.DataFrame:
@@ -107,10 +108,13 @@ def display_table(stats: pd.DataFrame) -> pd.DataFrame:
         rows.append({"MACs target": f"{100 * r['macs_target']:.0f}%", "method": r["method"],
                      "evals": int(r["evaluations"]), "seeds": int(r["seeds"]),
                      "val acc % (adaptive BN)": pm(r, "val_accuracy", 100), "reward": pm(r, "reward", 1, 4),
+                     "test acc % one-shot (adaptive BN)": pm(r, "test_accuracy_oneshot", 100),
                      "test acc % after final pass": pm(r, "test_accuracy", 100),
                      "drop pp": pm(r, "drop_pp"), "MACs %": pm(r, "macs_ratio", 100, 1),
-                     "params %": pm(r, "params_ratio", 100, 1), "latency b1 ms": pm(r, "latency_b1_ms"),
-                     "latency b64 ms": pm(r, "latency_b64_ms"), "speed-up b64": pm(r, "speedup_b64"),
+                     "params %": pm(r, "params_ratio", 100, 1),
+                     "b1 ms dense → pruned": f"{pm(r, 'dense_latency_b1_ms')} → {pm(r, 'latency_b1_ms')}",
+                     "b64 ms dense → pruned": f"{pm(r, 'dense_latency_b64_ms', 1, 1)} → {pm(r, 'latency_b64_ms', 1, 1)}",
+                     "speed-up b1": pm(r, "speedup_b1"), "speed-up b64": pm(r, "speedup_b64"),
                      "search s": pm(r, "search_seconds", 1, 0)})
     return pd.DataFrame(rows)
 

@@ -32,8 +32,9 @@ def transfer_runs(cfg: RunConfig, config: str, folder: Path, overrides: list[str
     agent = str(source_agent(cfg, folder))
     target, seed = b.macs_targets[0], b.seeds[0]
     common = (*overrides, f"model.name={b.transfer_model}", *b.transfer_overrides, f"env.macs_target={target}",
-              f"search.seed={seed}", "sweep.accuracy_floor=null", "threads=1")
-    search = (*common, "search.searcher=ddpg", "search.backend=local", "search.final_pass=false")
+              f"search.seed={seed}", "sweep.accuracy_floor=null")
+    # the zero-shot run goes first and alone (it trains the target's baseline): it keeps the config's threads
+    search = (*common, "threads=1", "search.searcher=ddpg", "search.backend=local", "search.final_pass=false")
     base = folder / "transfer" / f"{b.transfer_model}-{target_tag(target)}"
     warm_budget = max(1, round(b.transfer_fraction * b.evaluations))
     zero = Run("zero-shot", "transfer", config, base / "zero-shot", common, ("--agent", agent), ("transfer.json",))
