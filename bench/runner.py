@@ -164,10 +164,12 @@ def write_summary(cfg: RunConfig, config: str, folder: Path, overrides: list[str
     if (folder / "transfer.json").is_file():
         t = json.loads((folder / "transfer.json").read_text())
         ratio = t["warm_over_scratch"]
+        ratio_text = f" (ratio **{ratio:.3f}**)" if ratio is not None else ""
         lines += [f"## Policy reuse: {cfg.model.name} agent → {t['model']}", "", (folder / "transfer.md").read_text(),
-                  f"- warm-started best reward / from-scratch best reward = **{ratio:.3f}** with "
-                  f"{t['warm_evaluations']} vs {t['scratch_evaluations']} evaluations (target ≥ 0.98 with ≤ 25%) → "
-                  f"**{'met' if t['met'] else 'NOT met'}**",
+                  f"- warm-started best reward {t['warm_best_reward']:.4f} vs from-scratch best "
+                  f"{t['scratch_best_reward']:.4f}{ratio_text}, with {t['warm_evaluations']} vs "
+                  f"{t['scratch_evaluations']} evaluations; target: at least 98% of the from-scratch best "
+                  f"(≥ {t['level_98pct']:.4f}) with ≤ 25% of its evaluations → **{'met' if t['met'] else 'NOT met'}**",
                   f"- the from-scratch search first reached the warm-started best after "
                   f"{t['scratch_evaluations_to_reach_warm_best'] or 'never (within its budget)'} evaluations", ""]
     if (folder / "efficiency.md").is_file():

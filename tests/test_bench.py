@@ -92,3 +92,27 @@ def test_bad_bench_input_is_a_user_error(tmp_path, capsys, args, message):
     assert main(["bench", str(config), "--out", str(tmp_path / "out"), "--quiet", *args]) == 2
     assert message in capsys.readouterr().err
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("warm, scratch, met", [
+    ([0.30, 0.392], [0.2, 0.3, 0.35, 0.38, 0.39, 0.4, 0.4, 0.4], True),     # 0.392 >= 98% of 0.4 with 2 of 8
+    ([0.30, 0.38], [0.2, 0.3, 0.35, 0.38, 0.39, 0.4, 0.4, 0.4], False),     # 0.38 < 98% of 0.4
+    ([-0.40, -0.36], [-0.5, -0.4, -0.36, -0.35, -0.36, -0.4, -0.5, -0.5], False),  # below -0.35 - 2% of 0.35
+    ([-0.40, -0.355], [-0.5, -0.4, -0.36, -0.35, -0.36, -0.4, -0.5, -0.5], True),  # a plain ratio would flip these
+    ([0.39, 0.40, 0.41], [0.2, 0.3, 0.35, 0.38, 0.39, 0.4, 0.4, 0.4], False),  # 3 evaluations are more than 25% of 8
+])
+def test_the_transfer_target_reads_right_for_both_signs_of_reward(tmp_path, warm, scratch, met):
+    from bench.grid import Run
+    from bench.transfer import transfer_table
+
+    runs = {}
+    for name, rewards in (("warm", warm), ("scratch", scratch)):
+        runs[name] = Run(name, "search", "c.yaml", tmp_path / name)
+        runs[name].out.mkdir()
+        pd.DataFrame({"state": "COMPLETE", "reward": rewards}).to_csv(runs[name].out / "evaluations.csv", index=False)
+    zero = Run("zero", "transfer", "c.yaml", tmp_path / "zero")
+    zero.out.mkdir()
+    (zero.out / "transfer.json").write_text(json.dumps({"reward": warm[0], "accuracy": 0.5, "macs_ratio": 0.5,
+                                                        "uniform_accuracy": 0.4, "uniform_macs_ratio": 0.5}))
+    _, check = transfer_table(zero, runs["warm"], runs["scratch"])
+    assert check["met"] is met
