@@ -2,7 +2,7 @@
 
 Runs execute side by side, so the latency each run measured for itself shares the CPU with
 another run. After the grid, this process times each pruned model and its dense baseline again,
-alternating the two at batch 1 and 64, with nothing else running.
+alternating the two in rounds at batch 1 and 64, with nothing else running.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ import pandas as pd
 import torch
 
 from pruning.checkpoint import load_checkpoint
-from pruning.cost import measure_latency
+from pruning.cost import paired_latency
 from pruning.export import load_pruned
 
 
@@ -33,8 +33,7 @@ def quiet_latency(frame: pd.DataFrame, folders: dict[str, Path], repeats: int) -
         dense, pruned = dense_models[dense_path], load_pruned(folder / "model.pt").eval()
         shape = tuple(load_checkpoint(folder / "model.pt")["arch"]["input_shape"])
         for batch in (1, 64):
-            dense_ms = measure_latency(dense, shape, batch, repeats).median_ms
-            pruned_ms = measure_latency(pruned, shape, batch, repeats).median_ms
+            dense_ms, pruned_ms = paired_latency(dense, pruned, shape, batch, repeats)
             frame.loc[index, f"dense_latency_b{batch}_ms"] = dense_ms
             frame.loc[index, f"latency_b{batch}_ms"] = pruned_ms
             frame.loc[index, f"speedup_b{batch}"] = dense_ms / pruned_ms

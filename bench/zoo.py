@@ -2,7 +2,7 @@
 
 Latency depends on layer shapes, not on weight values, so each model is pruned one-shot
 (uniform policy at each MACs target, L1 ranking) from its cached dense baseline when there is one,
-else from its initial weights; dense and pruned are timed in the same process, one after the other.
+else from its initial weights; dense and pruned are timed in the same process, in alternating rounds.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from pruning.apply import prune_structured
 from pruning.baseline import architecture, baseline_path, build_from_arch
 from pruning.checkpoint import load_checkpoint
 from pruning.config import RunConfig
-from pruning.cost import count_macs, count_params, measure_latency
+from pruning.cost import count_macs, count_params, paired_latency
 from pruning.data import DataBundle
 from pruning.policy import uniform_for_macs
 from pruning.units import discover_units
@@ -47,8 +47,7 @@ def zoo_rows(cfg: RunConfig, data: DataBundle, repeats: int) -> list[dict]:
                    "macs_reduction": dense_macs / count_macs(pruned, shape),
                    "params_reduction": dense_params / count_params(pruned)}
             for batch in (1, 64):
-                dense_ms = measure_latency(model, shape, batch, repeats).median_ms
-                pruned_ms = measure_latency(pruned, shape, batch, repeats).median_ms
+                dense_ms, pruned_ms = paired_latency(model, pruned, shape, batch, repeats)
                 row.update({f"dense_b{batch}_ms": dense_ms, f"pruned_b{batch}_ms": pruned_ms,
                             f"speedup_b{batch}": dense_ms / pruned_ms})
             row["speedup_over_macs_reduction_b64"] = row["speedup_b64"] / row["macs_reduction"]

@@ -95,14 +95,27 @@ def measure_latency(model: nn.Module, input_shape: tuple[int, ...], batch_size: 
     device = next(model.parameters()).device
     x = torch.randn(batch_size, *input_shape, device=device)
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
-    for _ in range(warmup):
-        model(x)
-    sync()
     times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        model(x)
+    with torch.no_grad():  # inference latency: no autograd graph is recorded
+        for _ in range(warmup):
+            model(x)
         sync()
-        times.append((time.perf_counter() - start) * 1000)
+        for _ in range(repeats):
+            start = time.perf_counter()
+            model(x)
+            sync()
+            times.append((time.perf_counter() - start) * 1000)
     times.sort()
     return Latency(batch_size, statistics.median(times), times[int(0.9 * (len(times) - 1))], torch.get_num_threads(), repeats)
+
+
+def paired_latency(dense: nn.Module, pruned: nn.Module, input_shape: tuple[int, ...], batch_size: int,
+                   repeats: int = 30, rounds: int = 5) -> tuple[float, float]:
+    """Median latency (ms) of two models timed in alternating rounds, so that drifting machine load
+    (other tenants, frequency changes) falls on both alike; returns (first, second)."""
+    per_round = max(3, repeats // rounds)
+    first, second = [], []
+    for _ in range(rounds):
+        first.append(measure_latency(dense, input_shape, batch_size, per_round).median_ms)
+        second.append(measure_latency(pruned, input_shape, batch_size, per_round).median_ms)
+    return statistics.median(first), statistics.median(second)
