@@ -48,6 +48,7 @@ def test_every_method_target_and_seed_ran_with_the_same_budgets(bench_run):
     # the accuracy floor in the config must not move the operating points: each run meets its own target
     assert (runs["policy_macs_ratio"] <= runs["macs_target"] + 1e-9).all()
     assert (runs["macs_ratio"] <= runs["macs_target"] + 1e-9).all()
+    assert runs["latency_threads"].notna().all() and (runs["latency_b64_ms"] > 0).all()  # re-timed after the grid
     for target in ("m60", "m40"):  # the seeds are different searches, not one search twice
         tables = [pd.read_csv(out / "runs" / f"ddpg-{target}-s{seed}" / "evaluations.csv") for seed in (0, 1)]
         ratios = [t[[c for c in t.columns if c.startswith("ratio:")]].to_numpy() for t in tables]
