@@ -20,9 +20,6 @@ from agents.baselines import RULES  # noqa: E402
 from bench.grid import Run  # noqa: E402
 from pruning.config import RunConfig  # noqa: E402
 
-AGENTS = ("ddpg", "td3", "sac", "ppo")
-
-
 def target_tag(target: float) -> str:
     return f"m{round(100 * target):02d}"
 
@@ -31,19 +28,23 @@ def run_name(method: str, target: float, seed: int) -> str:
     return f"{method}-{target_tag(target)}-s{seed}"
 
 
+def grid_keys(cfg: RunConfig) -> list[tuple[str, float, int]]:
+    """(method, target, seed) of every comparison run, seeds outermost so that a partial benchmark has whole seeds."""
+    b = cfg.bench
+    return [(m, t, s) for s in b.seeds for t in b.macs_targets for m in b.methods]
+
+
 def comparison_runs(cfg: RunConfig, config: str, folder: Path, overrides: list[str]) -> list[Run]:
-    """Seeds outermost, so that a partial benchmark has whole seeds to show."""
+    """One run per `grid_keys` entry, in that order."""
     b = cfg.bench
     done_when = ("search_summary.json", "summary.json") if b.final_pass else ("search_summary.json",)
     runs = []
-    for seed in b.seeds:
-        for target in b.macs_targets:
-            for method in b.methods:
-                name = run_name(method, target, seed)
-                runs.append(Run(name, "search", config, folder / "runs" / name, tuple([
-                    *overrides, f"search.searcher={method}", f"search.seed={seed}", f"env.macs_target={target}",
-                    f"search.evaluations={b.evaluations}", f"search.final_pass={str(b.final_pass).lower()}",
-                    "search.backend=local", "sweep.accuracy_floor=null", "threads=1"]), done_when=done_when))
+    for method, target, seed in grid_keys(cfg):
+        name = run_name(method, target, seed)
+        runs.append(Run(name, "search", config, folder / "runs" / name, (
+            *overrides, f"search.searcher={method}", f"search.seed={seed}", f"env.macs_target={target}",
+            f"search.evaluations={b.evaluations}", f"search.final_pass={str(b.final_pass).lower()}",
+            "search.backend=local", "sweep.accuracy_floor=null", "threads=1"), done_when=done_when))
     return runs
 
 
@@ -72,9 +73,7 @@ def run_row(run: Run, method: str, target: float, seed: int) -> dict | None:
 
 
 def collect(cfg: RunConfig, runs: list[Run]) -> pd.DataFrame:
-    b = cfg.bench
-    keys = [(m, t, s) for s in b.seeds for t in b.macs_targets for m in b.methods]
-    rows = [run_row(run, *key) for run, key in zip(runs, keys)]
+    rows = [run_row(run, *key) for run, key in zip(runs, grid_keys(cfg))]
     return pd.DataFrame([r for r in rows if r is not None])
 
 
@@ -121,9 +120,8 @@ def display_table(stats: pd.DataFrame) -> pd.DataFrame:
 
 def best_reward_curves(cfg: RunConfig, runs: list[Run]) -> pd.DataFrame:
     """Best reward so far vs evaluation, per method, target and seed (rules: their single evaluation)."""
-    b, frames = cfg.bench, []
-    keys = [(m, t, s) for s in b.seeds for t in b.macs_targets for m in b.methods]
-    for run, (method, target, seed) in zip(runs, keys):
+    frames = []
+    for run, (method, target, seed) in zip(runs, grid_keys(cfg)):
         table = run.out / "evaluations.csv"
         if not run.done or not table.is_file():
             continue

@@ -29,7 +29,6 @@ class Run:
     overrides: tuple[str, ...] = ()
     flags: tuple[str, ...] = ()
     done_when: tuple[str, ...] = ("search_summary.json",)
-    takes_out: bool = True
 
     @property
     def done(self) -> bool:
@@ -40,9 +39,8 @@ class Run:
         return self.out.parent / f"{self.out.name}.log"
 
     def argv(self) -> list[str]:
-        out = ["--out", str(self.out)] if self.takes_out else []
-        return [sys.executable, "-m", "search.cli", self.command, self.config, *out, "--quiet", *self.flags,
-                *self.overrides]
+        return [sys.executable, "-m", "search.cli", self.command, self.config, "--out", str(self.out), "--quiet",
+                *self.flags, *self.overrides]
 
 
 @dataclass
@@ -53,7 +51,7 @@ class GridOutcome:
 
 
 def _execute(run: Run) -> int:
-    if run.takes_out and run.out.exists():  # a run interrupted earlier starts again from a clean folder
+    if run.out.exists():  # a run interrupted earlier starts again from a clean folder
         shutil.rmtree(run.out)
     run.out.parent.mkdir(parents=True, exist_ok=True)
     with run.log.open("w") as log:
@@ -64,11 +62,8 @@ def _execute(run: Run) -> int:
 
 def run_grid(runs: list[Run], parallel: int, label: str, show_progress: bool = True) -> GridOutcome:
     """Run what is not done yet, `parallel` at a time; failures are collected, not raised, so others finish."""
-    outcome = GridOutcome()
-    todo = []
-    for run in runs:
-        (outcome.skipped if run.done else todo).append(run)
-    outcome.skipped = [r.name for r in outcome.skipped]
+    outcome = GridOutcome(skipped=[run.name for run in runs if run.done])
+    todo = [run for run in runs if not run.done]
     with ThreadPoolExecutor(max_workers=parallel) as pool, \
             tqdm(total=len(runs), initial=len(outcome.skipped), desc=label, disable=not show_progress) as bar:
         futures = {pool.submit(_execute, run): run for run in todo}

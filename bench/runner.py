@@ -22,6 +22,7 @@ from bench.grid import require, run_grid
 from bench.latency import quiet_latency
 from bench.search_efficiency import measure
 from bench.transfer import source_agent, transfer_runs, transfer_table
+from agents.sb3_agents import BUILDERS
 from bench.zoo import display_zoo, zoo_rows
 from pruning.config import RunConfig, load_config
 from pruning.data import load_data
@@ -45,10 +46,7 @@ def parse_parts(text: str | None) -> list[str]:
 
 def check_methods(cfg: RunConfig) -> None:
     for method in cfg.bench.methods:
-        try:
-            check_searcher(method)
-        except UserError as exc:
-            raise UserError(str(exc).replace("search.searcher", "bench.methods")) from None
+        check_searcher(method, field="bench.methods")
 
 
 # ------------------------------------------------------------------------------------------- parts
@@ -101,7 +99,7 @@ def zoo_part(cfg: RunConfig, folder: Path) -> None:
 
 # ----------------------------------------------------------------------------------------- summary
 def rl_method(cfg: RunConfig) -> str | None:
-    agents = [m for m in cfg.bench.methods if m in ("ddpg", "td3", "sac", "ppo")]
+    agents = [m for m in cfg.bench.methods if m in BUILDERS]
     return agents[0] if agents else None
 
 

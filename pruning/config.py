@@ -194,7 +194,7 @@ class BenchConfig(Section):
     efficiency_evaluations: int = Field(24, ge=0)
     """Evaluations per Ray Tune run of the 1-vs-2-worker throughput measurement (0 = skip)."""
     transfer_model: str | None = "resnet56"
-    """Policy reuse: the DDPG agent of the first seed at each target is applied to this model (None = skip)."""
+    """Policy reuse: the DDPG agent of the first seed at the first target is applied to this model (None = skip)."""
     transfer_fraction: float = Field(0.25, gt=0, le=1)
     """Budget of the warm-started search, as a fraction of `evaluations`."""
     transfer_overrides: list[str] = Field(default_factory=list)

@@ -92,12 +92,12 @@ def measure_model(model: torch.nn.Module, ctx: Context, sparse: bool) -> dict[st
 
 
 def final_pass(ctx: Context, base: Baseline, graph: UnitGraph, policy: SparsityPolicy, out: Path,
-               extra_report: str = "") -> dict:
+               extra_report: str = "", evaluator: Evaluator | None = None) -> dict:
     """Progressive prune-finetune to `policy`, then measure, export and report into `out`."""
     cfg = ctx.cfg
     out.mkdir(parents=True, exist_ok=True)
     policy.save(out / "policy.json")
-    evaluator = Evaluator(base.model, ctx.data, graph, EvalSettings.from_config(cfg))
+    evaluator = evaluator or Evaluator(base.model, ctx.data, graph, EvalSettings.from_config(cfg))
     oneshot = evaluator.evaluate(policy)
     oneshot_model, _ = evaluator.prune_copy(policy)
     recalibrate_batchnorm(oneshot_model, evaluator.bn_batches)

@@ -19,9 +19,9 @@ from pruning.policy import SparsityPolicy
 SEARCHERS = (*sorted(BUILDERS), "random", "tpe", *sorted(RULES))
 
 
-def check_searcher(name: str) -> None:
+def check_searcher(name: str, field: str = "search.searcher") -> None:
     if name not in SEARCHERS:
-        raise UserError(f"search.searcher: unknown searcher {name!r}; expected one of {list(SEARCHERS)}")
+        raise UserError(f"{field}: unknown searcher {name!r}; expected one of {list(SEARCHERS)}")
 
 
 def clamp_ratios(env: LayerPruningEnv, ratios: list[float]) -> SparsityPolicy:

@@ -88,10 +88,8 @@ def use_stored_overrides(args: argparse.Namespace) -> None:
     args.overrides = stored
 
 
-def target_from_floor(ctx, base, graph, out: Path) -> float:
+def target_from_floor(cfg, evaluator: Evaluator, out: Path) -> float:
     """Global first (seed article): the uniform sweep's largest ratio above the accuracy floor sets the MACs target."""
-    cfg = ctx.cfg
-    evaluator = Evaluator(base.model, ctx.data, graph, EvalSettings.from_config(cfg))
     rows = uniform_sweep(evaluator, cfg.sweep.ratios)
     chosen = largest_ratio_above(rows, cfg.sweep.accuracy_floor)
     if chosen is None or chosen["ratio"] == 0.0:
@@ -159,10 +157,12 @@ def search_job(args: argparse.Namespace) -> int:
     out, state = prepare_run_folder(args, cfg.name)
     base = baseline_of(ctx)
     graph = unit_graph(ctx, base.model)
+    # built once (rankings, Taylor gradients, fixed BN batches): the sweep, the search and the final pass share it
+    evaluator = Evaluator(base.model, ctx.data, graph, EvalSettings.from_config(cfg))
     if args.resume:
         cfg.env.macs_target = state.get("macs_target", cfg.env.macs_target)  # the target the search started with
     elif cfg.sweep.accuracy_floor is not None:
-        cfg.env.macs_target = target_from_floor(ctx, base, graph, out)
+        cfg.env.macs_target = target_from_floor(cfg, evaluator, out)
     state["macs_target"] = cfg.env.macs_target
     sink = EvaluationSink(state["storage"], state["study_name"], graph.names, cfg.search.searcher,
                           cfg.search.evaluations, ctx.show_progress)
@@ -179,7 +179,7 @@ def search_job(args: argparse.Namespace) -> int:
     agent, tune_seconds = None, None
     warm = load_warm_agent(args, cfg, graph)
     if backend == "local":
-        env = build_env(cfg, base.model, ctx.data, graph)
+        env = build_env(cfg, base.model, ctx.data, graph, evaluator=evaluator)
         _, agent = run_local(cfg, base.model, env, agent=warm, on_evaluation=lambda e: sink(
             f"local-{e.episode}", {"ratios": e.policy.ratios, "accuracy": e.accuracy, "macs_ratio": e.macs_ratio,
                                    "reward": e.reward, "episode": e.episode}))
@@ -191,7 +191,6 @@ def search_job(args: argparse.Namespace) -> int:
         env = build_env(cfg, base.model, ctx.data, graph, deferred=True)
         connect(args.address)
         searcher, space, samples = search_algorithm(cfg, env, base.model, graph, out / "agent", warm)
-        evaluator = Evaluator(base.model, ctx.data, graph, EvalSettings.from_config(cfg))
         tune_start = time.perf_counter()
         run_tune(cfg, trainable(cfg, evaluator, str(ctx.device)), searcher, space, samples,
                  Path(state["storage_path"]), RecordingCallback(sink), resume=bool(args.resume))
@@ -204,7 +203,8 @@ def search_job(args: argparse.Namespace) -> int:
     ratio_columns = [c for c in frame.columns if c.startswith("ratio:")]
     best = SparsityPolicy({c.split(":", 1)[1]: float(best_row[c]) for c in ratio_columns}, graph.fingerprint,
                           graph.mode, {"reward": float(best_row["reward"]), "accuracy": float(best_row["accuracy"]),
-                                       "macs_ratio": float(best_row["macs_ratio"]), "searcher": cfg.search.searcher, "macs_target": env.macs_target})
+                                       "macs_ratio": float(best_row["macs_ratio"]), "searcher": cfg.search.searcher,
+                                       "macs_target": env.macs_target})
     best.save(out / "best_policy.json")
     complete = frame[frame["state"] == "COMPLETE"].copy()
     complete["best_reward"] = complete["reward"].cummax()
@@ -235,7 +235,7 @@ def search_job(args: argparse.Namespace) -> int:
     if cfg.search.final_pass:
         if cfg.search.seed is not None:  # repeats differ in fine-tuning order too, not only in the search
             ctx.generator = seed_everything(cfg.search.seed)
-        final_pass(ctx, base, graph, best, out, extra_report=section)
+        final_pass(ctx, base, graph, best, out, extra_report=section, evaluator=evaluator)
     else:
         (out / "report.md").write_text(f"# Search report: {cfg.model.name} ({cfg.name})\n{section}")
     return 0

@@ -61,6 +61,9 @@ def config(tmp_path):
 
 # evaluations of about a second (instead of ~0.1 s): several are in flight at once and a kill lands mid-search
 HEAVIER = ["model.kwargs={width: 64}", "data.options={size: 28, n_train: 3000, n_test: 100}", "eval.bn_batches=20"]
+# the fault tests run twice as many: once trials start within a second (the evaluator is shipped ready), 8 can
+# all finish before the test has seen two of them recorded and picked its moment
+FAULT_EVALUATIONS = 16
 
 
 def search_cmd(config: Path, out: Path, *extra: str) -> list[str]:
@@ -162,10 +165,12 @@ def test_a_killed_worker_is_retried_and_nothing_is_lost(ray_env, config, tmp_pat
     out = tmp_path / "run"
     # ~1 s evaluations, and the kill lands while the worker computes: Tune 2.60 retries a trial that was RUNNING
     # when its worker died, not one still PENDING on a reused actor that died between two trials
-    driver = subprocess.Popen(search_cmd(config, out, *HEAVIER), env=ray_env, cwd=tmp_path, stdout=subprocess.PIPE,
-                              stderr=subprocess.STDOUT, text=True)
+    driver = subprocess.Popen(search_cmd(config, out, *HEAVIER, f"search.evaluations={FAULT_EVALUATIONS}"),
+                              env=ray_env, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
     def busy_workers() -> list[int]:
+        if driver.poll() is not None:
+            raise AssertionError("the search ended before a worker could be killed mid-trial")
         return [pid for pid in live_worker_pids(out) if busy(pid)] if recorded(out) >= 2 else []
 
     try:
@@ -179,7 +184,7 @@ def test_a_killed_worker_is_retried_and_nothing_is_lost(ray_env, config, tmp_pat
     finally:
         driver.kill()
     assert driver.returncode == 0, output[-3000:]
-    frame = assert_complete_once(out, 8)
+    frame = assert_complete_once(out, FAULT_EVALUATIONS)
     assert victim not in set(frame["pid"].iloc[before_kill + 1:])  # (one result may have been in flight)
     failures = list((out / "ray").rglob("error.txt"))
     assert failures, "Tune recorded no failed attempt: the kill was not noticed"
@@ -188,7 +193,8 @@ def test_a_killed_worker_is_retried_and_nothing_is_lost(ray_env, config, tmp_pat
 def test_a_killed_driver_resumes_without_loss_or_duplicates(ray_env, config, tmp_path):
     out = tmp_path / "run"
     # ~1 s evaluations, so that the kill lands while the search still has evaluations to run
-    driver = subprocess.Popen(search_cmd(config, out, *HEAVIER), env=ray_env, cwd=tmp_path, start_new_session=True,
+    driver = subprocess.Popen(search_cmd(config, out, *HEAVIER, f"search.evaluations={FAULT_EVALUATIONS}"),
+                              env=ray_env, cwd=tmp_path, start_new_session=True,
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         wait_for(lambda: recorded(out) >= 3, 300, "three recorded evaluations")
@@ -196,11 +202,12 @@ def test_a_killed_driver_resumes_without_loss_or_duplicates(ray_env, config, tmp
         os.killpg(driver.pid, signal.SIGKILL)  # the driver and the embedded Ray it started, mid-search
         driver.wait()
     partial = recorded(out)
-    assert 3 <= partial < 8
-    result = subprocess.run(search_cmd(config, tmp_path / "ignored", "--resume", str(out), *HEAVIER), env=ray_env,
+    assert 3 <= partial < FAULT_EVALUATIONS
+    result = subprocess.run(search_cmd(config, tmp_path / "ignored", "--resume", str(out), *HEAVIER,
+                                       f"search.evaluations={FAULT_EVALUATIONS}"), env=ray_env,
                             cwd=tmp_path, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
-    assert_complete_once(out, 8)
+    assert_complete_once(out, FAULT_EVALUATIONS)
 
 
 def test_dashboard_shows_the_study_in_headless_chromium(ray_env, config, tmp_path):
