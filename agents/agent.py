@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -19,6 +20,8 @@ from pruning.config import AgentConfig
 from pruning.errors import UserError
 from pruning.policy import SparsityPolicy
 
+log = logging.getLogger("prunepilot")
+
 
 @dataclass
 class Evaluation:
@@ -32,19 +35,38 @@ class Evaluation:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
-class _RecordEvaluations(BaseCallback):
-    """Collects each finished episode's policy and score from the env's info dict."""
+MAX_EPISODES_PER_EVALUATION = 10
+"""A searcher that keeps proposing policies it has already scored stops after this many episodes per
+evaluation of its budget (it has converged); repeats cost no evaluation, so they do not count."""
 
-    def __init__(self, sink: Callable[[Evaluation], None]):
+
+class _RecordEvaluations(BaseCallback):
+    """Passes on each finished episode's new policy with its score; with `stop_at_budget`, stops after `budget`.
+
+    A repeated policy (same kept channels) is scored from the env's cache: the agent learns from it,
+    but it costs no evaluation and so does not count against the budget.
+    """
+
+    def __init__(self, sink: Callable[[Evaluation], None], budget: int, stop_at_budget: bool):
         super().__init__()
-        self.sink, self.episode = sink, 0
+        self.sink, self.budget, self.stop_at_budget = sink, budget, stop_at_budget
+        self.evaluated = self.repeats = 0
+
+    @property
+    def episodes(self) -> int:
+        return self.evaluated + self.repeats
 
     def _on_step(self) -> bool:
         for info, reward in zip(self.locals["infos"], self.locals["rewards"]):
-            if "policy" in info:
-                self.sink(Evaluation(self.episode, info["policy"], info["accuracy"], info["macs_ratio"], float(reward)))
-                self.episode += 1
-        return True
+            if "policy" not in info:
+                continue
+            if info.get("repeat"):
+                self.repeats += 1
+                continue
+            self.sink(Evaluation(self.evaluated, info["policy"], info["accuracy"], info["macs_ratio"], float(reward),
+                                 {"agent_episode": self.episodes}))
+            self.evaluated += 1
+        return not (self.stop_at_budget and self.evaluated >= self.budget)
 
 
 class PruningAgent:
@@ -93,9 +115,9 @@ class PruningAgent:
         return info["policy"], transitions
 
     # ------------------------------------------------------------------------- learning
-    def learn(self, env: LayerPruningEnv, episodes: int, on_evaluation: Callable[[Evaluation], None] | None = None,
-              progress_bar: bool = False) -> list[Evaluation]:
-        """Run `episodes` standalone episodes (each evaluates one policy) and learn from them."""
+    def learn(self, env: LayerPruningEnv, episodes: int,
+              on_evaluation: Callable[[Evaluation], None] | None = None) -> list[Evaluation]:
+        """Learn on a standalone env until `episodes` distinct policies were evaluated (repeats are free)."""
         if env.deferred:
             raise ValueError("learn() needs a standalone env (deferred=False); the Ray searcher feeds rewards itself")
         evaluations: list[Evaluation] = []
@@ -106,8 +128,17 @@ class PruningAgent:
                 on_evaluation(evaluation)
 
         self.model.set_env(env)
-        self.model.learn(total_timesteps=episodes * env.n_units, callback=_RecordEvaluations(sink),
-                         reset_num_timesteps=False, progress_bar=progress_bar)
+        off_policy = hasattr(self.model, "replay_buffer")
+        # off-policy agents play exactly the episodes still needed, so none is cut short (SB3 drops the transition
+        # of a step whose callback stops training); PPO collects whole rollouts and is stopped by the callback
+        record = _RecordEvaluations(sink, episodes, stop_at_budget=not off_policy)
+        cap = episodes * MAX_EPISODES_PER_EVALUATION
+        while record.evaluated < episodes and record.episodes < cap:
+            remaining = min(episodes - record.evaluated, cap - record.episodes)
+            self.model.learn(total_timesteps=remaining * env.n_units, callback=record, reset_num_timesteps=False)
+        if record.repeats:
+            log.info("%s: %d new policies scored in %d episodes (%d repeats, scored from the cache)", self.cfg.name,
+                     record.evaluated, record.episodes, record.repeats)
         return evaluations
 
     def warm_start(self, warmup_episodes: int = 0) -> None:

@@ -11,7 +11,7 @@ import numpy as np
 import torch_pruning as tp
 from torch import nn
 
-from agents.agent import Evaluation
+from agents.agent import MAX_EPISODES_PER_EVALUATION, Evaluation
 from envs.layer_pruning import LayerPruningEnv
 from pruning.apply import channel_scores
 from pruning.errors import UserError
@@ -64,15 +64,22 @@ def lamp(model: nn.Module, graph: UnitGraph, macs_target: float, round_to: int =
 
 def random_search(env: LayerPruningEnv, evaluations: int, seed: int = 0,
                   on_evaluation: Callable[[Evaluation], None] | None = None) -> list[Evaluation]:
-    """EagleEye: random per-unit ratios (through the env's budget clamp), each scored with adaptive BN."""
+    """EagleEye: random per-unit ratios (through the env's budget clamp), each scored with adaptive BN.
+
+    A draw that repeats a scored policy costs nothing and does not count (as for every searcher).
+    """
     rng = np.random.default_rng(seed)
-    results = []
-    for episode in range(evaluations):
-        env.reset(seed=seed + episode)
+    results: list[Evaluation] = []
+    for draw in range(evaluations * MAX_EPISODES_PER_EVALUATION):
+        if len(results) == evaluations:
+            break
+        env.reset(seed=seed + draw)
         done, reward, info = False, 0.0, {}
         while not done:
             _, reward, done, _, info = env.step(rng.uniform(-1.0, 1.0, 1).astype(np.float32))
-        evaluation = Evaluation(episode, info["policy"], info["accuracy"], info["macs_ratio"], float(reward))
+        if info["repeat"]:
+            continue
+        evaluation = Evaluation(len(results), info["policy"], info["accuracy"], info["macs_ratio"], float(reward))
         results.append(evaluation)
         if on_evaluation:
             on_evaluation(evaluation)

@@ -26,7 +26,8 @@ DEFAULT_OVERRIDES = [
 def env_kwargs(cfg: RunConfig) -> dict[str, Any]:
     e = cfg.env
     return dict(macs_target=e.macs_target, r_min=e.r_min, r_max=e.r_max, reward=e.reward,
-                reward_lambda=e.reward_lambda, round_to=cfg.prune.round_to)
+                reward_lambda=e.reward_lambda, round_to=cfg.prune.round_to,
+                budget=e.budget)
 
 
 def load_run_data(cfg: RunConfig) -> DataBundle:

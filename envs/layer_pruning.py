@@ -17,12 +17,17 @@ from pruning.units import UnitGraph, kept_count
 UNIT_KINDS = ("conv", "pointwise", "depthwise-group", "residual-group", "linear")
 FEATURES = ("depth", *(f"kind_{k}" for k in UNIT_KINDS), "log_in_channels", "log_out_channels", "kernel", "stride",
             "resolution", "unit_macs", "macs_removed", "macs_rest", "previous_ratio", "macs_target")
+BUDGETS = ("exact", "cap")
 OBS_VERSION = 1
 """Bumped whenever FEATURES change: saved agents record it, so an agent is never fed an embedding it was not trained on."""
 
 
 class PolicyEvaluator(Protocol):
     """Anything that scores a policy: the engine's `Evaluator`, a Ray trial's result, or a test fake."""
+
+    def has_scored(self, policy: SparsityPolicy) -> bool:
+        """Whether this policy (same kept counts) was scored before: scoring it again costs nothing."""
+        return policy.key(self.graph, self.round_to) in self.cache
 
     def evaluate(self, policy: SparsityPolicy) -> Any:  # returns an object with .accuracy, .macs, .macs_ratio
         ...
@@ -37,7 +42,11 @@ class LayerPruningEnv(gym.Env):
     ## Action Space
     `Box(-1, 1, (1,))`, mapped linearly to a ratio in `[r_min, r_max]`. The ratio is then raised,
     if needed, to the least that still lets the episode meet the MACs budget when every later unit
-    is pruned at `r_max` (AMC's `_action_wall`), so every finished episode meets the budget.
+    is pruned at `r_max` (AMC's `_action_wall`), so every finished episode meets the budget. With
+    `budget="exact"` (the default) it is also lowered, if needed, to the most that still reaches the
+    budget when every later unit is kept whole: no episode spends its evaluation on a model smaller
+    than asked for (AMC: "accurately arrive at the target"). `budget="cap"` keeps AMC's one-sided wall,
+    for rewards that trade accuracy against MACs below the target.
 
     ## Observation Space
     `Box(0, 1, (18,))`, the AMC layer embedding, normalised so that it does not depend on model
@@ -51,7 +60,8 @@ class LayerPruningEnv(gym.Env):
     0 on every step but the last. The last step scores the policy with the evaluator (adaptive
     BN + validation accuracy) and returns `reward` by name: `accuracy_minus_compute`
     (accuracy - lambda * MACs ratio), `amc_error` (-error) or `amc_error_log_macs`
-    (-error * log MACs). Identical policies are evaluated once (cache). In deferred mode the last
+    (-error * log MACs). Identical policies are evaluated once (cache; `info["repeat"]` says the
+    score came from it, so searchers do not count it against their budget). In deferred mode the last
     step returns 0 and the policy in `info["policy"]`; the reward is supplied later (Ray Tune).
 
     ## Episode End
@@ -62,12 +72,15 @@ class LayerPruningEnv(gym.Env):
 
     def __init__(self, graph: UnitGraph, evaluator: PolicyEvaluator | None = None, *, macs_target: float = 0.5,
                  r_min: float = 0.0, r_max: float = 0.8, reward: str = "accuracy_minus_compute",
-                 reward_lambda: float = 0.5, round_to: int = 1, deferred: bool = False):
+                 reward_lambda: float = 0.5, round_to: int = 1, budget: str = "exact", deferred: bool = False):
         super().__init__()
         if not 0.0 <= r_min < r_max < 1.0:
             raise ValueError(f"`0 <= r_min < r_max < 1` must hold, but got ({r_min=}, {r_max=})")
         if evaluator is None and not deferred:
             raise ValueError("standalone mode needs an evaluator; pass evaluator=... or deferred=True")
+        if budget not in BUDGETS:
+            raise UserError(f"env.budget: expected one of {list(BUDGETS)}, got {budget!r}")
+        self.budget = budget
         self.graph, self.evaluator = graph, evaluator
         self.macs_target, self.r_min, self.r_max = macs_target, r_min, r_max
         self.reward_name, self.reward_fn, self.reward_lambda = reward, get_reward(reward), reward_lambda
@@ -117,20 +130,38 @@ class LayerPruningEnv(gym.Env):
     def ratio_to_action(self, ratio: float) -> float:
         return float(np.clip(2.0 * (ratio - self.r_min) / (self.r_max - self.r_min) - 1.0, -1.0, 1.0))
 
+    def _macs_with(self, ratio: float, rest: float) -> float:
+        return self.graph.macs(self._kept(self._ratios + [ratio], rest=rest))
+
     def least_feasible_ratio(self) -> float:
         """Smallest ratio for the current unit such that the budget stays reachable with later units at r_max."""
         budget = self.macs_target * self.graph.dense_macs
-
-        def macs(x: float) -> float:
-            return self.graph.macs(self._kept(self._ratios + [x], rest=self.r_max))
-
-        if macs(self.r_min) <= budget:
+        if self._macs_with(self.r_min, self.r_max) <= budget:
             return self.r_min
+        return self._boundary(lambda x: self._macs_with(x, self.r_max) <= budget)
+
+    def greatest_useful_ratio(self) -> float:
+        """Largest ratio for the current unit such that later units kept whole still leave >= the budget."""
+        budget = self.macs_target * self.graph.dense_macs
+        if self._macs_with(self.r_max, self.r_min) >= budget:
+            return self.r_max
+        if self._macs_with(self.r_min, self.r_min) < budget:
+            return self.r_min
+        return self._boundary(lambda x: self._macs_with(x, self.r_min) < budget) - 1e-9
+
+    def _boundary(self, above: Any) -> float:
+        """The least ratio in [r_min, r_max] where the monotone predicate `above` holds (bisection)."""
         low, high = self.r_min, self.r_max
         for _ in range(40):
             mid = (low + high) / 2
-            low, high = (low, mid) if macs(mid) <= budget else (mid, high)
+            low, high = (low, mid) if above(mid) else (mid, high)
         return high
+
+    def ratio_bounds(self) -> tuple[float, float]:
+        """The ratios the current unit may take: AMC's wall from below, and with budget="exact" from above."""
+        low = self.least_feasible_ratio()
+        high = self.greatest_useful_ratio() if self.budget == "exact" else self.r_max
+        return low, max(low, high)
 
     # ---------------------------------------------------------------------------- gym API
     def reset(self, *, seed: int | None = None, options: dict | None = None) -> tuple[np.ndarray, dict]:
@@ -142,7 +173,8 @@ class LayerPruningEnv(gym.Env):
         if len(self._ratios) >= len(self.units):
             raise RuntimeError("step() called after the episode ended; call reset()")
         wanted = self.action_to_ratio(float(np.asarray(action).reshape(-1)[0]))
-        ratio = max(wanted, self.least_feasible_ratio())
+        low, high = self.ratio_bounds()
+        ratio = min(max(wanted, low), high)
         self._ratios.append(ratio)
         info: dict[str, Any] = {"unit": self.units[len(self._ratios) - 1].name, "ratio": ratio, "wanted_ratio": wanted}
         if len(self._ratios) < len(self.units):
@@ -152,11 +184,16 @@ class LayerPruningEnv(gym.Env):
         observation = np.zeros(self.observation_space.shape, dtype=np.float32)  # terminal: never used for bootstrapping
         if self.deferred:
             return observation, 0.0, True, False, info
+        repeat = self.has_scored(policy)
         result = self.evaluate(policy)
-        info.update(result=result, accuracy=result.accuracy, macs_ratio=result.macs_ratio)
+        info.update(result=result, accuracy=result.accuracy, macs_ratio=result.macs_ratio, repeat=repeat)
         return observation, self.reward(result), True, False, info
 
     # ---------------------------------------------------------------------------- scoring
+    def has_scored(self, policy: SparsityPolicy) -> bool:
+        """Whether this policy (same kept counts) was scored before: scoring it again costs nothing."""
+        return policy.key(self.graph, self.round_to) in self.cache
+
     def evaluate(self, policy: SparsityPolicy) -> Any:
         """Score `policy` once; a repeated policy (same kept counts) comes from the cache."""
         key = policy.key(self.graph, self.round_to)

@@ -120,6 +120,9 @@ class EnvConfig(Section):
     reward: Literal["accuracy_minus_compute", "amc_error", "amc_error_log_macs"] = "accuracy_minus_compute"
     reward_lambda: float = Field(0.5, ge=0)
     """lambda in R = accuracy - lambda * MACs ratio."""
+    budget: Literal["exact", "cap"] = "exact"
+    """exact: actions are clamped from both sides, so every policy lands on the MACs target (no evaluation
+    spent on a smaller model than asked for); cap: AMC's one-sided wall, MACs at most the target."""
 
     @model_validator(mode="after")
     def _range(self) -> "EnvConfig":

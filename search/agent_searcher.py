@@ -5,6 +5,9 @@ and returns the policy as the trial config; `on_trial_complete()` hands the rewa
 episode's transitions go into the replay buffer with that reward, and the agent trains.
 Per-trial state lives in a dict keyed by trial id; `save`/`restore` keep the agent, its replay
 buffer and noise schedule, so a resumed search continues where it stopped.
+
+A proposal that repeats a scored policy (same kept channels) is not sent out: the agent learns from
+the known reward and proposes again, so repeats do not spend the evaluation budget (as in local mode).
 """
 
 from __future__ import annotations
@@ -15,7 +18,7 @@ from typing import Any
 
 from ray.tune.search import Searcher
 
-from agents.agent import PruningAgent
+from agents.agent import MAX_EPISODES_PER_EVALUATION, PruningAgent
 from envs.layer_pruning import LayerPruningEnv
 
 log = logging.getLogger("prunepilot")
@@ -29,15 +32,26 @@ class AgentSearcher(Searcher):
         if not env.deferred:
             raise ValueError("AgentSearcher needs a deferred env: rewards come from the trials")
         self.agent, self.env, self.budget = agent, env, budget
-        self.live: dict[str, list[tuple]] = {}
+        self.live: dict[str, tuple[list[tuple], str]] = {}
         self.suggested = 0
         self.completed: set[str] = set()
+        self.rewards: dict[str, float] = {}
+        """Reward of every scored policy, by policy key."""
+        self.repeats = 0
 
     def suggest(self, trial_id: str) -> dict | str | None:
         if self.suggested >= self.budget:
             return Searcher.FINISHED
-        policy, transitions = self.agent.propose(self.env, deterministic=False)
-        self.live[trial_id] = transitions
+        in_flight = {key for _, key in self.live.values()}
+        for attempt in range(MAX_EPISODES_PER_EVALUATION):  # after that many, the agent has converged: send it
+            policy, transitions = self.agent.propose(self.env, deterministic=False)
+            key = policy.key(self.env.graph, self.env.round_to)
+            if (key not in self.rewards and key not in in_flight) or attempt == MAX_EPISODES_PER_EVALUATION - 1:
+                break
+            if key in self.rewards:  # a policy in flight has no reward yet: just propose another
+                self.agent.observe_episode(transitions, self.rewards[key])
+            self.repeats += 1
+        self.live[trial_id] = (transitions, key)
         self.suggested += 1
         return {"ratios": dict(policy.ratios)}
 
@@ -45,21 +59,24 @@ class AgentSearcher(Searcher):
         if trial_id in self.completed:
             log.warning("Received additional completion for trial %s, but it already finished; ignored", trial_id)
             return
-        transitions = self.live.pop(trial_id, None)
+        transitions, key = self.live.pop(trial_id, (None, None))
         self.completed.add(trial_id)
         if transitions is not None and not error and result and self.metric in result:
-            self.agent.observe_episode(transitions, float(result[self.metric]))
+            self.rewards[key] = float(result[self.metric])
+            self.agent.observe_episode(transitions, self.rewards[key])
         # failed trials teach the agent nothing (Tune's FailureConfig has retried them already)
         if self.save_to and len(self.completed) >= self.budget:
             self.agent.save(self.save_to, self.env)
 
     def get_state(self) -> dict[str, Any]:
         return {"agent": self.agent.state_bytes(), "live": self.live, "suggested": self.suggested,
-                "completed": self.completed, "episodes": self.agent.model._episode_num}
+                "completed": self.completed, "episodes": self.agent.model._episode_num, "rewards": self.rewards,
+                "repeats": self.repeats}
 
     def set_state(self, state: dict[str, Any]) -> None:
         self.agent = PruningAgent.from_state_bytes(state["agent"], self.env)
         self.live, self.suggested, self.completed = state["live"], state["suggested"], state["completed"]
+        self.rewards, self.repeats = state["rewards"], state["repeats"]
 
     def save(self, checkpoint_path: str) -> None:
         with open(checkpoint_path, "wb") as fh:

@@ -8,7 +8,7 @@ import numpy as np
 import optuna
 from torch import nn
 
-from agents.agent import Evaluation, PruningAgent
+from agents.agent import MAX_EPISODES_PER_EVALUATION, Evaluation, PruningAgent
 from agents.baselines import RULES, random_search, rule_policy
 from agents.sb3_agents import BUILDERS
 from envs.layer_pruning import LayerPruningEnv
@@ -44,16 +44,23 @@ def scored(env: LayerPruningEnv, episode: int, policy: SparsityPolicy) -> Evalua
 
 def tpe_search(env: LayerPruningEnv, evaluations: int, seed: int,
                on_evaluation: Callable[[Evaluation], None]) -> list[Evaluation]:
-    """Optuna's TPE over per-unit ratios in [r_min, r_max], each clamped to the budget like an agent's actions."""
+    """Optuna's TPE over per-unit ratios in [r_min, r_max], each clamped to the budget like an agent's actions.
+
+    A proposal that repeats a scored policy is told its known score and does not count against the budget.
+    """
     study = optuna.create_study(direction="maximize", sampler=optuna.samplers.TPESampler(seed=seed))
-    results = []
-    for episode in range(evaluations):
+    results: list[Evaluation] = []
+    for _ in range(evaluations * MAX_EPISODES_PER_EVALUATION):
+        if len(results) == evaluations:
+            break
         trial = study.ask()
-        ratios = [trial.suggest_float(u.name, env.r_min, env.r_max) for u in env.units]
-        evaluation = scored(env, episode, clamp_ratios(env, ratios))
+        policy = clamp_ratios(env, [trial.suggest_float(u.name, env.r_min, env.r_max) for u in env.units])
+        repeat = env.has_scored(policy)
+        evaluation = scored(env, len(results), policy)
         study.tell(trial, evaluation.reward)
-        results.append(evaluation)
-        on_evaluation(evaluation)
+        if not repeat:
+            results.append(evaluation)
+            on_evaluation(evaluation)
     return results
 
 

@@ -3,7 +3,7 @@ import json
 import numpy as np
 import pytest
 
-from agents.agent import PruningAgent
+from agents.agent import MAX_EPISODES_PER_EVALUATION, PruningAgent
 from agents.baselines import global_magnitude, lamp, random_search, uniform
 from agents.exploration import NoiseSchedule, truncated_normal
 from envs.layer_pruning import LayerPruningEnv
@@ -24,7 +24,8 @@ def graphs():
 def fake_env(graph, optimum=None, **kwargs):
     optimum = np.linspace(0.1, 0.7, len(graph.units)) if optimum is None else optimum
     evaluator = SyntheticEvaluator(graph, optimum)
-    return LayerPruningEnv(graph, evaluator, **{"macs_target": 1.0, "r_max": 0.8, "reward": "amc_error", **kwargs}), evaluator
+    return LayerPruningEnv(graph, evaluator, **{"macs_target": 1.0, "r_max": 0.8, "reward": "amc_error", "budget": "cap",
+                                             **kwargs}), evaluator
 
 
 @pytest.mark.parametrize("seed", range(5))
@@ -63,6 +64,24 @@ def test_every_algorithm_runs_and_meets_the_budget(graphs, name):
     assert all(e.macs_ratio <= 0.5 + 1e-9 for e in evaluations)
 
 
+def test_repeated_policies_cost_no_evaluation_and_a_converged_agent_stops(graphs):
+    env, fake = fake_env(graphs["vgg_small"])
+    frozen = AgentConfig(warmup_episodes=3, noise_sigma=0.0, actor_lr=1e-12, net_arch=[32, 32])
+    agent = PruningAgent.create(frozen, env, seed=0)
+    evaluations = agent.learn(env, 6)  # 3 random policies, then the frozen actor's one policy over and over
+    assert len(evaluations) == 4 == fake.calls
+    assert len({e.policy.key(env.graph) for e in evaluations}) == 4
+    assert agent.model._episode_num == 6 * MAX_EPISODES_PER_EVALUATION
+
+
+def test_random_and_tpe_do_not_count_repeats(graphs):
+    from search.local import tpe_search
+
+    for search in (lambda env: random_search(env, 5, seed=0), lambda env: tpe_search(env, 5, 0, lambda e: None)):
+        env, fake = fake_env(graphs["vgg_small"], r_max=1e-3)  # every ratio keeps every channel: one policy exists
+        assert len(search(env)) == 1 == fake.calls
+
+
 def test_unknown_agent_lists_valid_names(graphs):
     env, _ = fake_env(graphs["vgg_small"])
     with pytest.raises(UserError, match=r"unknown agent 'a2c'; expected one of \['ddpg', 'ppo', 'sac', 'td3'\]"):
@@ -77,7 +96,7 @@ def test_save_load_round_trip_and_version_check(graphs, tmp_path):
     loaded = PruningAgent.load(path, env)
     assert loaded.propose(env)[0].ratios == agent.propose(env)[0].ratios
     meta = json.loads(path.with_suffix(".json").read_text())
-    assert meta["trained_on"]["units"] == env.n_units and meta["episodes"] == 6
+    assert meta["trained_on"]["units"] == env.n_units and meta["episodes"] == agent.model._episode_num >= 6
     meta["obs_version"] = 0
     path.with_suffix(".json").write_text(json.dumps(meta))
     with pytest.raises(UserError, match="observation version 0"):

@@ -78,16 +78,41 @@ def test_observation_is_normalised_and_size_independent(graphs):
 @settings(max_examples=60, deadline=None)
 @given(name=st.sampled_from(["lenet5", "resnet20", "resnet56", "mobilenetv2_small", "vgg_small"]),
        target=st.sampled_from([0.25, 0.5, 0.75]), round_to=st.sampled_from([1, 4]),
-       actions=st.lists(st.floats(-1, 1), min_size=60, max_size=60))
-def test_every_episode_meets_the_budget(graphs, name, target, round_to, actions):
+       actions=st.lists(st.floats(-1, 1), min_size=60, max_size=60), budget=st.sampled_from(["exact", "cap"]))
+def test_every_episode_meets_the_budget(graphs, name, target, round_to, actions, budget):
     graph = graphs[name]
     try:
-        env = LayerPruningEnv(graph, deferred=True, macs_target=target, r_max=0.9, round_to=round_to)
+        env = LayerPruningEnv(graph, deferred=True, macs_target=target, r_max=0.9, round_to=round_to, budget=budget)
     except UserError:  # target below what r_max can reach with this rounding: refused up front, tested elsewhere
         assume(False)
     info, _ = rollout(env, actions[: env.n_units])
-    assert info["policy"].macs_ratio(graph, round_to) <= target + 1e-9
+    macs_ratio = info["policy"].macs_ratio(graph, round_to)
+    assert macs_ratio <= target + 1e-9
     assert all(0.0 <= r <= 0.9 for r in info["policy"].ratios.values())
+    if budget == "exact":  # no further than one rounding step of one unit below the target
+        assert macs_ratio >= target - largest_step(graph, round_to)
+
+
+def largest_step(graph, round_to):
+    dense = {u.name: u.channels for u in graph.units}
+    return max(1 - graph.macs({**dense, u.name: u.channels - min(round_to, u.channels - 1)}) / graph.dense_macs
+               for u in graph.units)
+
+
+def test_cap_budget_lets_random_actions_undershoot_and_exact_does_not(graphs):
+    graph, rng = graphs["resnet20"], np.random.default_rng(0)
+    actions = [rng.uniform(-1, 1, len(graph.units)) for _ in range(20)]
+    ratios = {}
+    for budget in ("cap", "exact"):
+        env = LayerPruningEnv(graph, deferred=True, macs_target=0.5, budget=budget)
+        ratios[budget] = [rollout(env, a)[0]["policy"].macs_ratio(graph) for a in actions]
+    assert min(ratios["cap"]) < 0.4  # AMC's one-sided wall: random actions often prune far more than asked
+    assert min(ratios["exact"]) > 0.5 - largest_step(graph, 1)
+
+
+def test_unknown_budget_is_a_user_error(graphs):
+    with pytest.raises(UserError, match="env.budget"):
+        LayerPruningEnv(graphs["resnet20"], deferred=True, budget="loose")
 
 
 def test_clamp_only_raises_ratios_when_needed(graphs):

@@ -1,0 +1,64 @@
+"""The agent as a Tune `Searcher`, driven by hand without a Ray runtime (as Ray's tests/test_searchers.py)."""
+
+import logging
+
+import numpy as np
+import pytest
+from ray.tune.search import Searcher
+
+from agents.agent import MAX_EPISODES_PER_EVALUATION, PruningAgent
+from envs.layer_pruning import LayerPruningEnv
+from pruning.config import AgentConfig
+from pruning.models import build_model
+from pruning.units import discover_units
+from search.agent_searcher import AgentSearcher
+
+SHAPE = (1, 28, 28)
+
+
+@pytest.fixture(scope="module")
+def graph():
+    return discover_units(build_model("vgg_small", 1, 10, SHAPE), SHAPE)
+
+
+def searcher(graph, budget=4, **agent):
+    env = LayerPruningEnv(graph, deferred=True, macs_target=0.5)
+    settings = {"warmup_episodes": 2, "net_arch": [16, 16], "batch_size": 8, **agent}
+    return AgentSearcher(PruningAgent.create(AgentConfig(**settings), env, seed=0), env, budget)
+
+
+def test_suggest_complete_and_budget(graph, caplog):
+    s = searcher(graph)
+    configs = [s.suggest(f"t{i}") for i in range(4)]
+    assert all(set(c["ratios"]) == set(graph.names) for c in configs)
+    assert s.suggest("t4") == Searcher.FINISHED
+    s.on_trial_complete("t0", {"reward": 0.4})
+    s.on_trial_complete("t1", error=True)  # a failed trial teaches nothing
+    assert s.agent.model._episode_num == 1 and len(s.rewards) == 1
+    with caplog.at_level(logging.WARNING, logger="prunepilot"):
+        s.on_trial_complete("t0", {"reward": 0.9})
+    assert "already finished" in caplog.text and list(s.rewards.values()) == [0.4]
+
+
+def test_state_round_trip(graph, tmp_path):
+    s = searcher(graph)
+    s.suggest("t0")
+    s.on_trial_complete("t0", {"reward": 0.4})
+    s.suggest("t1")
+    s.save(str(tmp_path / "searcher.pkl"))
+    restored = searcher(graph)
+    restored.restore(str(tmp_path / "searcher.pkl"))
+    assert (restored.suggested, restored.completed, restored.rewards) == (2, {"t0"}, s.rewards)
+    assert set(restored.live) == {"t1"}
+    obs, _ = s.env.reset()
+    assert np.allclose(restored.agent.act(obs), s.agent.act(obs))
+
+
+def test_a_repeated_policy_is_learnt_from_its_known_reward_not_sent_again(graph):
+    s = searcher(graph, warmup_episodes=0, noise_sigma=0.0, actor_lr=1e-12, critic_lr=1e-12)  # one policy, always
+    first = s.suggest("t0")
+    s.on_trial_complete("t0", {"reward": 0.4})
+    second = s.suggest("t1")  # every proposal repeats t0: each is learnt from 0.4, the last is sent anyway
+    assert second == first
+    assert s.repeats == MAX_EPISODES_PER_EVALUATION - 1
+    assert s.agent.model._episode_num == MAX_EPISODES_PER_EVALUATION  # t0 and the repeats, each observed once
