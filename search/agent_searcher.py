@@ -7,7 +7,8 @@ Per-trial state lives in a dict keyed by trial id; `save`/`restore` keep the age
 buffer and noise schedule, so a resumed search continues where it stopped.
 
 A proposal that repeats a scored policy (same kept channels) is not sent out: the agent learns from
-the known reward and proposes again, so repeats do not spend the evaluation budget (as in local mode).
+the known reward and proposes again, so repeats do not spend the evaluation budget. As in local mode,
+an agent that has played 10 episodes per evaluation of its budget has converged, and the search ends.
 """
 
 from __future__ import annotations
@@ -42,18 +43,23 @@ class AgentSearcher(Searcher):
     def suggest(self, trial_id: str) -> dict | str | None:
         if self.suggested >= self.budget:
             return Searcher.FINISHED
-        in_flight = {key for _, key in self.live.values()}
-        for attempt in range(MAX_EPISODES_PER_EVALUATION):  # after that many, the agent has converged: send it
+        in_flight, waits = {key for _, key in self.live.values()}, 0
+        while self.suggested + self.repeats < self.budget * MAX_EPISODES_PER_EVALUATION:
             policy, transitions = self.agent.propose(self.env, deterministic=False)
             key = policy.key(self.env.graph, self.env.round_to)
-            if (key not in self.rewards and key not in in_flight) or attempt == MAX_EPISODES_PER_EVALUATION - 1:
-                break
-            if key in self.rewards:  # a policy in flight has no reward yet: just propose another
+            if key in self.rewards:
                 self.agent.observe_episode(transitions, self.rewards[key])
-            self.repeats += 1
-        self.live[trial_id] = (transitions, key)
-        self.suggested += 1
-        return {"ratios": dict(policy.ratios)}
+                self.repeats += 1
+            elif key in in_flight:  # no reward to learn from yet: ask again once a trial has finished
+                waits += 1
+                if waits == MAX_EPISODES_PER_EVALUATION:
+                    return None
+            else:
+                self.live[trial_id] = (transitions, key)
+                self.suggested += 1
+                return {"ratios": dict(policy.ratios)}
+        log.info("the agent only repeats scored policies: search ends after %d evaluations", self.suggested)
+        return Searcher.FINISHED
 
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
         if trial_id in self.completed:

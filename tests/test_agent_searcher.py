@@ -54,11 +54,19 @@ def test_state_round_trip(graph, tmp_path):
     assert np.allclose(restored.agent.act(obs), s.agent.act(obs))
 
 
-def test_a_repeated_policy_is_learnt_from_its_known_reward_not_sent_again(graph):
+def test_a_repeated_policy_is_learnt_from_its_known_reward_and_a_converged_agent_finishes(graph):
     s = searcher(graph, warmup_episodes=0, noise_sigma=0.0, actor_lr=1e-12, critic_lr=1e-12)  # one policy, always
-    first = s.suggest("t0")
+    assert "ratios" in s.suggest("t0")
     s.on_trial_complete("t0", {"reward": 0.4})
-    second = s.suggest("t1")  # every proposal repeats t0: each is learnt from 0.4, the last is sent anyway
-    assert second == first
-    assert s.repeats == MAX_EPISODES_PER_EVALUATION - 1
-    assert s.agent.model._episode_num == MAX_EPISODES_PER_EVALUATION  # t0 and the repeats, each observed once
+    assert s.suggest("t1") == Searcher.FINISHED  # every proposal repeats t0 and is learnt from its reward
+    assert s.repeats == 4 * MAX_EPISODES_PER_EVALUATION - 1
+    assert s.agent.model._episode_num == 4 * MAX_EPISODES_PER_EVALUATION  # t0 and every repeat, each observed once
+
+
+def test_a_proposal_in_flight_waits_for_its_reward(graph):
+    s = searcher(graph, warmup_episodes=0, noise_sigma=0.0, actor_lr=1e-12, critic_lr=1e-12)
+    assert "ratios" in s.suggest("t0")
+    assert s.suggest("t1") is None  # nothing new to send while t0 is out: Tune asks again later
+    assert s.agent.model._episode_num == 0 and set(s.live) == {"t0"}
+    s.on_trial_complete("t0", {"reward": 0.4})
+    assert s.suggest("t1") == Searcher.FINISHED

@@ -29,7 +29,7 @@ data: {name: synthetic, options: {size: 16, n_train: 600, n_test: 100}}
 train: {epochs: 2, batch_size: 64, lr: 0.05, augment: false}
 prune: {importance: l1}
 eval: {bn_batches: 2, bn_batch_size: 64}
-env: {macs_target: 0.6}
+env: {macs_target: 0.6, budget: cap}  # exactly on target, this CNN has too few policies for 16 new evaluations
 agent: {warmup_episodes: 3, net_arch: [32, 32], batch_size: 8}
 search: {searcher: ddpg, evaluations: 8, concurrency: 2, backend: ray, final_pass: false}
 threads: 1
