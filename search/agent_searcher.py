@@ -39,6 +39,7 @@ class AgentSearcher(Searcher):
         self.rewards: dict[str, float] = {}
         """Reward of every scored policy, by policy key."""
         self.repeats = 0
+        self.converged = False
 
     def suggest(self, trial_id: str) -> dict | str | None:
         if self.suggested >= self.budget:
@@ -59,6 +60,8 @@ class AgentSearcher(Searcher):
                 self.suggested += 1
                 return {"ratios": dict(policy.ratios)}
         log.info("the agent only repeats scored policies: search ends after %d evaluations", self.suggested)
+        self.converged = True
+        self._save_when_done()
         return Searcher.FINISHED
 
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
@@ -71,18 +74,22 @@ class AgentSearcher(Searcher):
             self.rewards[key] = float(result[self.metric])
             self.agent.observe_episode(transitions, self.rewards[key])
         # failed trials teach the agent nothing (Tune's FailureConfig has retried them already)
-        if self.save_to and len(self.completed) >= self.budget:
+        self._save_when_done()
+
+    def _save_when_done(self) -> None:
+        """Save the agent once every trial it will ever get has reported (the budget, or convergence)."""
+        if self.save_to and (len(self.completed) >= self.budget or (self.converged and not self.live)):
             self.agent.save(self.save_to, self.env)
 
     def get_state(self) -> dict[str, Any]:
         return {"agent": self.agent.state_bytes(), "live": self.live, "suggested": self.suggested,
                 "completed": self.completed, "episodes": self.agent.model._episode_num, "rewards": self.rewards,
-                "repeats": self.repeats}
+                "repeats": self.repeats, "converged": self.converged}
 
     def set_state(self, state: dict[str, Any]) -> None:
         self.agent = PruningAgent.from_state_bytes(state["agent"], self.env)
         self.live, self.suggested, self.completed = state["live"], state["suggested"], state["completed"]
-        self.rewards, self.repeats = state["rewards"], state["repeats"]
+        self.rewards, self.repeats, self.converged = state["rewards"], state["repeats"], state["converged"]
 
     def save(self, checkpoint_path: str) -> None:
         with open(checkpoint_path, "wb") as fh:

@@ -21,10 +21,10 @@ def graph():
     return discover_units(build_model("vgg_small", 1, 10, SHAPE), SHAPE)
 
 
-def searcher(graph, budget=4, **agent):
+def searcher(graph, budget=4, save_to=None, **agent):
     env = LayerPruningEnv(graph, deferred=True, macs_target=0.5)
     settings = {"warmup_episodes": 2, "net_arch": [16, 16], "batch_size": 8, **agent}
-    return AgentSearcher(PruningAgent.create(AgentConfig(**settings), env, seed=0), env, budget)
+    return AgentSearcher(PruningAgent.create(AgentConfig(**settings), env, seed=0), env, budget, save_to=save_to)
 
 
 def test_suggest_complete_and_budget(graph, caplog):
@@ -54,11 +54,14 @@ def test_state_round_trip(graph, tmp_path):
     assert np.allclose(restored.agent.act(obs), s.agent.act(obs))
 
 
-def test_a_repeated_policy_is_learnt_from_its_known_reward_and_a_converged_agent_finishes(graph):
-    s = searcher(graph, warmup_episodes=0, noise_sigma=0.0, actor_lr=1e-12, critic_lr=1e-12)  # one policy, always
+def test_a_repeated_policy_is_learnt_from_its_known_reward_and_a_converged_agent_finishes(graph, tmp_path):
+    s = searcher(graph, save_to=str(tmp_path / "agent"), warmup_episodes=0, noise_sigma=0.0, actor_lr=1e-12,
+                 critic_lr=1e-12)  # one policy, always
     assert "ratios" in s.suggest("t0")
     s.on_trial_complete("t0", {"reward": 0.4})
+    assert not (tmp_path / "agent.zip").exists()
     assert s.suggest("t1") == Searcher.FINISHED  # every proposal repeats t0 and is learnt from its reward
+    assert (tmp_path / "agent.zip").is_file()  # saved although the budget was not spent
     assert s.repeats == 4 * MAX_EPISODES_PER_EVALUATION - 1
     assert s.agent.model._episode_num == 4 * MAX_EPISODES_PER_EVALUATION  # t0 and every repeat, each observed once
 
