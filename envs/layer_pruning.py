@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from typing import Any, Protocol
+from typing import Any, Callable, Protocol
 
 import gymnasium as gym
 import numpy as np
@@ -24,10 +24,6 @@ OBS_VERSION = 1
 
 class PolicyEvaluator(Protocol):
     """Anything that scores a policy: the engine's `Evaluator`, a Ray trial's result, or a test fake."""
-
-    def has_scored(self, policy: SparsityPolicy) -> bool:
-        """Whether this policy (same kept counts) was scored before: scoring it again costs nothing."""
-        return policy.key(self.graph, self.round_to) in self.cache
 
     def evaluate(self, policy: SparsityPolicy) -> Any:  # returns an object with .accuracy, .macs, .macs_ratio
         ...
@@ -149,7 +145,7 @@ class LayerPruningEnv(gym.Env):
             return self.r_min
         return self._boundary(lambda x: self._macs_with(x, self.r_min) < budget) - 1e-9
 
-    def _boundary(self, above: Any) -> float:
+    def _boundary(self, above: Callable[[float], bool]) -> float:
         """The least ratio in [r_min, r_max] where the monotone predicate `above` holds (bisection)."""
         low, high = self.r_min, self.r_max
         for _ in range(40):
