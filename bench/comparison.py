@@ -68,7 +68,8 @@ def run_row(run: Run, method: str, target: float, seed: int) -> dict | None:
             "dense_latency_b1_ms": dense["latency_b1_ms"], "latency_b1_ms": pruned["latency_b1_ms"],
             "dense_latency_b64_ms": dense["latency_b64_ms"], "latency_b64_ms": pruned["latency_b64_ms"],
             "speedup_b1": final["speedup_b1"], "speedup_b64": final["speedup_b64"],
-            "speedup_over_macs_reduction_b64": final["speedup_b64"] * final["macs_ratio"]})
+            "speedup_over_macs_reduction_b64": final["speedup_b64"] * final["macs_ratio"],
+            "device": final.get("device", "")})
     return row
 
 
@@ -90,6 +91,8 @@ def aggregate(frame: pd.DataFrame) -> pd.DataFrame:
     stats.columns = [f"{c}_{s}" for c, s in stats.columns]
     stats["seeds"] = grouped.size()
     stats["evaluations"] = grouped["evaluations"].max()
+    if "device" in frame:  # runs of one protocol may come from several machines (`bench --collect-only`)
+        stats["device"] = grouped["device"].agg(lambda d: "+".join(sorted(set(d.dropna().astype(str)) - {""})))
     return stats.reset_index()
 
 
@@ -114,7 +117,7 @@ def display_table(stats: pd.DataFrame) -> pd.DataFrame:
                      "b1 ms dense → pruned": f"{pm(r, 'dense_latency_b1_ms')} → {pm(r, 'latency_b1_ms')}",
                      "b64 ms dense → pruned": f"{pm(r, 'dense_latency_b64_ms', 1, 1)} → {pm(r, 'latency_b64_ms', 1, 1)}",
                      "speed-up b1": pm(r, "speedup_b1"), "speed-up b64": pm(r, "speedup_b64"),
-                     "search s": pm(r, "search_seconds", 1, 0)})
+                     "search s": pm(r, "search_seconds", 1, 0), "device": r.get("device", "") or "–"})
     return pd.DataFrame(rows)
 
 

@@ -18,7 +18,7 @@ import pandas as pd
 
 from bench.comparison import (aggregate, best_reward_curves, collect, comparison_runs, display_table, is_rule,
                               plot_best_reward)
-from bench.grid import require, run_grid
+from bench.grid import GridOutcome, require, run_grid
 from bench.latency import quiet_latency
 from bench.search_efficiency import measure
 from bench.transfer import source_agent, transfer_runs, transfer_table
@@ -50,9 +50,15 @@ def check_methods(cfg: RunConfig) -> None:
 
 
 # ------------------------------------------------------------------------------------------- parts
-def comparison_part(cfg: RunConfig, config: str, folder: Path, overrides: list[str], show: bool) -> None:
+def comparison_part(cfg: RunConfig, config: str, folder: Path, overrides: list[str], show: bool,
+                    collect_only: bool = False) -> None:
     runs = comparison_runs(cfg, config, folder, overrides)
-    outcome = run_grid(runs, cfg.bench.parallel, "comparison runs", show)
+    if collect_only:  # a protocol split across machines: the runs were copied in, nothing is started here
+        outcome = GridOutcome(skipped=[r.name for r in runs if r.done])
+        write_json({"missing": [r.name for r in runs if not r.done]}, folder / "missing.json")
+    else:
+        outcome = run_grid(runs, cfg.bench.parallel, "comparison runs", show)
+        (folder / "missing.json").unlink(missing_ok=True)
     frame = collect(cfg, runs)
     if not frame.empty and cfg.bench.final_pass:
         set_threads(cfg.threads)
@@ -137,9 +143,19 @@ def target_checks(cfg: RunConfig, stats: pd.DataFrame) -> list[str]:
     return lines
 
 
-def write_summary(cfg: RunConfig, config: str, folder: Path, overrides: list[str]) -> Path:
+def missing_runs_note(folder: Path) -> list[str]:
+    """The protocol's runs that a collect-only table lacks: its means are over fewer seeds where one is missing."""
+    path = folder / "missing.json"
+    missing = json.loads(path.read_text())["missing"] if path.is_file() else []
+    if not missing:
+        return []
+    return [f"**Partial protocol:** {len(missing)} run(s) not finished and left out: {', '.join(missing)}. "
+            "The `seeds` column says how many runs each mean is over.", ""]
+
+
+def write_summary(cfg: RunConfig, config: str, folder: Path, overrides: list[str], collect_only: bool = False) -> Path:
     b = cfg.bench
-    rerun = " ".join(["prunepilot bench", config, *overrides])
+    rerun = " ".join(["prunepilot bench", config, *(["--collect-only"] if collect_only else []), *overrides])
     lines = [f"# Benchmark `{cfg.name}`: {cfg.model.name} on {cfg.data.name}", "",
              f"Regenerate (continues where it stopped): `{rerun}`", "",
              f"Budgets: {b.evaluations} evaluations per searcher (rules: 1), seeds {b.seeds} (search.seed; the dense "
@@ -149,12 +165,13 @@ def write_summary(cfg: RunConfig, config: str, folder: Path, overrides: list[str
                 f"{cfg.prune.importance}, round_to {cfg.prune.round_to}" if b.final_pass else "off")
              + f". Rewards on {cfg.eval.val_limit or 'all'} validation images after {cfg.eval.bn_batches} adaptive-BN "
                f"batches; reward `{cfg.env.reward}` (λ {cfg.env.reward_lambda}). One torch thread per run, "
-               f"{b.parallel} runs at once. Latencies: medians over {cfg.eval.latency_repeats} "
+               f"{b.parallel} runs at once (each run's device is in the `device` column: search seconds compare within one "
+               f"device only). Latencies: medians over {cfg.eval.latency_repeats} "
                f"repeats on this machine's CPU with {cfg.threads or 'all'} thread(s), measured after all runs with "
                "nothing else running, each pruned model alternating with its dense baseline.", ""]
     if (folder / "table.csv").is_file():
         stats = pd.read_csv(folder / "table.csv")
-        lines += ["## Comparison (mean ± std over seeds)", "", (folder / "table.md").read_text(), "",
+        lines += ["## Comparison (mean ± std over seeds)", "", *missing_runs_note(folder), (folder / "table.md").read_text(), "",
                   "![best reward vs evaluations](best_reward.png)", "", "## Targets", "", *target_checks(cfg, stats), ""]
         rules = [m for m in b.methods if is_rule(m)]
         if rules:
@@ -185,6 +202,9 @@ def bench_job(args: argparse.Namespace) -> int:
     cfg = load_config(args.config, args.overrides)
     check_methods(cfg)
     parts = parse_parts(args.parts)
+    collect_only = args.collect_only
+    if collect_only and parts != ["comparison"]:
+        raise UserError("--collect-only: applies to the comparison part alone; add --parts comparison")
     folder = Path(args.out) if args.out else Path("results") / "bench" / cfg.name
     folder.mkdir(parents=True, exist_ok=True)
     write_json(cfg.model_dump(), folder / "config.json")
@@ -192,7 +212,7 @@ def bench_job(args: argparse.Namespace) -> int:
     start = time.perf_counter()
     try:
         if "comparison" in parts:
-            comparison_part(cfg, args.config, folder, args.overrides, show)
+            comparison_part(cfg, args.config, folder, args.overrides, show, collect_only)
         if "transfer" in parts:
             transfer_part(cfg, args.config, folder, args.overrides, show)
         if "efficiency" in parts:
@@ -200,7 +220,7 @@ def bench_job(args: argparse.Namespace) -> int:
         if "zoo" in parts:
             zoo_part(cfg, folder)
     finally:
-        summary = write_summary(cfg, args.config, folder, args.overrides)
+        summary = write_summary(cfg, args.config, folder, args.overrides, collect_only)
         log.info("bench: %.0f s; summary: %s", time.perf_counter() - start, summary)
     print(summary.read_text())
     return 0

@@ -58,6 +58,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("bench", help="every method at the same budgets, side by side, into results/bench/<name>/")
     _common(p)
     p.add_argument("--parts", help="comma-separated subset of comparison,transfer,efficiency,zoo (default: all)")
+    p.add_argument("--collect-only", action="store_true",
+                   help="comparison: tabulate the runs already finished (here or copied from other machines) and "
+                        "time their latency here; start no run")
 
     p = sub.add_parser("sensitivity", help="per-unit accuracy drop at a few ratios")
     _common(p)

@@ -84,10 +84,29 @@ def test_a_second_call_continues_instead_of_running_again(bench_run, capsys):
     assert "## Policy reuse" in (out / "summary.md").read_text()  # rebuilt from everything on disk
 
 
+def test_collect_only_tabulates_copied_runs_and_starts_none(bench_run, tmp_path):
+    """A protocol split across machines: runs finished elsewhere are copied in, the rest are named as missing."""
+    import shutil
+
+    config, out = bench_run
+    merged = tmp_path / "merged"
+    for name in ("uniform-m60-s0", "ddpg-m60-s0", "ddpg-m60-s1"):
+        shutil.copytree(out / "runs" / name, merged / "runs" / name)
+    assert main(["bench", str(config), "--out", str(merged), "--quiet", "--parts", "comparison", "--collect-only"]) == 0
+    assert sorted(p.name for p in (merged / "runs").iterdir()) == ["ddpg-m60-s0", "ddpg-m60-s1", "uniform-m60-s0"]
+    table = pd.read_csv(merged / "table.csv")
+    assert sorted(zip(table["method"], table["seeds"])) == [("ddpg", 2), ("uniform", 1)]
+    assert set(table["device"]) == {"cpu"}
+    summary = (merged / "summary.md").read_text()
+    assert "Partial protocol:** 5 run(s)" in summary and "uniform-m60-s1" in summary and "ddpg-m40-s0" in summary
+    assert "--collect-only" in summary  # the regenerate line says how this table was made
+
+
 @pytest.mark.parametrize("args, message", [
     (["bench.methods=[uniform, gridsearch]"], "bench.methods: unknown searcher 'gridsearch'"),
     (["bench.macs_targets=[1.5]"], "field `bench.macs_targets`"),
     (["--parts", "comparison,speed"], "--parts: unknown part(s) ['speed']"),
+    (["--collect-only"], "--collect-only: applies to the comparison part alone"),
 ])
 def test_bad_bench_input_is_a_user_error(tmp_path, capsys, args, message):
     config = tmp_path / "tiny.yaml"
