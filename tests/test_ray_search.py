@@ -152,13 +152,13 @@ def busy(pid: int) -> bool:
         return False
 
 
-def wait_for(predicate, timeout: float, what: str) -> None:
+def wait_for(predicate, timeout: float, what: str, details=lambda: "") -> None:
     deadline = time.time() + timeout
     while time.time() < deadline:
         if predicate():
             return
         time.sleep(0.2)
-    raise AssertionError(f"timed out waiting for {what}")
+    raise AssertionError(f"timed out waiting for {what}{details()}")
 
 
 def test_a_killed_worker_is_retried_and_nothing_is_lost(ray_env, config, tmp_path):
@@ -193,11 +193,21 @@ def test_a_killed_worker_is_retried_and_nothing_is_lost(ray_env, config, tmp_pat
 def test_a_killed_driver_resumes_without_loss_or_duplicates(ray_env, config, tmp_path):
     out = tmp_path / "run"
     # ~1 s evaluations, so that the kill lands while the search still has evaluations to run
-    driver = subprocess.Popen(search_cmd(config, out, *HEAVIER, f"search.evaluations={FAULT_EVALUATIONS}"),
-                              env=ray_env, cwd=tmp_path, start_new_session=True,
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    log = tmp_path / "driver.log"
+    with log.open("w") as sink:
+        driver = subprocess.Popen(search_cmd(config, out, *HEAVIER, f"search.evaluations={FAULT_EVALUATIONS}"),
+                                  env=ray_env, cwd=tmp_path, start_new_session=True, stdout=sink,
+                                  stderr=subprocess.STDOUT)
+
+    def three_recorded() -> bool:
+        if driver.poll() is not None:  # fail at once, with the driver's words, rather than after the timeout
+            raise AssertionError(f"the driver ended (exit {driver.returncode}) before three evaluations were "
+                                 f"recorded:\n{log.read_text()[-3000:]}")
+        return recorded(out) >= 3
+
     try:
-        wait_for(lambda: recorded(out) >= 3, 300, "three recorded evaluations")
+        wait_for(three_recorded, 300, "three recorded evaluations",
+                 lambda: f" ({recorded(out)} recorded); the driver's output:\n{log.read_text()[-3000:]}")
     finally:
         os.killpg(driver.pid, signal.SIGKILL)  # the driver and the embedded Ray it started, mid-search
         driver.wait()
