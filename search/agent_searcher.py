@@ -9,6 +9,11 @@ buffer and noise schedule, so a resumed search continues where it stopped.
 A proposal that repeats a scored policy (same kept channels) is not sent out: the agent learns from
 the known reward and proposes again, so repeats do not spend the evaluation budget. As in local mode,
 an agent that has played 10 episodes per evaluation of its budget has converged, and the search ends.
+
+A trial that ends in error after Tune's own retries (Tune 2.60 does not retry a trial whose reused
+actor died between two trials) is sent again as a new trial, up to `resends` times per policy, so a
+dead worker does not cost the search an evaluation. Tune must then ask for trials until the searcher
+says FINISHED (`num_samples=-1`).
 """
 
 from __future__ import annotations
@@ -27,13 +32,19 @@ log = logging.getLogger("prunepilot")
 
 class AgentSearcher(Searcher):
     def __init__(self, agent: PruningAgent, env: LayerPruningEnv, budget: int, metric: str = "reward",
-                 mode: str = "max", save_to: str | None = None):
+                 mode: str = "max", save_to: str | None = None, resends: int = 2):
         super().__init__(metric=metric, mode=mode)
         self.save_to = save_to
         if not env.deferred:
             raise ValueError("AgentSearcher needs a deferred env: rewards come from the trials")
         self.agent, self.env, self.budget = agent, env, budget
-        self.live: dict[str, tuple[list[tuple], str]] = {}
+        self.live: dict[str, tuple[list[tuple], str, dict]] = {}
+        """In-flight trials: the episode's transitions, the policy key, the trial config."""
+        self.resend: list[tuple[list[tuple], str, dict]] = []
+        """Trials that ended in error, to be sent again as new trials."""
+        self.failures: dict[str, int] = {}
+        """Failed attempts by policy key."""
+        self.resends = resends
         self.suggested = 0
         self.completed: set[str] = set()
         self.rewards: dict[str, float] = {}
@@ -42,9 +53,12 @@ class AgentSearcher(Searcher):
         self.converged = False
 
     def suggest(self, trial_id: str) -> dict | str | None:
-        if self.suggested >= self.budget:
-            return Searcher.FINISHED
-        in_flight, waits = {key for _, key in self.live.values()}, 0
+        if self.resend:
+            self.live[trial_id] = self.resend.pop(0)
+            return self.live[trial_id][2]
+        if self.suggested >= self.budget:  # wait while a trial in flight may still fail and need sending again
+            return None if self.live else self._finish()
+        in_flight, waits = {live[1] for live in self.live.values()}, 0
         while self.suggested + self.repeats < self.budget * MAX_EPISODES_PER_EVALUATION:
             policy, transitions = self.agent.propose(self.env, deterministic=False)
             key = policy.key(self.env.graph, self.env.round_to)
@@ -56,11 +70,15 @@ class AgentSearcher(Searcher):
                 if waits == MAX_EPISODES_PER_EVALUATION:
                     return None
             else:
-                self.live[trial_id] = (transitions, key)
+                self.live[trial_id] = (transitions, key, {"ratios": dict(policy.ratios)})
                 self.suggested += 1
-                return {"ratios": dict(policy.ratios)}
-        log.info("the agent only repeats scored policies: search ends after %d evaluations", self.suggested)
+                return self.live[trial_id][2]
+        if not self.converged:
+            log.info("the agent only repeats scored policies: search ends after %d evaluations", self.suggested)
         self.converged = True
+        return None if self.live else self._finish()
+
+    def _finish(self) -> str:
         self._save_when_done()
         return Searcher.FINISHED
 
@@ -68,28 +86,37 @@ class AgentSearcher(Searcher):
         if trial_id in self.completed:
             log.warning("Received additional completion for trial %s, but it already finished; ignored", trial_id)
             return
-        transitions, key = self.live.pop(trial_id, (None, None))
+        live = self.live.pop(trial_id, None)
         self.completed.add(trial_id)
-        if transitions is not None and not error and result and self.metric in result:
+        if live is None:
+            return
+        transitions, key, _ = live
+        if not error and result and self.metric in result:
             self.rewards[key] = float(result[self.metric])
             self.agent.observe_episode(transitions, self.rewards[key])
-        # failed trials teach the agent nothing (Tune's FailureConfig has retried them already)
+        else:  # a failed trial teaches the agent nothing; its policy is sent again while attempts remain
+            self.failures[key] = self.failures.get(key, 0) + 1
+            if self.failures[key] <= self.resends:
+                log.warning("trial %s failed; its policy is sent again (attempt %d of %d)", trial_id,
+                            self.failures[key] + 1, self.resends + 1)
+                self.resend.append(live)
         self._save_when_done()
 
     def _save_when_done(self) -> None:
         """Save the agent once every trial it will ever get has reported (the budget, or convergence)."""
-        if self.save_to and (len(self.completed) >= self.budget or (self.converged and not self.live)):
+        if self.save_to and not self.live and not self.resend and (self.suggested >= self.budget or self.converged):
             self.agent.save(self.save_to, self.env)
 
     def get_state(self) -> dict[str, Any]:
         return {"agent": self.agent.state_bytes(), "live": self.live, "suggested": self.suggested,
                 "completed": self.completed, "episodes": self.agent.model._episode_num, "rewards": self.rewards,
-                "repeats": self.repeats, "converged": self.converged}
+                "repeats": self.repeats, "converged": self.converged, "resend": self.resend, "failures": self.failures}
 
     def set_state(self, state: dict[str, Any]) -> None:
         self.agent = PruningAgent.from_state_bytes(state["agent"], self.env)
         self.live, self.suggested, self.completed = state["live"], state["suggested"], state["completed"]
         self.rewards, self.repeats, self.converged = state["rewards"], state["repeats"], state["converged"]
+        self.resend, self.failures = state.get("resend", []), state.get("failures", {})
 
     def save(self, checkpoint_path: str) -> None:
         with open(checkpoint_path, "wb") as fh:

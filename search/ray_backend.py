@@ -90,7 +90,9 @@ def search_algorithm(cfg: RunConfig, env: LayerPruningEnv, model: Any, graph: Un
         if name == "ppo":
             raise UserError("search.searcher: ppo learns on-policy from whole rollouts; use it with --backend local")
         agent = agent or PruningAgent.create(cfg.agent, env, seed)
-        return AgentSearcher(agent, env, budget, save_to=str(agent_path)), {}, budget
+        # num_samples -1: the searcher ends the search (FINISHED), after sending failed trials again
+        searcher = AgentSearcher(agent, env, budget, save_to=str(agent_path), resends=cfg.search.max_failures)
+        return searcher, {}, -1
     if name == "tpe":
         import optuna
 

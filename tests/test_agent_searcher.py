@@ -31,13 +31,31 @@ def test_suggest_complete_and_budget(graph, caplog):
     s = searcher(graph)
     configs = [s.suggest(f"t{i}") for i in range(4)]
     assert all(set(c["ratios"]) == set(graph.names) for c in configs)
-    assert s.suggest("t4") == Searcher.FINISHED
+    assert s.suggest("t4") is None  # budget spent, but a trial in flight may still fail and be sent again
     s.on_trial_complete("t0", {"reward": 0.4})
-    s.on_trial_complete("t1", error=True)  # a failed trial teaches nothing
-    assert s.agent.model._episode_num == 1 and len(s.rewards) == 1
+    for i in (1, 2, 3):
+        s.on_trial_complete(f"t{i}", {"reward": 0.1 * i})
+    assert s.suggest("t5") == Searcher.FINISHED
+    assert s.agent.model._episode_num == 4 and len(s.rewards) == 4
     with caplog.at_level(logging.WARNING, logger="prunepilot"):
         s.on_trial_complete("t0", {"reward": 0.9})
-    assert "already finished" in caplog.text and list(s.rewards.values()) == [0.4]
+    assert "already finished" in caplog.text and 0.9 not in s.rewards.values()
+
+
+def test_a_failed_trial_is_sent_again_until_its_attempts_run_out(graph, tmp_path):
+    s = searcher(graph, budget=2, save_to=str(tmp_path / "agent"))
+    first, second = s.suggest("t0"), s.suggest("t1")
+    s.on_trial_complete("t0", {"reward": 0.4})
+    s.on_trial_complete("t1", error=True)  # e.g. its worker died between two trials: Tune gave up on it
+    assert s.agent.model._episode_num == 1  # a failed trial teaches nothing
+    assert s.suggest("t2") == second  # the same policy again, as a new trial, not a new proposal
+    assert s.suggested == 2
+    s.on_trial_complete("t2", error=True)
+    assert s.suggest("t3") == second  # resends: 2 by default, as Tune's max_failures
+    assert not (tmp_path / "agent.zip").exists()  # not done while an attempt is out
+    s.on_trial_complete("t3", error=True)
+    assert (tmp_path / "agent.zip").is_file()  # three attempts failed: given up, and the agent is saved
+    assert s.suggest("t4") == Searcher.FINISHED and len(s.rewards) == 1 and first != second
 
 
 def test_state_round_trip(graph, tmp_path):
