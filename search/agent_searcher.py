@@ -79,7 +79,9 @@ class AgentSearcher(Searcher):
         return None if self.live else self._finish()
 
     def _finish(self) -> str:
-        self._save_when_done()
+        """Nothing left to send or wait for (the budget is spent, or the agent converged): save the agent, end."""
+        if self.save_to:
+            self.agent.save(self.save_to, self.env)
         return Searcher.FINISHED
 
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
@@ -100,12 +102,6 @@ class AgentSearcher(Searcher):
                 log.warning("trial %s failed; its policy is sent again (attempt %d of %d)", trial_id,
                             self.failures[key] + 1, self.resends + 1)
                 self.resend.append(live)
-        self._save_when_done()
-
-    def _save_when_done(self) -> None:
-        """Save the agent once every trial it will ever get has reported (the budget, or convergence)."""
-        if self.save_to and not self.live and not self.resend and (self.suggested >= self.budget or self.converged):
-            self.agent.save(self.save_to, self.env)
 
     def get_state(self) -> dict[str, Any]:
         return {"agent": self.agent.state_bytes(), "live": self.live, "suggested": self.suggested,

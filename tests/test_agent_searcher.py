@@ -52,10 +52,10 @@ def test_a_failed_trial_is_sent_again_until_its_attempts_run_out(graph, tmp_path
     assert s.suggested == 2
     s.on_trial_complete("t2", error=True)
     assert s.suggest("t3") == second  # resends: 2 by default, as Tune's max_failures
-    assert not (tmp_path / "agent.zip").exists()  # not done while an attempt is out
     s.on_trial_complete("t3", error=True)
-    assert (tmp_path / "agent.zip").is_file()  # three attempts failed: given up, and the agent is saved
-    assert s.suggest("t4") == Searcher.FINISHED and len(s.rewards) == 1 and first != second
+    assert not (tmp_path / "agent.zip").exists()
+    assert s.suggest("t4") == Searcher.FINISHED  # three attempts failed: given up, and the search ends
+    assert (tmp_path / "agent.zip").is_file() and len(s.rewards) == 1 and first != second
 
 
 def test_state_round_trip(graph, tmp_path):
