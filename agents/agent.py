@@ -105,9 +105,12 @@ class PruningAgent:
         try:
             obs, _ = env.reset()
             transitions, done, info = [], False, {}
+            executed = getattr(self.model, "learn_executed_action", False)
             while not done:
                 action = self.act(obs, deterministic)
                 next_obs, _, done, _, info = env.step(action)
+                if executed:  # what the env did after its budget clamp, as in the local loop
+                    action = np.array([info["executed_action"]], dtype=np.float32)
                 transitions.append((obs, next_obs, action, done))
                 obs = next_obs
         finally:

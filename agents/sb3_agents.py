@@ -33,6 +33,14 @@ class AMCExplorationMixin:
             action = truncated_normal(mean, 2.0 * self.noise_schedule.sigma_at(self._episode_num), rng)
         return action, action
 
+    def _store_transition(self, replay_buffer: Any, buffer_action: np.ndarray, new_obs: Any, reward: np.ndarray,
+                          dones: np.ndarray, infos: list[dict[str, Any]]) -> None:
+        """Store the action the env executed (after its budget clamp), so the critic learns what really happened."""
+        if getattr(self, "learn_executed_action", False):
+            buffer_action = np.array([[info.get("executed_action", a[0])] for info, a in zip(infos, buffer_action)],
+                                     dtype=np.float32)
+        super()._store_transition(replay_buffer, buffer_action, new_obs, reward, dones, infos)
+
     def _update_learning_rate(self, optimizers: Any) -> None:
         update_learning_rate(self.actor.optimizer, self.actor_lr)
         update_learning_rate(self.critic.optimizer, self.critic_lr)
@@ -60,6 +68,7 @@ def _amc(cls: type, cfg: AgentConfig, env: Any, n_units: int, seed: int) -> Base
                 **{**_off_policy_common(cfg, n_units), **cfg.kwargs})
     model.noise_schedule = NoiseSchedule(cfg.noise_sigma, cfg.noise_decay, cfg.warmup_episodes)
     model.actor_lr, model.critic_lr = cfg.actor_lr, cfg.critic_lr
+    model.learn_executed_action = cfg.learn_executed_action
     return model
 
 

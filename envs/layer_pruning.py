@@ -172,7 +172,8 @@ class LayerPruningEnv(gym.Env):
         low, high = self.ratio_bounds()
         ratio = min(max(wanted, low), high)
         self._ratios.append(ratio)
-        info: dict[str, Any] = {"unit": self.units[len(self._ratios) - 1].name, "ratio": ratio, "wanted_ratio": wanted}
+        info: dict[str, Any] = {"unit": self.units[len(self._ratios) - 1].name, "ratio": ratio, "wanted_ratio": wanted,
+                                "executed_action": self.ratio_to_action(ratio)}
         if len(self._ratios) < len(self.units):
             return self._observation(), 0.0, False, False, info
         policy = SparsityPolicy.from_ratios(self.graph, self._ratios, macs_target=self.macs_target)

@@ -151,6 +151,8 @@ class AgentConfig(Section):
     gamma: float = Field(1.0, ge=0, le=1)
     baseline_alpha: float = Field(0.95, ge=0, lt=1)
     """Moving-average factor of the reward baseline subtracted from every step's reward (AMC)."""
+    learn_executed_action: bool = False
+    """Learn from the action the env executed after its budget clamp, not the one the actor asked for."""
     gradient_steps: int = Field(-1)
     """Gradient steps after each episode; -1 = as many as the episode had steps."""
     kwargs: dict[str, Any] = Field(default_factory=dict)

@@ -134,6 +134,34 @@ def test_deferred_rewards_train_the_agent(graphs):
     assert any(not (a == b).all() for a, b in zip(before, after))
 
 
+@pytest.mark.parametrize("deferred", [False, True])
+def test_the_agent_learns_from_the_action_the_budget_clamp_executed(graphs, deferred):
+    env, fake = fake_env(graphs["resnet20"], macs_target=0.25, budget="exact")
+    steps, step = [], env.step
+
+    def recording_step(action):
+        result = step(action)
+        steps.append(result[-1])
+        return result
+
+    env.step = recording_step
+    agent = PruningAgent.create(AgentConfig(warmup_episodes=3, batch_size=8, net_arch=[32, 32],
+                                            learn_executed_action=True), env, seed=0)
+    if deferred:
+        env.deferred = True
+        for _ in range(3):
+            policy, transitions = agent.propose(env, deterministic=False)
+            agent.observe_episode(transitions, fake.evaluate(policy).accuracy)
+    else:
+        agent.learn(env, 3)
+    buffer = agent.model.replay_buffer
+    stored = buffer.actions[:buffer.pos, 0, 0]
+    assert len(stored) == len(steps) == 3 * env.n_units
+    assert np.allclose(stored, [env.ratio_to_action(info["ratio"]) for info in steps], atol=1e-6)
+    # the clamp changed some of the warm-up's random actions, so storing the asked-for ones would fail above
+    assert any(abs(info["ratio"] - info["wanted_ratio"]) > 0.05 for info in steps)
+
+
 def test_rule_baselines_meet_the_target(trained_vgg, digits):
     graph = discover_units(trained_vgg, digits.input_shape)
     policies = {"uniform": uniform(graph, 0.5), "global_magnitude": global_magnitude(trained_vgg, graph, 0.5),
