@@ -118,7 +118,9 @@ def display_table(stats: pd.DataFrame) -> pd.DataFrame:
                      "b64 ms dense → pruned": f"{pm(r, 'dense_latency_b64_ms', 1, 1)} → {pm(r, 'latency_b64_ms', 1, 1)}",
                      "speed-up b1": pm(r, "speedup_b1"), "speed-up b64": pm(r, "speedup_b64"),
                      "search s": pm(r, "search_seconds", 1, 0), "device": r.get("device", "") or "–"})
-    return pd.DataFrame(rows)
+    frame = pd.DataFrame(rows)
+    empty = [c for c in frame if frame[c].isin(["–", "– → –"]).all()]  # e.g. the final pass's columns when it is off
+    return frame.drop(columns=empty)
 
 
 def best_reward_curves(cfg: RunConfig, runs: list[Run]) -> pd.DataFrame:

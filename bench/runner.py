@@ -166,9 +166,10 @@ def write_summary(cfg: RunConfig, config: str, folder: Path, overrides: list[str
              + f". Rewards on {cfg.eval.val_limit or 'all'} validation images after {cfg.eval.bn_batches} adaptive-BN "
                f"batches; reward `{cfg.env.reward}` (λ {cfg.env.reward_lambda}). One torch thread per run, "
                f"{b.parallel} runs at once (each run's device is in the `device` column: search seconds compare within one "
-               f"device only). Latencies: medians over {cfg.eval.latency_repeats} "
-               f"repeats on this machine's CPU with {cfg.threads or 'all'} thread(s), measured after all runs with "
-               "nothing else running, each pruned model alternating with its dense baseline.", ""]
+               f"device only)."
+             + (f" Latencies: medians over {cfg.eval.latency_repeats} repeats on this machine's CPU with "
+                f"{cfg.threads or 'all'} thread(s), measured after all runs with nothing else running, each pruned "
+                "model alternating with its dense baseline." if b.final_pass else ""), ""]
     if (folder / "table.csv").is_file():
         stats = pd.read_csv(folder / "table.csv")
         lines += ["## Comparison (mean ± std over seeds)", "", *missing_runs_note(folder), (folder / "table.md").read_text(), "",

@@ -138,3 +138,15 @@ def test_the_transfer_target_reads_right_for_both_signs_of_reward(tmp_path, warm
                                                         "uniform_accuracy": 0.4, "uniform_macs_ratio": 0.5}))
     _, check = transfer_table(zero, runs["warm"], runs["scratch"])
     assert check["met"] is met
+
+
+def test_a_search_only_table_leaves_out_the_final_pass_columns():
+    from bench.comparison import aggregate, display_table
+
+    runs = pd.DataFrame([{"run": f"ddpg-m50-s{s}", "method": "ddpg", "macs_target": 0.5, "seed": s, "evaluations": 200,
+                          "search_seconds": 10.0, "reward": -0.3 + s / 100, "val_accuracy": 0.7 + s / 100}
+                         for s in (0, 1)])
+    table = display_table(aggregate(runs))
+    assert list(table.columns) == ["MACs target", "method", "evals", "seeds", "val acc % (adaptive BN)", "reward",
+                                   "search s"]
+    assert table.loc[0, "val acc % (adaptive BN)"] == "70.50 ± 0.71"
