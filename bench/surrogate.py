@@ -39,6 +39,7 @@ from pruning.config import AgentConfig, RunConfig
 from pruning.data import load_data
 from pruning.errors import UserError
 from pruning.policy import SparsityPolicy
+from pruning.runtime import set_threads
 from pruning.units import UnitGraph, discover_units
 from search.local import tpe_search
 from search.report import markdown_table
@@ -155,6 +156,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--seeds", type=int, default=8)
     p.add_argument("--variant", action="append", default=[], help="NAME=key:value,... (agent settings)")
     args = p.parse_args(argv)
+    set_threads(1)  # a search here is thousands of tiny forward passes: one thread each, like the benchmark's runs
     try:
         variants = parse_variants(args.variant)
         frame, r2, fitted = screen(args.folder, args.target, [m for m in args.methods.split(",") if m], args.seeds,
