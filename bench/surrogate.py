@@ -25,6 +25,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import yaml
+from pydantic import ValidationError
 from sklearn.gaussian_process import GaussianProcessRegressor
 from sklearn.gaussian_process.kernels import ConstantKernel, Matern, WhiteKernel
 from sklearn.model_selection import KFold, cross_val_score
@@ -35,7 +36,7 @@ from bench.comparison import target_tag
 from envs.factory import env_kwargs
 from envs.layer_pruning import LayerPruningEnv
 from pruning.baseline import architecture, build_from_arch
-from pruning.config import AgentConfig, RunConfig
+from pruning.config import AgentConfig, RunConfig, format_errors
 from pruning.data import load_data
 from pruning.errors import UserError
 from pruning.policy import SparsityPolicy
@@ -116,6 +117,16 @@ def run_searcher(method: str, env: LayerPruningEnv, budget: int, seed: int, agen
     return PruningAgent.create(agent_cfg, env, seed).learn(env, budget)
 
 
+def agent_config(cfg: RunConfig, method: str, variants: dict[str, dict]) -> AgentConfig:
+    """The config's agent section as DDPG, with a variant's settings on top (unused by random and tpe)."""
+    if method not in ("random", "tpe", "ddpg") and method not in variants:
+        raise UserError(f"--methods: {method!r} is neither random, tpe, ddpg nor a --variant name")
+    try:
+        return AgentConfig.model_validate({**cfg.agent.model_dump(), "name": "ddpg", **variants.get(method, {})})
+    except ValidationError as exc:
+        raise UserError(format_errors(exc, f"--variant {method}")) from None
+
+
 def screen(folder: Path, target: float, methods: list[str], seeds: int,
            variants: dict[str, dict]) -> tuple[pd.DataFrame, float, int]:
     """Best surrogate accuracy per (method, seed), the surrogate's R^2 and how many evaluations it was fitted on."""
@@ -125,17 +136,11 @@ def screen(folder: Path, target: float, methods: list[str], seeds: int,
     cfg = RunConfig.model_validate(json.loads(config_file.read_text()))
     data = load_data(cfg.data.name, cfg.data.path, cfg.data.val_fraction, cfg.data.val_size, **cfg.data.options)
     graph = discover_units(build_from_arch(architecture(cfg, data)), data.input_shape, cfg.prune.mode)
+    agents = {method: agent_config(cfg, method, variants) for method in methods}  # bad input fails before the fit
     recorded = recorded_evaluations(folder, target)
     gp, r2 = fit_surrogate(recorded, graph)
     rows = []
-    for method in methods:
-        overrides = variants.get(method, {})
-        if method not in ("random", "tpe", "ddpg") and method not in variants:
-            raise UserError(f"--methods: {method!r} is neither random, tpe, ddpg nor a --variant name")
-        try:
-            agent_cfg = AgentConfig.model_validate({**cfg.agent.model_dump(), **overrides})
-        except ValueError as exc:
-            raise UserError(f"--variant {method}: {exc}") from None
+    for method, agent_cfg in agents.items():
         for seed in range(seeds):
             env = LayerPruningEnv(graph, SurrogateEvaluator(graph, gp, cfg.prune.round_to),
                                   **{**env_kwargs(cfg), "macs_target": target})
@@ -153,9 +158,11 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("folder", type=Path, help="a bench results folder, e.g. results/bench/resnet20")
     p.add_argument("--target", type=float, required=True, help="MACs target whose evaluations to fit, e.g. 0.25")
     p.add_argument("--methods", default="random,tpe,ddpg", help="comma-separated: random, tpe, ddpg, variant names")
-    p.add_argument("--seeds", type=int, default=8)
+    p.add_argument("--seeds", type=int, default=8, help="seeds 0..N-1 per method (N >= 1)")
     p.add_argument("--variant", action="append", default=[], help="NAME=key:value,... (agent settings)")
     args = p.parse_args(argv)
+    if args.seeds < 1:
+        sys.exit(f"error: --seeds: expected at least 1, got {args.seeds}")
     set_threads(1)  # a search here is thousands of tiny forward passes: one thread each, like the benchmark's runs
     try:
         variants = parse_variants(args.variant)

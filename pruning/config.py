@@ -254,7 +254,7 @@ class RunConfig(Section):
         return self
 
 
-def _format_errors(exc: ValidationError, source: str) -> str:
+def format_errors(exc: ValidationError, source: str) -> str:
     lines = []
     for err in exc.errors():
         field = ".".join(str(p) for p in err["loc"]) or "(top level)"
@@ -311,4 +311,4 @@ def load_config(path: str | Path | None, overrides: list[str] | None = None) -> 
     try:
         return RunConfig.model_validate(raw)
     except ValidationError as exc:
-        raise UserError(_format_errors(exc, source)) from None
+        raise UserError(format_errors(exc, source)) from None

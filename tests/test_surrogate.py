@@ -78,14 +78,24 @@ def test_the_command_writes_its_table_and_how_to_rerun_it(recorded, capsys):
 @pytest.mark.parametrize("args, message", [
     (["--target", "0.25"], "no recorded evaluations at MACs target 0.25"),
     (["--target", "0.5", "--variant", "broken"], "--variant: expected NAME=key:value"),
-    (["--target", "0.5", "--variant", "v=noise_decay:2", "--methods", "v"], "--variant v:"),
+    (["--target", "0.5", "--variant", "v=noise_decay:2", "--methods", "v"], "--variant v: field `noise_decay`"),
     (["--target", "0.5", "--methods", "gridsearch"], "'gridsearch' is neither"),
+    (["--target", "0.5", "--seeds", "0"], "--seeds: expected at least 1, got 0"),
 ])
 def test_bad_input_is_a_clear_error(recorded, args, message, capsys):
     folder, _, _ = recorded
     with pytest.raises(SystemExit) as exit_info:
         main([str(folder), *args])
     assert message in str(exit_info.value.code)
+
+
+def test_a_misspelt_variant_fails_before_the_surrogate_is_fitted(recorded, monkeypatch):
+    import bench.surrogate as surrogate
+
+    folder, _, _ = recorded
+    monkeypatch.setattr(surrogate, "fit_surrogate", lambda *a: pytest.fail("fitted before the input was checked"))
+    with pytest.raises(UserError, match="--variant v: field `noise_decy`: unknown key"):
+        screen(folder, 0.5, ["random", "v"], 1, {"v": {"noise_decy": 0.9}})
 
 
 def test_a_folder_that_is_not_a_bench_result_is_named(tmp_path):
