@@ -9,6 +9,7 @@ from pathlib import Path
 import optuna
 
 from pruning.errors import UserError
+from search.review import retry_schema_race
 
 
 def storage_of(run: Path, override: str | None = None) -> str:
@@ -27,7 +28,7 @@ def dashboard_job(args: argparse.Namespace) -> int:
     run = Path(args.run)
     storage = storage_of(run, args.storage)
     try:
-        studies = optuna.get_all_study_summaries(storage)
+        studies = retry_schema_race(lambda: optuna.get_all_study_summaries(storage))
     except Exception as exc:
         raise UserError(f"{storage}: cannot open Optuna storage ({type(exc).__name__}: {exc})") from None
     names = ", ".join(s.study_name for s in studies) or "none yet"

@@ -10,21 +10,45 @@ from __future__ import annotations
 
 import logging
 import math
+import time
 import warnings
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 import optuna
 import pandas as pd
+import sqlalchemy.exc
 
 from pruning.errors import UserError
 
 log = logging.getLogger("prunepilot")
 RATIO_DISTRIBUTION = optuna.distributions.FloatDistribution(0.0, 1.0)
 OBJECTIVES = ["accuracy", "macs_ratio"]
+T = TypeVar("T")
+# what a process sees when another one is creating the same fresh storage's tables at that moment
+SCHEMA_RACE_MESSAGES = ("already exists", "UNIQUE constraint failed: alembic_version", "database is locked")
 
 
 def sqlite_url(path: str) -> str:
     return f"sqlite:///{path}"
+
+
+def retry_schema_race(open_storage: Callable[[], T], attempts: int = 8, pause_s: float = 0.25) -> T:
+    """Run `open_storage`, again while another process is creating the same storage's schema.
+
+    Optuna creates its tables on the first open of a storage. Two processes opening one fresh
+    SQLite file at once (a driver and a dashboard started early, or a test polling the file) make
+    one of them fail with "table ... already exists" or a UNIQUE error on alembic_version. The
+    schema is whole a moment later, so the same open then succeeds. Any other error is raised at once.
+    """
+    for attempt in range(attempts - 1):
+        try:
+            return open_storage()
+        except sqlalchemy.exc.DBAPIError as exc:
+            if not any(m in str(exc) for m in SCHEMA_RACE_MESSAGES):
+                raise
+            time.sleep(pause_s * (attempt + 1))
+    return open_storage()
 
 
 class OptunaRecorder:
@@ -33,8 +57,8 @@ class OptunaRecorder:
     def __init__(self, storage: str, study_name: str, unit_names: list[str]):
         optuna.logging.set_verbosity(optuna.logging.WARNING)
         try:
-            self.study = optuna.create_study(storage=storage, study_name=study_name, load_if_exists=True,
-                                             directions=["maximize", "minimize"])
+            self.study = retry_schema_race(lambda: optuna.create_study(
+                storage=storage, study_name=study_name, load_if_exists=True, directions=["maximize", "minimize"]))
         except Exception as exc:  # bad URL, unreachable server, missing driver
             raise UserError(f"--storage: cannot open Optuna storage {storage!r} ({type(exc).__name__}: {exc})") from None
         if self.study.metric_names is None:

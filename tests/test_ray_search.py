@@ -12,9 +12,11 @@ import secrets
 import shutil
 import signal
 import socket
+import sqlite3
 import subprocess
 import sys
 import time
+from contextlib import closing
 from pathlib import Path
 
 import optuna
@@ -77,11 +79,14 @@ def study_frame(out: Path) -> pd.DataFrame:
 
 
 def recorded(out: Path) -> int:
+    """Trials in the run's study, read without writing: opening it with Optuna would create the
+    schema, a second writer racing the driver's own creation of it."""
     if not (out / "study.db").exists():
         return 0
     try:
-        return len(study_frame(out))
-    except Exception:  # the driver may be creating the study right now
+        with closing(sqlite3.connect(f"file:{out / 'study.db'}?mode=ro", uri=True)) as db:
+            return db.execute("SELECT COUNT(*) FROM trials").fetchone()[0]
+    except sqlite3.OperationalError:  # the driver may be creating the study right now
         return 0
 
 

@@ -1,0 +1,44 @@
+"""The Optuna review store under concurrent first use of one fresh SQLite file."""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+from pathlib import Path
+
+import optuna
+import pytest
+
+from pruning.errors import UserError
+from search.review import OptunaRecorder, sqlite_url
+
+OPENERS = 6
+
+
+def _open_when_all_ready(url: str, barrier: mp.synchronize.Barrier, outcomes: mp.Queue) -> None:
+    barrier.wait()
+    try:
+        OptunaRecorder(url, "search", ["conv1"])
+        outcomes.put("ok")
+    except Exception as exc:  # noqa: BLE001 - the test reports what each process saw
+        outcomes.put(f"{type(exc).__name__}: {exc}"[:300])
+
+
+@pytest.mark.parametrize("round_", range(3))
+def test_processes_opening_one_fresh_sqlite_study_at_once_all_succeed(tmp_path: Path, round_: int) -> None:
+    """Optuna alone fails here in roughly one opener of three (a table or alembic row created twice)."""
+    url = sqlite_url(str(tmp_path / "study.db"))
+    ctx = mp.get_context("fork")
+    barrier, outcomes = ctx.Barrier(OPENERS), ctx.Queue()
+    workers = [ctx.Process(target=_open_when_all_ready, args=(url, barrier, outcomes)) for _ in range(OPENERS)]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join(60)
+    seen = [outcomes.get(timeout=5) for _ in workers]
+    assert seen == ["ok"] * OPENERS, seen
+    assert [s.study_name for s in optuna.get_all_study_summaries(url)] == ["search"]
+
+
+def test_a_storage_that_cannot_open_is_a_user_error_at_once(tmp_path: Path) -> None:
+    with pytest.raises(UserError, match="--storage: cannot open Optuna storage"):
+        OptunaRecorder(sqlite_url(str(tmp_path / "no" / "such" / "dir" / "study.db")), "search", ["conv1"])
