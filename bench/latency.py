@@ -18,20 +18,28 @@ from pruning.cost import paired_latency
 from pruning.export import load_pruned
 
 
+def run_models(folder: Path, dense_models: dict[str, torch.nn.Module]
+               ) -> tuple[torch.nn.Module, torch.nn.Module, tuple[int, ...]] | None:
+    """(dense baseline, final pruned model, input shape) of one finished run; None before its final pass.
+    `dense_models` caches baselines by path, as runs share them."""
+    if not (folder / "model.pt").is_file():
+        return None
+    dense_path = json.loads((folder / "summary.json").read_text())["baseline_checkpoint"]
+    if dense_path not in dense_models:
+        dense_models[dense_path] = load_pruned(dense_path).eval()
+    shape = tuple(load_checkpoint(folder / "model.pt")["arch"]["input_shape"])
+    return dense_models[dense_path], load_pruned(folder / "model.pt").eval(), shape
+
+
 def quiet_latency(frame: pd.DataFrame, folders: dict[str, Path], repeats: int) -> pd.DataFrame:
     """`frame` with its latency and speed-up columns replaced by measurements taken here, in one process."""
     frame = frame.copy()
     dense_models: dict[str, torch.nn.Module] = {}
     for index, row in frame.iterrows():
-        folder = folders[row["run"]]
-        if not (folder / "model.pt").is_file():
+        models = run_models(folders[row["run"]], dense_models)
+        if models is None:
             continue
-        summary = json.loads((folder / "summary.json").read_text())
-        dense_path = summary["baseline_checkpoint"]
-        if dense_path not in dense_models:
-            dense_models[dense_path] = load_pruned(dense_path).eval()
-        dense, pruned = dense_models[dense_path], load_pruned(folder / "model.pt").eval()
-        shape = tuple(load_checkpoint(folder / "model.pt")["arch"]["input_shape"])
+        dense, pruned, shape = models
         for batch in (1, 64):
             dense_ms, pruned_ms = paired_latency(dense, pruned, shape, batch, repeats)
             frame.loc[index, f"dense_latency_b{batch}_ms"] = dense_ms

@@ -14,6 +14,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from pruning.inference import inference_form
+
 PRUNABLE_TYPES = (nn.Conv2d, nn.Linear)
 
 
@@ -49,7 +51,7 @@ def layer_shapes(model: nn.Module, input_shape: tuple[int, ...]) -> dict[str, La
     was_training = model.training
     try:
         model.eval()
-        device = next(model.parameters()).device
+        device = next(iter(model.parameters()), torch.empty(0)).device
         with torch.no_grad():
             model(torch.zeros(1, *input_shape, device=device))
     finally:
@@ -87,35 +89,42 @@ class Latency:
     repeats: int
 
 
-@torch.no_grad()
 def measure_latency(model: nn.Module, input_shape: tuple[int, ...], batch_size: int, repeats: int = 30,
                     warmup: int = 5) -> Latency:
-    """Median wall time of one forward pass after warm-up (CUDA synchronised when on a GPU)."""
-    model.eval()
-    device = next(model.parameters()).device
-    x = torch.randn(batch_size, *input_shape, device=device)
-    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
-    times = []
-    with torch.no_grad():  # inference latency: no autograd graph is recorded
-        for _ in range(warmup):
-            model(x)
-        sync()
-        for _ in range(repeats):
-            start = time.perf_counter()
-            model(x)
-            sync()
-            times.append((time.perf_counter() - start) * 1000)
-    times.sort()
-    return Latency(batch_size, statistics.median(times), times[int(0.9 * (len(times) - 1))], torch.get_num_threads(), repeats)
+    """Median wall time of one forward pass of the model's inference form (BN folded; see
+    `pruning.inference`) after warm-up, CUDA synchronised when on a GPU."""
+    return time_forward(inference_form(model), input_shape, batch_size, repeats, warmup)
 
 
 def paired_latency(dense: nn.Module, pruned: nn.Module, input_shape: tuple[int, ...], batch_size: int,
                    repeats: int = 30, rounds: int = 5) -> tuple[float, float]:
-    """Median latency (ms) of two models timed in alternating rounds, so that drifting machine load
-    (other tenants, frequency changes) falls on both alike; returns (first, second)."""
+    """Median latency (ms) of two models' inference forms timed in alternating rounds, so that
+    drifting machine load (other tenants, frequency changes) falls on both alike; returns (first, second)."""
+    dense, pruned = inference_form(dense), inference_form(pruned)
     per_round = max(3, repeats // rounds)
     first, second = [], []
     for _ in range(rounds):
-        first.append(measure_latency(dense, input_shape, batch_size, per_round).median_ms)
-        second.append(measure_latency(pruned, input_shape, batch_size, per_round).median_ms)
+        first.append(time_forward(dense, input_shape, batch_size, per_round).median_ms)
+        second.append(time_forward(pruned, input_shape, batch_size, per_round).median_ms)
     return statistics.median(first), statistics.median(second)
+
+
+@torch.no_grad()
+def time_forward(model: nn.Module, input_shape: tuple[int, ...], batch_size: int, repeats: int,
+                 warmup: int = 5) -> Latency:
+    """Median wall time of one forward pass of `model` exactly as given (no folding, mode unchanged)."""
+    device = next(iter(model.parameters()), torch.empty(0)).device
+    x = torch.randn(batch_size, *input_shape, device=device)
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    times = []
+    for _ in range(warmup):
+        model(x)
+    sync()
+    for _ in range(repeats):
+        start = time.perf_counter()
+        model(x)
+        sync()
+        times.append((time.perf_counter() - start) * 1000)
+    times.sort()
+    return Latency(batch_size, statistics.median(times), times[int(0.9 * (len(times) - 1))], torch.get_num_threads(),
+                   repeats)

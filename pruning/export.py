@@ -18,6 +18,7 @@ from pruning.apply import current_kept, prune_structured
 from pruning.baseline import build_from_arch
 from pruning.checkpoint import load_checkpoint, save_checkpoint
 from pruning.errors import UserError
+from pruning.inference import inference_form
 from pruning.units import UnitGraph, discover_units
 
 
@@ -49,26 +50,28 @@ def load_pruned(path: str | Path) -> nn.Module:
 
 
 def export_torchscript(model: nn.Module, path: Path, input_shape: tuple[int, ...]) -> float:
-    """Trace to TorchScript; return max |logit difference| against eager on a random batch."""
+    """Trace the inference form (BN folded) to TorchScript; return max |logit difference| against
+    the eager model as given, on a random batch."""
     model = model.eval().cpu()
     example = torch.randn(8, *input_shape)
     with torch.no_grad(), warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        traced = torch.jit.trace(model, example)
+        traced = torch.jit.trace(inference_form(model), example)
         traced.save(str(path))
         loaded = torch.jit.load(str(path))
         return float((loaded(example) - model(example)).abs().max())
 
 
 def export_onnx(model: nn.Module, path: Path, input_shape: tuple[int, ...]) -> float:
-    """Export to ONNX with a dynamic batch axis; return max |logit difference| onnxruntime vs eager."""
+    """Export the inference form (BN folded) to ONNX with a dynamic batch axis; return max |logit
+    difference| of onnxruntime against the eager model as given."""
     import onnxruntime as ort
 
     model = model.eval().cpu()
     example = torch.randn(16, *input_shape)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        torch.onnx.export(model, (example,), str(path), input_names=["input"], output_names=["logits"],
+        torch.onnx.export(inference_form(model), (example,), str(path), input_names=["input"], output_names=["logits"],
                           dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}}, dynamo=False)
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     with torch.no_grad():

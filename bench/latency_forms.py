@@ -1,0 +1,97 @@
+"""Eager vs inference form (BN folded): the speed-up of every finished run's pruned model, side by side.
+
+`prunepilot bench` times models in their inference form (`pruning.inference`). This tool measures
+what that choice changes, on a quiet machine: for each run with a final model it times the dense
+baseline and the pruned model both as eager modules and BN-folded, all four interleaved in rounds so
+that load drift falls on each alike, and writes `latency_forms.{csv,md}` into the results folder.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+from pathlib import Path
+
+import pandas as pd
+import torch
+
+from bench.latency import run_models
+from pruning.cost import count_macs, time_forward
+from pruning.inference import inference_form
+from pruning.runtime import set_threads
+from search.report import markdown_table
+
+FORMS = ("eager", "folded")
+
+
+def compare_forms(folder: Path, repeats: int, rounds: int) -> pd.DataFrame:
+    """One row per (run, batch): median ms of dense and pruned in each form, and each form's speed-up."""
+    runs = sorted(p for p in (folder / "runs").iterdir() if p.is_dir()) if (folder / "runs").is_dir() else []
+    targets = {}
+    if (folder / "runs.csv").is_file():
+        targets = pd.read_csv(folder / "runs.csv").set_index("run")["macs_target"].to_dict()
+    dense_models: dict[str, torch.nn.Module] = {}
+    rows = []
+    for run in runs:
+        models = run_models(run, dense_models)
+        if models is None:
+            continue
+        dense, pruned, shape = models
+        forms = {"eager": (dense, pruned), "folded": (inference_form(dense), inference_form(pruned))}
+        reduction = count_macs(dense, shape) / count_macs(pruned, shape)
+        for batch in (1, 64):
+            times: dict[tuple[str, str], list[float]] = {}
+            for _ in range(rounds):
+                for form, pair in forms.items():
+                    for which, model in zip(("dense", "pruned"), pair):
+                        times.setdefault((form, which), []).append(
+                            time_forward(model, shape, batch, max(3, repeats // rounds)).median_ms)
+            row = {"run": run.name, "macs_target": targets.get(run.name), "batch": batch, "macs_reduction": reduction}
+            for form in FORMS:
+                dense_ms, pruned_ms = (statistics.median(times[(form, w)]) for w in ("dense", "pruned"))
+                row.update({f"{form}_dense_ms": dense_ms, f"{form}_pruned_ms": pruned_ms,
+                            f"{form}_speedup": dense_ms / pruned_ms,
+                            f"{form}_speedup_over_macs_reduction": dense_ms / pruned_ms / reduction})
+            rows.append(row)
+    if not rows:
+        raise FileNotFoundError(f"{folder}: no finished run with a final model (runs/*/model.pt)")
+    return pd.DataFrame(rows)
+
+
+def summary_table(frame: pd.DataFrame) -> pd.DataFrame:
+    """Mean speed-up over MACs reduction per MACs target and batch, eager against folded."""
+    keys = ["macs_target", "batch"] if frame["macs_target"].notna().all() else ["batch"]
+    columns = [f"{form}_speedup_over_macs_reduction" for form in FORMS]
+    return frame.groupby(keys)[["macs_reduction", *[f"{f}_speedup" for f in FORMS], *columns]].mean().reset_index()
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(prog="python -m bench.latency_forms", description=__doc__.split("\n\n")[0])
+    p.add_argument("folder", type=Path, help="a bench results folder with finished runs, e.g. results/bench/resnet20")
+    p.add_argument("--repeats", type=int, default=40, help="timed forward passes per model, form and batch (>= 3)")
+    p.add_argument("--rounds", type=int, default=8, help="alternation rounds the repeats are split into (>= 1)")
+    p.add_argument("--threads", type=int, default=None, help="torch threads (default: all)")
+    args = p.parse_args(argv)
+    if args.repeats < 3 or args.rounds < 1:
+        sys.exit(f"error: --repeats must be >= 3 and --rounds >= 1 (got {args.repeats}, {args.rounds})")
+    threads = set_threads(args.threads)
+    try:
+        frame = compare_forms(args.folder, args.repeats, args.rounds)
+    except FileNotFoundError as exc:
+        sys.exit(f"error: {exc}")
+    frame.to_csv(args.folder / "latency_forms.csv", index=False)
+    command = f"python -m bench.latency_forms {args.folder} --repeats {args.repeats} --rounds {args.rounds}" + (
+        f" --threads {args.threads}" if args.threads else "")
+    md = (f"# Latency: eager modules vs inference form (BatchNorm folded), `{args.folder}`\n\n"
+          f"Each run's dense baseline and final pruned model, timed in both forms, interleaved over {args.rounds} rounds "
+          f"({args.repeats} passes each), {threads} torch thread(s), {len(frame) // 2} run(s). Speed-up = dense ms / "
+          f"pruned ms in the same form; the target is a speed-up of at least 0.8 x the MACs reduction at batch 64.\n\n"
+          f"## Mean over runs\n\n{markdown_table(summary_table(frame), '.3g')}\n\n"
+          f"## Per run\n\n{markdown_table(frame, '.3g')}\n\nRegenerate: `{command}`\n")
+    (args.folder / "latency_forms.md").write_text(md)
+    print(md)
+
+
+if __name__ == "__main__":
+    main()
