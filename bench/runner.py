@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import shlex
 import time
 from pathlib import Path
 
@@ -20,6 +21,7 @@ from bench.comparison import (aggregate, best_reward_curves, collect, comparison
                               plot_best_reward)
 from bench.grid import GridOutcome, require, run_grid
 from bench.latency import quiet_latency
+from bench.resume_guard import check_same_settings
 from bench.search_efficiency import measure
 from bench.transfer import source_agent, transfer_runs, transfer_table
 from agents.sb3_agents import BUILDERS
@@ -153,9 +155,15 @@ def missing_runs_note(folder: Path) -> list[str]:
             "The `seeds` column says how many runs each mean is over.", ""]
 
 
+def default_folder(cfg: RunConfig) -> Path:
+    return Path("results") / "bench" / cfg.name
+
+
 def write_summary(cfg: RunConfig, config: str, folder: Path, overrides: list[str], collect_only: bool = False) -> Path:
     b = cfg.bench
-    rerun = " ".join(["prunepilot bench", config, *(["--collect-only"] if collect_only else []), *overrides])
+    out = [] if folder == default_folder(cfg) else ["--out", str(folder)]
+    rerun = " ".join(["prunepilot bench", *map(shlex.quote, [config, *out, *(["--collect-only"] if collect_only else []),
+                                                              *overrides])])
     lines = [f"# Benchmark `{cfg.name}`: {cfg.model.name} on {cfg.data.name}", "",
              f"Regenerate (continues where it stopped): `{rerun}`", "",
              f"Budgets: {b.evaluations} evaluations per searcher (rules: 1), seeds {b.seeds} (search.seed; the dense "
@@ -207,7 +215,8 @@ def bench_job(args: argparse.Namespace) -> int:
     collect_only = args.collect_only
     if collect_only and parts != ["comparison"]:
         raise UserError("--collect-only: applies to the comparison part alone; add --parts comparison")
-    folder = Path(args.out) if args.out else Path("results") / "bench" / cfg.name
+    folder = Path(args.out) if args.out else default_folder(cfg)
+    check_same_settings(folder, cfg.model_dump())
     folder.mkdir(parents=True, exist_ok=True)
     write_json(cfg.model_dump(), folder / "config.json")
     show = not args.quiet

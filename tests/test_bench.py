@@ -99,7 +99,28 @@ def test_collect_only_tabulates_copied_runs_and_starts_none(bench_run, tmp_path)
     assert set(table["device"]) == {"cpu"}
     summary = (merged / "summary.md").read_text()
     assert "Partial protocol:** 5 run(s)" in summary and "uniform-m60-s1" in summary and "ddpg-m40-s0" in summary
-    assert "--collect-only" in summary  # the regenerate line says how this table was made
+    assert f"prunepilot bench {config} --out {merged} --collect-only" in summary  # how this table was made
+
+
+def test_a_folder_continues_only_with_the_settings_of_its_runs(bench_run, tmp_path, capsys):
+    import shutil
+
+    config, out = bench_run
+    copy = tmp_path / "copy"
+    shutil.copytree(out, copy)
+    recorded = (copy / "config.json").read_text()
+    summary = (copy / "summary.md").read_text()
+    assert main(["bench", str(config), "--out", str(copy), "--quiet", "--parts", "comparison",
+                 "agent.noise_decay=0.9", "eval.bn_batches=3"]) == 2
+    err = capsys.readouterr().err
+    assert "agent.noise_decay: 0.95 -> 0.9" in err and "eval.bn_batches: 2 -> 3" in err and "new --out" in err
+    assert (copy / "config.json").read_text() == recorded and (copy / "summary.md").read_text() == summary
+    # picking part of the grid is not a change of settings: the finished runs are tabled again, none rerun
+    assert main(["bench", str(config), "--out", str(copy), "--quiet", "--parts", "comparison",
+                 "bench.seeds=[0]", "bench.methods=[ddpg]"]) == 0
+    table = pd.read_csv(copy / "table.csv")
+    assert set(table["method"]) == {"ddpg"} and (table["seeds"] == 1).all()
+    assert "'bench.seeds=[0]' 'bench.methods=[ddpg]'" in (copy / "summary.md").read_text()  # quoted for a shell
 
 
 @pytest.mark.parametrize("args, message", [

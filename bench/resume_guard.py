@@ -1,0 +1,51 @@
+"""A bench folder continues only with the settings its finished runs were made with.
+
+`prunepilot bench` skips every run whose outputs exist, so a second call with other settings into
+the same folder would otherwise table old runs as if they had the new ones. Settings that only pick
+which runs make up the grid (methods, seeds, targets, how many at once) may change; a setting new
+since the folder was written counts as unchanged (it has its default, the old behaviour).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from pruning.errors import UserError
+
+GRID_SELECTION = {"name", "bench.methods", "bench.seeds", "bench.macs_targets", "bench.parallel"}
+
+
+def flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """{"a": {"b": 1}} -> {"a.b": 1}: config paths as a user writes them in overrides."""
+    flat: dict[str, Any] = {}
+    for key, value in tree.items():
+        path = f"{prefix}{key}"
+        if isinstance(value, dict) and value:
+            flat.update(flatten(value, f"{path}."))
+        else:
+            flat[path] = value
+    return flat
+
+
+def changed_settings(recorded: dict[str, Any], current: dict[str, Any]) -> list[str]:
+    """Dotted paths set in both whose values differ, outside the grid selection."""
+    old, new = flatten(recorded), flatten(json.loads(json.dumps(current, default=str)))
+    return sorted(k for k in old.keys() & new.keys() if k not in GRID_SELECTION and old[k] != new[k])
+
+
+def check_same_settings(folder: Path, current: dict[str, Any]) -> None:
+    """Raise a UserError naming each changed setting when `folder` holds runs made with others."""
+    recorded_file = folder / "config.json"
+    started = any(p.is_dir() for part in ("runs", "transfer") for p in (folder / part).glob("*"))
+    if not recorded_file.is_file() or not started:
+        return
+    recorded = json.loads(recorded_file.read_text())
+    changed = changed_settings(recorded, current)
+    if changed:
+        old, new = flatten(recorded), flatten(json.loads(json.dumps(current, default=str)))
+        listed = "; ".join(f"{k}: {old[k]!r} -> {new[k]!r}" for k in changed[:8])
+        more = f" (and {len(changed) - 8} more)" if len(changed) > 8 else ""
+        raise UserError(f"{folder}: its runs were made with other settings ({listed}{more}); continuing would table "
+                        f"them as if made with these. Give a new --out folder, or the settings in {recorded_file}")
