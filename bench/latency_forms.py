@@ -3,7 +3,7 @@
 `prunepilot bench` times models in their inference form (`pruning.inference`). This tool measures
 what that choice changes, on a quiet machine: for each run with a final model it times the dense
 baseline and the pruned model both as eager modules and BN-folded, all four interleaved in rounds so
-that load drift falls on each alike, and writes `latency_forms.{csv,md}` into the results folder.
+that load drift falls on each alike, and writes `latency_forms-t<threads>.{csv,md}` into the results folder.
 """
 
 from __future__ import annotations
@@ -80,7 +80,8 @@ def main(argv: list[str] | None = None) -> None:
         frame = compare_forms(args.folder, args.repeats, args.rounds)
     except FileNotFoundError as exc:
         sys.exit(f"error: {exc}")
-    frame.to_csv(args.folder / "latency_forms.csv", index=False)
+    stem = f"latency_forms-t{threads}"  # one file per thread count: the figures differ with it
+    frame.to_csv(args.folder / f"{stem}.csv", index=False)
     command = f"python -m bench.latency_forms {args.folder} --repeats {args.repeats} --rounds {args.rounds}" + (
         f" --threads {args.threads}" if args.threads else "")
     md = (f"# Latency: eager modules vs inference form (BatchNorm folded), `{args.folder}`\n\n"
@@ -89,7 +90,7 @@ def main(argv: list[str] | None = None) -> None:
           f"pruned ms in the same form; the target is a speed-up of at least 0.8 x the MACs reduction at batch 64.\n\n"
           f"## Mean over runs\n\n{markdown_table(summary_table(frame), '.3g')}\n\n"
           f"## Per run\n\n{markdown_table(frame, '.3g')}\n\nRegenerate: `{command}`\n")
-    (args.folder / "latency_forms.md").write_text(md)
+    (args.folder / f"{stem}.md").write_text(md)
     print(md)
 
 

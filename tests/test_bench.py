@@ -178,7 +178,7 @@ def test_latency_forms_times_every_finished_run_eager_and_folded(bench_run, tmp_
 
     _, out = bench_run
     forms_main([str(out), "--repeats", "3", "--rounds", "1", "--threads", "1"])
-    frame = pd.read_csv(out / "latency_forms.csv")
+    frame = pd.read_csv(out / "latency_forms-t1.csv")
     finished = sorted(p.parent.name for p in (out / "runs").glob("*/model.pt"))
     assert sorted(set(frame["run"])) == finished and len(frame) == 2 * len(finished)  # batch 1 and 64 each
     assert set(frame["macs_target"]) == {0.6, 0.4}
@@ -186,7 +186,7 @@ def test_latency_forms_times_every_finished_run_eager_and_folded(bench_run, tmp_
         assert (frame[f"{form}_dense_ms"] > 0).all() and (frame[f"{form}_pruned_ms"] > 0).all()
         ratio = frame[f"{form}_speedup"] / frame["macs_reduction"]
         assert ratio.to_numpy() == pytest.approx(frame[f"{form}_speedup_over_macs_reduction"].to_numpy())
-    md = (out / "latency_forms.md").read_text()
+    md = (out / "latency_forms-t1.md").read_text()
     assert "## Mean over runs" in md and f"python -m bench.latency_forms {out}" in md
     with pytest.raises(SystemExit, match="no finished run"):
         forms_main([str(tmp_path)])
