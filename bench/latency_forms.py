@@ -1,8 +1,8 @@
-"""Eager vs inference form (BN folded): the speed-up of every finished run's pruned model, side by side.
+"""Eager vs BN-folded vs as-deployed: the speed-up of every finished run's pruned model, side by side.
 
-`prunepilot bench` times models in their inference form (`pruning.inference`). This tool measures
-what that choice changes, on a quiet machine: for each run with a final model it times the dense
-baseline and the pruned model both as eager modules and BN-folded, all four interleaved in rounds so
+`prunepilot bench` times models as deployed (`pruning.inference.timing_form`: BN folded, channels-last
+on a CPU). This tool measures what each step changes, on a quiet machine: for each run with a final
+model it times the dense baseline and the pruned model in all three forms, interleaved in rounds so
 that load drift falls on each alike, and writes `latency_forms-t<threads>.{csv,md}` into the results folder.
 """
 
@@ -18,11 +18,11 @@ import torch
 
 from bench.latency import run_models
 from pruning.cost import count_macs, time_forward
-from pruning.inference import inference_form
+from pruning.inference import inference_form, timing_form
 from pruning.runtime import set_threads
 from search.report import markdown_table
 
-FORMS = ("eager", "folded")
+FORMS = {"eager": lambda model: model, "folded": inference_form, "deployed": timing_form}
 
 
 def compare_forms(folder: Path, repeats: int, rounds: int) -> pd.DataFrame:
@@ -38,7 +38,7 @@ def compare_forms(folder: Path, repeats: int, rounds: int) -> pd.DataFrame:
         if models is None:
             continue
         dense, pruned, shape = models
-        forms = {"eager": (dense, pruned), "folded": (inference_form(dense), inference_form(pruned))}
+        forms = {form: (make(dense), make(pruned)) for form, make in FORMS.items()}
         reduction = count_macs(dense, shape) / count_macs(pruned, shape)
         for batch in (1, 64):
             times: dict[tuple[str, str], list[float]] = {}
@@ -60,7 +60,7 @@ def compare_forms(folder: Path, repeats: int, rounds: int) -> pd.DataFrame:
 
 
 def summary_table(frame: pd.DataFrame) -> pd.DataFrame:
-    """Mean speed-up over MACs reduction per MACs target and batch, eager against folded."""
+    """Mean speed-up over MACs reduction per MACs target and batch, in each form."""
     keys = ["macs_target", "batch"] if frame["macs_target"].notna().all() else ["batch"]
     columns = [f"{form}_speedup_over_macs_reduction" for form in FORMS]
     return frame.groupby(keys)[["macs_reduction", *[f"{f}_speedup" for f in FORMS], *columns]].mean().reset_index()
@@ -84,8 +84,9 @@ def main(argv: list[str] | None = None) -> None:
     frame.to_csv(args.folder / f"{stem}.csv", index=False)
     command = f"python -m bench.latency_forms {args.folder} --repeats {args.repeats} --rounds {args.rounds}" + (
         f" --threads {args.threads}" if args.threads else "")
-    md = (f"# Latency: eager modules vs inference form (BatchNorm folded), `{args.folder}`\n\n"
-          f"Each run's dense baseline and final pruned model, timed in both forms, interleaved over {args.rounds} rounds "
+    md = (f"# Latency: eager modules vs BatchNorm folded vs as deployed (folded, channels-last on a CPU), "
+          f"`{args.folder}`\n\n"
+          f"Each run's dense baseline and final pruned model, timed in each form, interleaved over {args.rounds} rounds "
           f"({args.repeats} passes each), {threads} torch thread(s), {len(frame) // 2} run(s). Speed-up = dense ms / "
           f"pruned ms in the same form; the target is a speed-up of at least 0.8 x the MACs reduction at batch 64.\n\n"
           f"## Mean over runs\n\n{markdown_table(summary_table(frame), '.3g')}\n\n"

@@ -177,8 +177,8 @@ def write_summary(cfg: RunConfig, config: str, folder: Path, overrides: list[str
                f"device only)."
              + (f" Latencies: medians over {cfg.eval.latency_repeats} repeats on this machine's CPU with "
                 f"{cfg.threads or 'all'} thread(s), measured after all runs with nothing else running, each pruned "
-                "model alternating with its dense baseline, both in their inference form (BatchNorm folded into "
-                "the conv before it, as exported)." if b.final_pass else ""), ""]
+                "model alternating with its dense baseline, both as deployed (BatchNorm folded into the conv before "
+                "it, as exported, and channels-last on a CPU)." if b.final_pass else ""), ""]
     if (folder / "table.csv").is_file():
         stats = pd.read_csv(folder / "table.csv")
         lines += ["## Comparison (mean ± std over seeds)", "", *missing_runs_note(folder), (folder / "table.md").read_text(), "",

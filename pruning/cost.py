@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from pruning.inference import inference_form
+from pruning.inference import timing_form
 
 PRUNABLE_TYPES = (nn.Conv2d, nn.Linear)
 
@@ -91,16 +91,16 @@ class Latency:
 
 def measure_latency(model: nn.Module, input_shape: tuple[int, ...], batch_size: int, repeats: int = 30,
                     warmup: int = 5) -> Latency:
-    """Median wall time of one forward pass of the model's inference form (BN folded; see
-    `pruning.inference`) after warm-up, CUDA synchronised when on a GPU."""
-    return time_forward(inference_form(model), input_shape, batch_size, repeats, warmup)
+    """Median wall time of one forward pass of the model as deployed (BN folded, channels-last on a CPU;
+    see `pruning.inference`) after warm-up, CUDA synchronised when on a GPU."""
+    return time_forward(timing_form(model), input_shape, batch_size, repeats, warmup)
 
 
 def paired_latency(dense: nn.Module, pruned: nn.Module, input_shape: tuple[int, ...], batch_size: int,
                    repeats: int = 30, rounds: int = 5) -> tuple[float, float]:
-    """Median latency (ms) of two models' inference forms timed in alternating rounds, so that
+    """Median latency (ms) of two models as deployed (`timing_form`), timed in alternating rounds so that
     drifting machine load (other tenants, frequency changes) falls on both alike; returns (first, second)."""
-    dense, pruned = inference_form(dense), inference_form(pruned)
+    dense, pruned = timing_form(dense), timing_form(pruned)
     per_round = max(3, repeats // rounds)
     first, second = [], []
     for _ in range(rounds):

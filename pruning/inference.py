@@ -1,9 +1,14 @@
 """The form a deployment runs: eval mode, each BatchNorm folded into the conv or linear layer before it.
 
-Latency figures and the TorchScript/ONNX exports use this form, so a pruned model and its dense
-baseline are timed as they would ship. Folding removes one memory-bound pass over every conv's
-output; that pass shrinks only with the channel count while a conv's MACs shrink with its input and
-output channels, so leaving it in understates what pruning buys.
+The TorchScript/ONNX exports use this form, and latency is timed on it (`timing_form`), so a pruned
+model and its dense baseline are timed as they would ship. Folding removes one memory-bound pass over
+every conv's output; that pass shrinks only with the channel count while a conv's MACs shrink with
+its input and output channels, so leaving it in understates what pruning buys.
+
+On a CPU the timing form is also channels-last: oneDNN's NCHW convolutions run some channel counts
+at large spatial sizes several times below their channels-last speed (`python -m bench.conv_layouts`;
+on the 2-core benchmark machine a 20-channel 3x3 conv at 28x28, 2.7x), which made timings depend on
+which counts a policy happened to hit.
 """
 
 from __future__ import annotations
@@ -11,6 +16,7 @@ from __future__ import annotations
 import copy
 import logging
 
+import torch
 from torch import nn
 from torch.fx.experimental.optimization import fuse
 
@@ -29,3 +35,10 @@ def inference_form(model: nn.Module) -> nn.Module:
     except Exception as exc:  # noqa: BLE001 - any tracing failure leaves the model as it is
         log.debug("BN not folded for %s (torch.fx could not trace it: %s)", type(model).__name__, exc)
         return copied
+
+
+def timing_form(model: nn.Module) -> nn.Module:
+    """`inference_form`, and channels-last when its weights are on the CPU: how latency is timed."""
+    form = inference_form(model)
+    on_cpu = all(p.device.type == "cpu" for p in form.parameters())
+    return form.to(memory_format=torch.channels_last) if on_cpu else form

@@ -182,7 +182,7 @@ def test_latency_forms_times_every_finished_run_eager_and_folded(bench_run, tmp_
     finished = sorted(p.parent.name for p in (out / "runs").glob("*/model.pt"))
     assert sorted(set(frame["run"])) == finished and len(frame) == 2 * len(finished)  # batch 1 and 64 each
     assert set(frame["macs_target"]) == {0.6, 0.4}
-    for form in ("eager", "folded"):
+    for form in ("eager", "folded", "deployed"):
         assert (frame[f"{form}_dense_ms"] > 0).all() and (frame[f"{form}_pruned_ms"] > 0).all()
         ratio = frame[f"{form}_speedup"] / frame["macs_reduction"]
         assert ratio.to_numpy() == pytest.approx(frame[f"{form}_speedup_over_macs_reduction"].to_numpy())
@@ -190,3 +190,17 @@ def test_latency_forms_times_every_finished_run_eager_and_folded(bench_run, tmp_
     assert "## Mean over runs" in md and f"python -m bench.latency_forms {out}" in md
     with pytest.raises(SystemExit, match="no finished run"):
         forms_main([str(tmp_path)])
+
+
+def test_conv_layouts_sweeps_both_layouts_and_names_bad_input(tmp_path, capsys):
+    from bench.conv_layouts import main as layouts_main
+
+    layouts_main(["--sizes", "8,4", "--channels", "4,16", "--batch", "2", "--repeats", "2", "--rounds", "1",
+                  "--threads", "1", "--out", str(tmp_path)])
+    frame = pd.read_csv(tmp_path / "conv_layouts-t1.csv")
+    assert sorted(zip(frame["size"], frame["channels"])) == [(4, 4), (4, 16), (8, 4), (8, 16)]
+    assert (frame[["nchw_ms", "channels_last_ms"]] > 0).all().all()
+    assert frame["channels_last_speedup"].to_numpy() == pytest.approx((frame["nchw_ms"] / frame["channels_last_ms"]).to_numpy())
+    assert "python -m bench.conv_layouts --sizes 8,4" in (tmp_path / "conv_layouts-t1.md").read_text()
+    with pytest.raises(SystemExit, match="--sizes and --channels"):
+        layouts_main(["--channels", "16,x"])

@@ -76,3 +76,18 @@ def test_exports_carry_no_batchnorm(tmp_path) -> None:
     import onnx
 
     assert "BatchNormalization" not in {node.op_type for node in onnx.load(str(tmp_path / "m.onnx")).graph.node}
+
+
+def test_the_timing_form_on_a_cpu_is_folded_and_channels_last_with_the_same_outputs() -> None:
+    from pruning.inference import timing_form
+
+    shape = (1, 28, 28)
+    model = _with_trained_bn_statistics(build_model("resnet20", 1, 10, shape), shape)
+    form = timing_form(model)
+    convs = [m for m in form.modules() if isinstance(m, nn.Conv2d)]
+    assert _batchnorms(form) == 0 and convs
+    assert all(c.weight.is_contiguous(memory_format=torch.channels_last) for c in convs if c.weight.shape[-1] > 1)
+    assert all(m.weight.is_contiguous() for m in model.modules() if isinstance(m, nn.Conv2d))  # the given one unchanged
+    x = torch.randn(4, *shape)  # a plain NCHW batch, as a caller gives it
+    with torch.no_grad():
+        assert torch.allclose(form(x), model.eval()(x), atol=1e-4, rtol=1e-4)
