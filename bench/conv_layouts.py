@@ -12,27 +12,15 @@ import argparse
 import copy
 import statistics
 import sys
-import time
 from pathlib import Path
 
 import pandas as pd
 import torch
 from torch import nn
 
+from pruning.cost import time_forward
 from pruning.runtime import set_threads
 from search.report import markdown_table
-
-
-@torch.no_grad()
-def conv_ms(conv: nn.Module, x: torch.Tensor, repeats: int) -> float:
-    for _ in range(3):
-        conv(x)
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        conv(x)
-        times.append((time.perf_counter() - start) * 1000)
-    return statistics.median(times)
 
 
 def sweep(sizes: list[int], channels: list[int], batch: int, repeats: int, rounds: int) -> pd.DataFrame:
@@ -41,12 +29,11 @@ def sweep(sizes: list[int], channels: list[int], batch: int, repeats: int, round
     for hw in sizes:
         for c in channels:
             conv = nn.Conv2d(c, c, 3, padding=1, bias=False).eval()
-            x = torch.randn(batch, c, hw, hw)  # NCHW for both, as a caller passes it
             last = copy.deepcopy(conv).to(memory_format=torch.channels_last)
             times: dict[str, list[float]] = {"nchw": [], "channels_last": []}
-            for _ in range(rounds):  # alternate, so load drift falls on both layouts alike
-                times["nchw"].append(conv_ms(conv, x, repeats))
-                times["channels_last"].append(conv_ms(last, x, repeats))
+            for _ in range(rounds):  # alternate, so load drift falls on both layouts alike; NCHW input to both
+                times["nchw"].append(time_forward(conv, (c, hw, hw), batch, repeats, warmup=3).median_ms)
+                times["channels_last"].append(time_forward(last, (c, hw, hw), batch, repeats, warmup=3).median_ms)
             gmacs = batch * c * c * 9 * hw * hw / 1e9
             row = {"size": hw, "channels": c}
             for layout, values in times.items():
@@ -73,8 +60,9 @@ def main(argv: list[str] | None = None) -> None:
     except ValueError:
         sys.exit(f"error: --sizes and --channels: expected comma-separated integers (got {args.sizes!r}, "
                  f"{args.channels!r})")
-    if not sizes or not channels or min(sizes + channels) < 1 or min(args.batch, args.repeats, args.rounds) < 1:
-        sys.exit("error: --sizes, --channels, --batch, --repeats and --rounds must be positive")
+    if not sizes or not channels or min(sizes + channels) < 1 or min(args.batch, args.repeats, args.rounds) < 1 or (
+            args.threads is not None and args.threads < 1):
+        sys.exit("error: --sizes, --channels, --batch, --repeats, --rounds and --threads must be positive")
     threads = set_threads(args.threads)
     frame = sweep(sizes, channels, args.batch, args.repeats, args.rounds)
     args.out.mkdir(parents=True, exist_ok=True)

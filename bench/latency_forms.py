@@ -73,8 +73,9 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--rounds", type=int, default=8, help="alternation rounds the repeats are split into (>= 1)")
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: all)")
     args = p.parse_args(argv)
-    if args.repeats < 3 or args.rounds < 1:
-        sys.exit(f"error: --repeats must be >= 3 and --rounds >= 1 (got {args.repeats}, {args.rounds})")
+    if args.repeats < 3 or args.rounds < 1 or (args.threads is not None and args.threads < 1):
+        sys.exit(f"error: --repeats must be >= 3, --rounds and --threads >= 1 (got {args.repeats}, {args.rounds}, "
+                 f"{args.threads})")
     threads = set_threads(args.threads)
     try:
         frame = compare_forms(args.folder, args.repeats, args.rounds)

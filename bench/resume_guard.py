@@ -29,10 +29,10 @@ def flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     return flat
 
 
-def changed_settings(recorded: dict[str, Any], current: dict[str, Any]) -> list[str]:
-    """Dotted paths set in both whose values differ, outside the grid selection."""
+def changed_settings(recorded: dict[str, Any], current: dict[str, Any]) -> dict[str, tuple[Any, Any]]:
+    """{dotted path: (recorded, current)} for settings in both that differ, outside the grid selection."""
     old, new = flatten(recorded), flatten(json.loads(json.dumps(current, default=str)))
-    return sorted(k for k in old.keys() & new.keys() if k not in GRID_SELECTION and old[k] != new[k])
+    return {k: (old[k], new[k]) for k in sorted(old.keys() & new.keys()) if k not in GRID_SELECTION and old[k] != new[k]}
 
 
 def check_same_settings(folder: Path, current: dict[str, Any]) -> None:
@@ -41,11 +41,9 @@ def check_same_settings(folder: Path, current: dict[str, Any]) -> None:
     started = any(p.is_dir() for part in ("runs", "transfer") for p in (folder / part).glob("*"))
     if not recorded_file.is_file() or not started:
         return
-    recorded = json.loads(recorded_file.read_text())
-    changed = changed_settings(recorded, current)
+    changed = changed_settings(json.loads(recorded_file.read_text()), current)
     if changed:
-        old, new = flatten(recorded), flatten(json.loads(json.dumps(current, default=str)))
-        listed = "; ".join(f"{k}: {old[k]!r} -> {new[k]!r}" for k in changed[:8])
+        listed = "; ".join(f"{k}: {old!r} -> {new!r}" for k, (old, new) in list(changed.items())[:8])
         more = f" (and {len(changed) - 8} more)" if len(changed) > 8 else ""
         raise UserError(f"{folder}: its runs were made with other settings ({listed}{more}); continuing would table "
                         f"them as if made with these. Give a new --out folder, or the settings in {recorded_file}")

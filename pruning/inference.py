@@ -5,10 +5,9 @@ model and its dense baseline are timed as they would ship. Folding removes one m
 every conv's output; that pass shrinks only with the channel count while a conv's MACs shrink with
 its input and output channels, so leaving it in understates what pruning buys.
 
-On a CPU the timing form is also channels-last: oneDNN's NCHW convolutions run some channel counts
-at large spatial sizes several times below their channels-last speed (`python -m bench.conv_layouts`;
-on the 2-core benchmark machine a 20-channel 3x3 conv at 28x28, 2.7x), which made timings depend on
-which counts a policy happened to hit.
+On a CPU the timing form is also channels-last. Whole models ran faster so, dense and pruned alike
+(`python -m bench.latency_forms`); single convs are faster channels-last from about 20 channels (up to
+~2x) and somewhat slower below 16 (`python -m bench.conv_layouts`).
 """
 
 from __future__ import annotations

@@ -190,6 +190,8 @@ def test_latency_forms_times_every_finished_run_eager_and_folded(bench_run, tmp_
     assert "## Mean over runs" in md and f"python -m bench.latency_forms {out}" in md
     with pytest.raises(SystemExit, match="no finished run"):
         forms_main([str(tmp_path)])
+    with pytest.raises(SystemExit, match="--threads >= 1"):
+        forms_main([str(out), "--threads", "0"])
 
 
 def test_conv_layouts_sweeps_both_layouts_and_names_bad_input(tmp_path, capsys):
@@ -204,3 +206,5 @@ def test_conv_layouts_sweeps_both_layouts_and_names_bad_input(tmp_path, capsys):
     assert "python -m bench.conv_layouts --sizes 8,4" in (tmp_path / "conv_layouts-t1.md").read_text()
     with pytest.raises(SystemExit, match="--sizes and --channels"):
         layouts_main(["--channels", "16,x"])
+    with pytest.raises(SystemExit, match="--threads must be positive"):
+        layouts_main(["--threads", "0"])
