@@ -101,21 +101,23 @@ class PruningAgent:
 
     def propose(self, env: LayerPruningEnv, deterministic: bool = True) -> tuple[SparsityPolicy, list[tuple]]:
         """Roll one episode without evaluating it (env in deferred mode or not); return the policy and transitions."""
-        was_deferred, env.deferred = env.deferred, True
-        try:
-            obs, _ = env.reset()
-            transitions, done, info = [], False, {}
-            executed = getattr(self.model, "learn_executed_action", False)
-            while not done:
-                action = self.act(obs, deterministic)
-                next_obs, _, done, _, info = env.step(action)
-                if executed:  # what the env did after its budget clamp, as in the local loop
-                    action = np.array([info["executed_action"]], dtype=np.float32)
-                transitions.append((obs, next_obs, action, done))
-                obs = next_obs
-        finally:
-            env.deferred = was_deferred
-        return info["policy"], transitions
+        policy, steps = env.rollout(lambda obs, _t: self.act(obs, deterministic))
+        return policy, self._transitions(steps)
+
+    def demonstrate(self, env: LayerPruningEnv, policy: SparsityPolicy) -> tuple[SparsityPolicy, list[tuple]]:
+        """`policy` (made for env's model) played as an episode, so the agent can learn from its score.
+
+        Seeds a search with a known policy (a resampled one from another model, say): its transitions
+        go into the replay buffer like the agent's own once `observe_episode` gets the reward.
+        """
+        played, steps = env.play_ratios(list(policy.vector(env.graph)))
+        return played, self._transitions(steps)
+
+    def _transitions(self, steps: list) -> list[tuple]:
+        """Replay-buffer transitions; with learn_executed_action, the action the env executed after its clamp."""
+        executed = getattr(self.model, "learn_executed_action", False)
+        return [(s.obs, s.next_obs, np.array([s.info["executed_action"]], dtype=np.float32) if executed else s.action,
+                 s.done) for s in steps]
 
     # ------------------------------------------------------------------------- learning
     def learn(self, env: LayerPruningEnv, episodes: int,
@@ -154,8 +156,14 @@ class PruningAgent:
             schedule.exact_episode = self.model._episode_num
             schedule.sigma = schedule.sigma * 0.5
 
-    def observe_episode(self, transitions: list[tuple], reward: float, train: bool = True) -> None:
-        """Deferred mode: store an episode's transitions with its reward (supplied later) and train."""
+    def observe_episode(self, transitions: list[tuple], reward: float, train: bool = True,
+                        demonstration: bool = False) -> None:
+        """Deferred mode: store an episode's transitions with its reward (supplied later) and train.
+
+        A demonstration (a seed policy, not played by the agent) is only stored: it does not advance the
+        episode count that drives warm-up and noise decay, and training waits for the agent's next own
+        episode, so a warm start's first episode is still the transferred actor as it was.
+        """
         buffer = getattr(self.model, "replay_buffer", None)
         if not isinstance(buffer, EpisodeRewardReplayBuffer):
             raise ValueError(f"{self.cfg.name} has no episode replay buffer; deferred rewards need ddpg, td3 or sac")
@@ -163,8 +171,8 @@ class PruningAgent:
             buffer.pending.append((obs[None], next_obs[None], action[None], np.array([done]), [{}]))
         buffer.add_episode(reward)
         self.model.num_timesteps += len(transitions)
-        self.model._episode_num += 1
-        if train and self.model.num_timesteps >= self.model.learning_starts and buffer.size() >= self.cfg.batch_size:
+        self.model._episode_num += 0 if demonstration else 1
+        if train and not demonstration and self.model.num_timesteps >= self.model.learning_starts and buffer.size() >= self.cfg.batch_size:
             steps = len(transitions) if self.cfg.gradient_steps < 0 else self.cfg.gradient_steps
             self.model.train(gradient_steps=steps, batch_size=self.cfg.batch_size)
 

@@ -23,7 +23,7 @@ from bench.grid import GridOutcome, require, run_grid
 from bench.latency import quiet_latency
 from bench.resume_guard import check_same_settings
 from bench.search_efficiency import measure
-from bench.transfer import source_agent, transfer_runs, transfer_table
+from bench.transfer import source_files, transfer_runs, transfer_table
 from agents.sb3_agents import BUILDERS
 from bench.zoo import display_zoo, zoo_rows
 from pruning.config import RunConfig, load_config
@@ -76,9 +76,7 @@ def comparison_part(cfg: RunConfig, config: str, folder: Path, overrides: list[s
 def transfer_part(cfg: RunConfig, config: str, folder: Path, overrides: list[str], show: bool) -> None:
     if cfg.bench.transfer_model is None:
         return
-    agent = source_agent(cfg, folder)
-    if not agent.is_file():
-        raise UserError(f"bench transfer: {agent} not found; run the comparison part first (it trains that agent)")
+    agent, policy = source_files(cfg, folder)
     zero, searches = transfer_runs(cfg, config, folder, overrides)
     outcome = run_grid([zero], 1, "transfer: zero-shot (and the target's baseline)", show)
     require(outcome, [zero])
@@ -86,7 +84,8 @@ def transfer_part(cfg: RunConfig, config: str, folder: Path, overrides: list[str
     require(outcome, searches)
     frame, check = transfer_table(zero, *searches)
     write_table(frame, folder, "transfer")
-    write_json({"model": cfg.bench.transfer_model, "source_agent": str(agent), **check}, folder / "transfer.json")
+    write_json({"model": cfg.bench.transfer_model, "source_agent": str(agent), "source_policy": str(policy), **check},
+               folder / "transfer.json")
     (folder / "transfer.md").write_text(markdown_table(frame) + "\n")
 
 
@@ -217,6 +216,8 @@ def bench_job(args: argparse.Namespace) -> int:
         raise UserError("--collect-only: applies to the comparison part alone; add --parts comparison")
     folder = Path(args.out) if args.out else default_folder(cfg)
     check_same_settings(folder, cfg.model_dump())
+    if "transfer" in parts and cfg.bench.transfer_model and cfg.bench.transfer_source:
+        source_files(cfg, folder)  # an earlier benchmark's search must be there before anything is written
     folder.mkdir(parents=True, exist_ok=True)
     write_json(cfg.model_dump(), folder / "config.json")
     show = not args.quiet

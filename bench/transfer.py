@@ -1,8 +1,10 @@
 """Policy reuse: the DDPG agent searched on the bench model, applied to another model.
 
-Three runs on the transfer model at the first MACs target and seed: zero-shot (`prunepilot transfer`,
-one evaluation), a warm-started search with `transfer_fraction` of the budget (`search --agent`),
-and a from-scratch search with the whole budget. No final pass: the comparison is on search reward.
+Three runs on the transfer model at the first MACs target and seed: zero-shot (`prunepilot transfer`:
+the agent's own policy for the new model and the source search's best policy resampled onto it, one
+evaluation each), a warm-started search with `transfer_fraction` of the budget (`search --agent
+--policy`: the agent goes on, seeded with that resampled policy), and a from-scratch search with the
+whole budget. No final pass: the comparison is on search reward.
 """
 
 from __future__ import annotations
@@ -18,18 +20,33 @@ from pruning.config import RunConfig
 from pruning.errors import UserError
 
 
-def source_agent(cfg: RunConfig, folder: Path) -> Path:
+def source_run(cfg: RunConfig, folder: Path) -> Path:
+    """The DDPG search whose agent and best policy are reused: `bench.transfer_source`, else this bench's own."""
     b = cfg.bench
+    if b.transfer_source is not None:
+        return Path(b.transfer_source)
     if "ddpg" not in b.methods:
         raise UserError("bench.transfer_model: policy reuse starts from the DDPG agent, so bench.methods must "
-                        "include ddpg (or set bench.transfer_model: null)")
-    return folder / "runs" / run_name("ddpg", b.macs_targets[0], b.seeds[0]) / "agent.zip"
+                        "include ddpg (or set bench.transfer_source, or bench.transfer_model: null)")
+    return folder / "runs" / run_name("ddpg", b.macs_targets[0], b.seeds[0])
+
+
+def source_files(cfg: RunConfig, folder: Path) -> tuple[Path, Path]:
+    """(agent.zip, best_policy.json) of the source search; a missing one is a UserError naming it."""
+    run = source_run(cfg, folder)
+    agent, policy = run / "agent.zip", run / "best_policy.json"
+    for path in (agent, policy):
+        if not path.is_file():
+            hint = ("bench.transfer_source must name a finished DDPG search's run folder" if cfg.bench.transfer_source
+                    else "run the comparison part first (its DDPG run is the source)")
+            raise UserError(f"bench transfer: {path} not found; {hint}")
+    return agent, policy
 
 
 def transfer_runs(cfg: RunConfig, config: str, folder: Path, overrides: list[str]) -> tuple[Run, list[Run]]:
     """(the zero-shot run, which also trains the target's baseline, then the two searches)."""
     b = cfg.bench
-    agent = str(source_agent(cfg, folder))
+    agent, policy = map(str, source_files(cfg, folder))
     target, seed = b.macs_targets[0], b.seeds[0]
     common = (*overrides, f"model.name={b.transfer_model}", *b.transfer_overrides, f"env.macs_target={target}",
               f"search.seed={seed}", "sweep.accuracy_floor=null")
@@ -37,9 +54,10 @@ def transfer_runs(cfg: RunConfig, config: str, folder: Path, overrides: list[str
     search = (*common, "threads=1", "search.searcher=ddpg", "search.backend=local", "search.final_pass=false")
     base = folder / "transfer" / f"{b.transfer_model}-{target_tag(target)}"
     warm_budget = max(1, round(b.transfer_fraction * b.evaluations))
-    zero = Run("zero-shot", "transfer", config, base / "zero-shot", common, ("--agent", agent), ("transfer.json",))
+    reuse = ("--agent", agent, "--policy", policy)
+    zero = Run("zero-shot", "transfer", config, base / "zero-shot", common, reuse, ("transfer.json",))
     warm = Run("warm-start", "search", config, base / "warm-start", (*search, f"search.evaluations={warm_budget}"),
-               ("--agent", agent))
+               reuse)
     scratch = Run("from-scratch", "search", config, base / "from-scratch", (*search,
                                                                              f"search.evaluations={b.evaluations}"))
     return zero, [warm, scratch]
@@ -60,11 +78,12 @@ def transfer_table(zero: Run, warm: Run, scratch: Run) -> tuple[pd.DataFrame, di
     shot = json.loads((zero.out / "transfer.json").read_text())
     warm_curve, scratch_curve = _curve(warm), _curve(scratch)
     warm_best, scratch_best = float(warm_curve.iloc[-1]), float(scratch_curve.iloc[-1])
+    labels = {"agent": "zero-shot: the agent's policy", "policy": "zero-shot: source best policy, resampled"}
     frame = pd.DataFrame([
         {"run": "uniform (rule)", "evaluations": 1, "best reward": None, "val accuracy": shot["uniform_accuracy"],
          "MACs ratio": shot["uniform_macs_ratio"]},
-        {"run": "zero-shot transfer", "evaluations": 1, "best reward": shot["reward"],
-         "val accuracy": shot["accuracy"], "MACs ratio": shot["macs_ratio"]},
+        *({"run": labels[c["source"].split(" ", 1)[0]], "evaluations": 1, "best reward": c["reward"],
+           "val accuracy": c["accuracy"], "MACs ratio": c["macs_ratio"]} for c in shot["candidates"]),
         {"run": "warm-started search", "evaluations": len(warm_curve), "best reward": warm_best},
         {"run": "from-scratch search", "evaluations": len(scratch_curve), "best reward": scratch_best},
     ])

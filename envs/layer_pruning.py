@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from typing import Any, Callable, Protocol
+from typing import Any, Callable, NamedTuple, Protocol
 
 import gymnasium as gym
 import numpy as np
@@ -20,6 +20,16 @@ FEATURES = ("depth", *(f"kind_{k}" for k in UNIT_KINDS), "log_in_channels", "log
 BUDGETS = ("exact", "cap")
 OBS_VERSION = 1
 """Bumped whenever FEATURES change: saved agents record it, so an agent is never fed an embedding it was not trained on."""
+
+
+class Step(NamedTuple):
+    """One step of an episode, as an agent's replay buffer stores it."""
+
+    obs: np.ndarray
+    next_obs: np.ndarray
+    action: np.ndarray
+    done: bool
+    info: dict[str, Any]
 
 
 class PolicyEvaluator(Protocol):
@@ -185,6 +195,32 @@ class LayerPruningEnv(gym.Env):
         result = self.evaluate(policy)
         info.update(result=result, accuracy=result.accuracy, macs_ratio=result.macs_ratio, repeat=repeat)
         return observation, self.reward(result), True, False, info
+
+    def rollout(self, choose: Callable[[np.ndarray, int], np.ndarray]) -> tuple[SparsityPolicy, list[Step]]:
+        """Play one episode without scoring it (deferred): `choose(observation, unit index)` gives each action.
+
+        Returns the policy and each step as (observation, next observation, action, done, info); the
+        budget clamp applies exactly as in `step`, so any source of ratios lands on the MACs target.
+        """
+        was_deferred, self.deferred = self.deferred, True
+        try:
+            obs, _ = self.reset()
+            steps: list[Step] = []
+            done, info = False, {}
+            while not done:
+                action = np.asarray(choose(obs, len(self._ratios)), dtype=np.float32).reshape(-1)
+                next_obs, _, done, _, info = self.step(action)
+                steps.append(Step(obs, next_obs, action, done, info))
+                obs = next_obs
+        finally:
+            self.deferred = was_deferred
+        return info["policy"], steps
+
+    def play_ratios(self, ratios: list[float]) -> tuple[SparsityPolicy, list[Step]]:
+        """One episode whose actions ask for `ratios` (one per unit), through the budget clamp."""
+        if len(ratios) != self.n_units:
+            raise ValueError(f"`ratios` must have one value per unit ({self.n_units}), got {len(ratios)}")
+        return self.rollout(lambda _obs, t: np.array([self.ratio_to_action(ratios[t])]))
 
     # ---------------------------------------------------------------------------- scoring
     def has_scored(self, policy: SparsityPolicy) -> bool:

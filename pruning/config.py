@@ -200,6 +200,9 @@ class BenchConfig(Section):
     """Evaluations per Ray Tune run of the 1-vs-2-worker throughput measurement (0 = skip)."""
     transfer_model: str | None = "resnet56"
     """Policy reuse: the DDPG agent of the first seed at the first target is applied to this model (None = skip)."""
+    transfer_source: str | None = None
+    """Run folder of a finished DDPG search whose agent.zip and best_policy.json are reused instead of this bench's
+    own DDPG run (policy reuse from an earlier benchmark)."""
     transfer_fraction: float = Field(0.25, gt=0, le=1)
     """Budget of the warm-started search, as a fraction of `evaluations`."""
     transfer_overrides: list[str] = Field(default_factory=list)

@@ -3,6 +3,8 @@
 A policy carries the fingerprint of the model it was made for; applying it to another model
 is an error unless it is first re-expressed as a depth profile (ratio vs relative depth)
 and resampled onto the other model's units, which is how policies move between models.
+A policy made from a unit graph also records each unit's relative depth and kind (`profile`), so
+its file alone is enough to resample it onto another model (`resampled`).
 """
 
 from __future__ import annotations
@@ -11,7 +13,7 @@ import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 
@@ -30,17 +32,20 @@ class SparsityPolicy:
     model_fingerprint: str
     mode: str = "structured"
     meta: dict[str, Any] = field(default_factory=dict)
+    profile: dict[str, tuple[float, str]] = field(default_factory=dict)
+    """Unit name -> (relative depth in [0, 1], unit kind) in the model it was made for; empty if unknown."""
 
     # ------------------------------------------------------------------ construction
     @classmethod
     def uniform(cls, graph: UnitGraph, ratio: float, **meta: Any) -> "SparsityPolicy":
-        return cls({u.name: float(ratio) for u in graph.units}, graph.fingerprint, graph.mode, dict(meta))
+        return cls.from_ratios(graph, [float(ratio)] * len(graph.units), **meta)
 
     @classmethod
     def from_ratios(cls, graph: UnitGraph, ratios: list[float] | np.ndarray, **meta: Any) -> "SparsityPolicy":
         if len(ratios) != len(graph.units):
             raise ValueError(f"`ratios` must have one value per unit ({len(graph.units)}), got {len(ratios)}")
-        return cls({u.name: float(r) for u, r in zip(graph.units, ratios)}, graph.fingerprint, graph.mode, dict(meta))
+        return cls({u.name: float(r) for u, r in zip(graph.units, ratios)}, graph.fingerprint, graph.mode, dict(meta),
+                   unit_profile(graph))
 
     @classmethod
     def from_depth_profile(cls, graph: UnitGraph, depths: list[float], ratios: list[float], **meta: Any) -> "SparsityPolicy":
@@ -63,6 +68,31 @@ class SparsityPolicy:
     def depth_profile(self, graph: UnitGraph) -> tuple[list[float], list[float]]:
         """(relative depth of each unit, its ratio): the model-independent form used for reuse."""
         return list(depth_positions(graph)), list(self.vector(graph))
+
+    def resampled(self, graph: UnitGraph, source: str = "policy", **meta: Any) -> "SparsityPolicy":
+        """This policy on another model: each of `graph`'s units takes the ratio at its relative depth.
+
+        The ratio is interpolated among the source units of the same kind (a residual group takes the
+        ratios of residual groups, a block's inner conv those of inner convs), so that units that cut a
+        whole residual stream are not given the ratio of a conv inside one block; a kind the source model
+        lacks is interpolated among all its units.
+        """
+        if self.mode != graph.mode:
+            raise UserError(f"{source}: a {self.mode} policy cannot prune in {graph.mode} mode")
+        missing = sorted(set(self.ratios) - set(self.profile))
+        if not self.profile or missing:
+            raise UserError(f"{source}: no unit profile (relative depth and kind of each unit), so it cannot be moved "
+                            f"to another model; policies written by `prunepilot search` or `prune` carry one")
+        names = sorted(self.ratios, key=lambda n: self.profile[n][0])
+        depths = np.array([self.profile[n][0] for n in names])
+        kinds = [self.profile[n][1] for n in names]
+        ratios = np.array([self.ratios[n] for n in names])
+        moved = []
+        for unit, depth in zip(graph.units, depth_positions(graph)):
+            same = np.array([k == unit.kind for k in kinds])
+            pick = same if same.any() else np.ones(len(names), dtype=bool)
+            moved.append(float(np.interp(depth, depths[pick], ratios[pick])))
+        return SparsityPolicy.from_ratios(graph, moved, **{"resampled_from": self.model_fingerprint, **meta})
 
     def key(self, graph: UnitGraph, round_to: int = 1) -> str:
         """Identity for caching: two policies with the same kept counts prune the model identically."""
@@ -87,8 +117,11 @@ class SparsityPolicy:
 
     # ------------------------------------------------------------------ JSON
     def to_dict(self) -> dict[str, Any]:
-        return {"format": FORMAT, "model_fingerprint": self.model_fingerprint, "mode": self.mode,
-                "ratios": self.ratios, "meta": self.meta}
+        payload = {"format": FORMAT, "model_fingerprint": self.model_fingerprint, "mode": self.mode,
+                   "ratios": self.ratios, "meta": self.meta}
+        if self.profile:
+            payload["profile"] = {name: {"depth": depth, "kind": kind} for name, (depth, kind) in self.profile.items()}
+        return payload
 
     @classmethod
     def from_dict(cls, payload: Any, source: str = "policy") -> "SparsityPolicy":
@@ -106,7 +139,7 @@ class SparsityPolicy:
         if mode not in ("structured", "unstructured"):
             raise UserError(f"{source}: field `mode` must be structured or unstructured, got {mode!r}")
         return cls({k: float(v) for k, v in ratios.items()}, payload["model_fingerprint"], mode,
-                   dict(payload.get("meta") or {}))
+                   dict(payload.get("meta") or {}), _parse_profile(payload.get("profile"), source))
 
     def save(self, path: str | Path) -> None:
         path = Path(path)
@@ -127,6 +160,28 @@ class SparsityPolicy:
         return cls.from_dict(payload, source=str(path))
 
 
+def _parse_profile(raw: Any, source: str) -> dict[str, tuple[float, str]]:
+    if raw is None:
+        return {}
+    problem = f"{source}: field `profile` must map unit names to {{\"depth\": number in [0, 1], \"kind\": string}}"
+    if not isinstance(raw, dict):
+        raise UserError(problem)
+    profile = {}
+    for name, entry in raw.items():
+        depth = entry.get("depth") if isinstance(entry, dict) else None
+        kind = entry.get("kind") if isinstance(entry, dict) else None
+        if isinstance(depth, bool) or not isinstance(depth, (int, float)) or not 0.0 <= depth <= 1.0 \
+                or not isinstance(kind, str):
+            raise UserError(f"{problem}; unit {name!r} has {entry!r}")
+        profile[name] = (float(depth), kind)
+    return profile
+
+
+def unit_profile(graph: UnitGraph) -> dict[str, tuple[float, str]]:
+    """Each unit's (relative depth, kind): what a policy needs to be resampled onto another model."""
+    return {u.name: (float(d), u.kind) for u, d in zip(graph.units, depth_positions(graph))}
+
+
 def depth_positions(graph: UnitGraph) -> np.ndarray:
     """Relative depth of each unit in [0, 1] (first unit 0, last unit 1)."""
     n = len(graph.units)
@@ -140,15 +195,41 @@ def uniform_for_macs(graph: UnitGraph, macs_target: float, round_to: int = 1, ma
     Kept counts are rounded, so MACs fall in steps; the result meets the target whenever any
     ratio up to `max_ratio` does, else it is the `max_ratio` policy (the closest reachable).
     """
+    _check_target(macs_target)
+    ratio = _least(lambda r: SparsityPolicy.uniform(graph, r).macs_ratio(graph, round_to) <= macs_target,
+                   0.0, max_ratio, tolerance)
+    if ratio == 0.0:
+        return SparsityPolicy.uniform(graph, 0.0, macs_target=macs_target)
+    return SparsityPolicy.uniform(graph, ratio, macs_target=macs_target, uniform_ratio=ratio)
+
+
+def fit_to_macs(policy: SparsityPolicy, graph: UnitGraph, macs_target: float, round_to: int = 1,
+                max_ratio: float = 0.95, tolerance: float = 1e-4) -> SparsityPolicy:
+    """`policy` shifted by the smallest common offset (ratios clipped to [0, max_ratio]) that meets `macs_target`.
+
+    A policy resampled from another model keeps its shape (which units are pruned harder) but not its
+    MACs; this moves it onto the target as the uniform rule would move a flat profile.
+    """
+    _check_target(macs_target)
+    base = policy.vector(graph)
+
+    def shifted(offset: float) -> SparsityPolicy:
+        return SparsityPolicy.from_ratios(graph, np.clip(base + offset, 0.0, max_ratio), **policy.meta)
+
+    offset = _least(lambda o: shifted(o).macs_ratio(graph, round_to) <= macs_target, -max_ratio, max_ratio, tolerance)
+    return shifted(offset)
+
+
+def _check_target(macs_target: float) -> None:
     if not 0.0 < macs_target <= 1.0:
         raise UserError(f"prune.macs_target: must lie in (0, 1], got {macs_target}")
-    low, high = 0.0, max_ratio
-    if SparsityPolicy.uniform(graph, 0.0).macs_ratio(graph, round_to) <= macs_target:
-        return SparsityPolicy.uniform(graph, 0.0, macs_target=macs_target)
+
+
+def _least(meets: Callable[[float], bool], low: float, high: float, tolerance: float) -> float:
+    """The least x in [low, high] where the monotone predicate holds (bisection); `high` when none does."""
+    if meets(low):
+        return low
     while high - low > tolerance:
         mid = (low + high) / 2
-        if SparsityPolicy.uniform(graph, mid).macs_ratio(graph, round_to) <= macs_target:
-            high = mid
-        else:
-            low = mid
-    return SparsityPolicy.uniform(graph, high, macs_target=macs_target, uniform_ratio=high)
+        low, high = (low, mid) if meets(mid) else (mid, high)
+    return high

@@ -10,6 +10,9 @@ A proposal that repeats a scored policy (same kept channels) is not sent out: th
 the known reward and proposes again, so repeats do not spend the evaluation budget. As in local mode,
 an agent that has played 10 episodes per evaluation of its budget has converged, and the search ends.
 
+Seed policies (`seeds`: saved policies moved onto this model) are sent first; the agent learns from
+their scores as demonstrations (`PruningAgent.observe_episode(demonstration=True)`).
+
 A trial that ends in error after Tune's own retries (Tune 2.60 does not retry a trial whose reused
 actor died between two trials) is sent again as a new trial, up to `resends` times per policy, so a
 dead worker does not cost the search an evaluation. Tune must then ask for trials until the searcher
@@ -20,27 +23,38 @@ from __future__ import annotations
 
 import logging
 import pickle
-from typing import Any
+from typing import Any, NamedTuple
 
 from ray.tune.search import Searcher
 
 from agents.agent import MAX_EPISODES_PER_EVALUATION, PruningAgent
 from envs.layer_pruning import LayerPruningEnv
+from pruning.policy import SparsityPolicy
 
 log = logging.getLogger("prunepilot")
 
 
+class Proposal(NamedTuple):
+    """A trial's episode: its transitions, the policy key, the trial config; a seed's is a demonstration."""
+
+    transitions: list[tuple]
+    key: str
+    config: dict
+    demonstration: bool = False
+
+
 class AgentSearcher(Searcher):
     def __init__(self, agent: PruningAgent, env: LayerPruningEnv, budget: int, metric: str = "reward",
-                 mode: str = "max", save_to: str | None = None, resends: int = 2):
+                 mode: str = "max", save_to: str | None = None, resends: int = 2,
+                 seeds: list[SparsityPolicy] | None = None):
         super().__init__(metric=metric, mode=mode)
         self.save_to = save_to
         if not env.deferred:
             raise ValueError("AgentSearcher needs a deferred env: rewards come from the trials")
         self.agent, self.env, self.budget = agent, env, budget
-        self.live: dict[str, tuple[list[tuple], str, dict]] = {}
-        """In-flight trials: the episode's transitions, the policy key, the trial config."""
-        self.resend: list[tuple[list[tuple], str, dict]] = []
+        self.live: dict[str, Proposal] = {}
+        """In-flight trials."""
+        self.resend: list[Proposal] = []
         """Trials that ended in error, to be sent again as new trials."""
         self.failures: dict[str, int] = {}
         """Failed attempts by policy key."""
@@ -51,14 +65,26 @@ class AgentSearcher(Searcher):
         """Reward of every scored policy, by policy key."""
         self.repeats = 0
         self.converged = False
+        self.seeds: list[Proposal] = []
+        """Seed policies not sent yet."""
+        for policy in seeds or []:
+            played, transitions = agent.demonstrate(env, policy)
+            self.seeds.append(Proposal(transitions, played.key(env.graph, env.round_to), {"ratios": dict(played.ratios)},
+                                       demonstration=True))
 
     def suggest(self, trial_id: str) -> dict | str | None:
         if self.resend:
             self.live[trial_id] = self.resend.pop(0)
-            return self.live[trial_id][2]
+            return self.live[trial_id].config
         if self.suggested >= self.budget:  # wait while a trial in flight may still fail and need sending again
             return None if self.live else self._finish()
-        in_flight, waits = {live[1] for live in self.live.values()}, 0
+        in_flight, waits = {live.key for live in self.live.values()}, 0
+        while self.seeds:
+            seed = self.seeds.pop(0)
+            if seed.key not in self.rewards and seed.key not in in_flight:
+                self.live[trial_id] = seed
+                self.suggested += 1
+                return seed.config
         while self.suggested + self.repeats < self.budget * MAX_EPISODES_PER_EVALUATION:
             policy, transitions = self.agent.propose(self.env, deterministic=False)
             key = policy.key(self.env.graph, self.env.round_to)
@@ -70,9 +96,9 @@ class AgentSearcher(Searcher):
                 if waits == MAX_EPISODES_PER_EVALUATION:
                     return None
             else:
-                self.live[trial_id] = (transitions, key, {"ratios": dict(policy.ratios)})
+                self.live[trial_id] = Proposal(transitions, key, {"ratios": dict(policy.ratios)})
                 self.suggested += 1
-                return self.live[trial_id][2]
+                return self.live[trial_id].config
         if not self.converged:
             log.info("the agent only repeats scored policies: search ends after %d evaluations", self.suggested)
         self.converged = True
@@ -92,10 +118,10 @@ class AgentSearcher(Searcher):
         self.completed.add(trial_id)
         if live is None:
             return
-        transitions, key, _ = live
+        key = live.key
         if not error and result and self.metric in result:
             self.rewards[key] = float(result[self.metric])
-            self.agent.observe_episode(transitions, self.rewards[key])
+            self.agent.observe_episode(live.transitions, self.rewards[key], demonstration=live.demonstration)
         else:  # a failed trial teaches the agent nothing; its policy is sent again while attempts remain
             self.failures[key] = self.failures.get(key, 0) + 1
             if self.failures[key] <= self.resends:
@@ -106,13 +132,15 @@ class AgentSearcher(Searcher):
     def get_state(self) -> dict[str, Any]:
         return {"agent": self.agent.state_bytes(), "live": self.live, "suggested": self.suggested,
                 "completed": self.completed, "episodes": self.agent.model._episode_num, "rewards": self.rewards,
-                "repeats": self.repeats, "converged": self.converged, "resend": self.resend, "failures": self.failures}
+                "repeats": self.repeats, "converged": self.converged, "resend": self.resend, "failures": self.failures,
+                "seeds": self.seeds}
 
     def set_state(self, state: dict[str, Any]) -> None:
         self.agent = PruningAgent.from_state_bytes(state["agent"], self.env)
         self.live, self.suggested, self.completed = state["live"], state["suggested"], state["completed"]
         self.rewards, self.repeats, self.converged = state["rewards"], state["repeats"], state["converged"]
         self.resend, self.failures = state.get("resend", []), state.get("failures", {})
+        self.seeds = state.get("seeds", [])
 
     def save(self, checkpoint_path: str) -> None:
         with open(checkpoint_path, "wb") as fh:

@@ -41,10 +41,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--storage-path", help="Ray Tune experiment folder shared by the cluster (default <run>/ray)")
     p.add_argument("--resume", metavar="RUN", help="continue the interrupted search in run folder RUN")
     p.add_argument("--agent", help="warm-start the agent from a saved agent.zip (policy reuse across models)")
+    p.add_argument("--policy", action="append", metavar="FILE",
+                   help="seed the search with a saved policy (this model's, or another model's, resampled by unit "
+                        "kind and depth onto this one and its MACs target): evaluated first, the agent learns from "
+                        "it; repeatable; ddpg, td3, sac")
 
-    p = sub.add_parser("transfer", help="zero-shot: a saved agent proposes a policy for another model")
+    p = sub.add_parser("transfer", help="zero-shot: a saved agent or policy proposes a policy for another model")
     _common(p)
-    p.add_argument("--agent", required=True, help="agent.zip written by `prunepilot search`")
+    p.add_argument("--agent", help="agent.zip written by `prunepilot search`")
+    p.add_argument("--policy", action="append", metavar="FILE",
+                   help="a saved policy (e.g. another model's best_policy.json), resampled onto this model by unit "
+                        "kind and depth and shifted onto its MACs target; repeatable")
 
     p = sub.add_parser("dashboard", help="optuna-dashboard on a search run's study (bound to 127.0.0.1)")
     p.add_argument("run", help="run folder written by `prunepilot search`")

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Callable
 
-import numpy as np
 import optuna
 from torch import nn
 
@@ -26,15 +26,7 @@ def check_searcher(name: str, field: str = "search.searcher") -> None:
 
 def clamp_ratios(env: LayerPruningEnv, ratios: list[float]) -> SparsityPolicy:
     """Walk the env with the given ratios as actions, so the budget clamp applies exactly as for agents."""
-    was_deferred, env.deferred = env.deferred, True
-    try:
-        env.reset()
-        info: dict = {}
-        for ratio in ratios:
-            _, _, _, _, info = env.step(np.array([env.ratio_to_action(ratio)], dtype=np.float32))
-    finally:
-        env.deferred = was_deferred
-    return info["policy"]
+    return env.play_ratios(ratios)[0]
 
 
 def scored(env: LayerPruningEnv, episode: int, policy: SparsityPolicy) -> Evaluation:
@@ -64,14 +56,41 @@ def tpe_search(env: LayerPruningEnv, evaluations: int, seed: int,
     return results
 
 
+def seeded_agent_search(agent: PruningAgent, env: LayerPruningEnv, budget: int, seeds: list[SparsityPolicy],
+                        on_evaluation: Callable[[Evaluation], None]) -> list[Evaluation]:
+    """The seed policies first (scored, and learned from as demonstrations), then the agent's own episodes."""
+    results: list[Evaluation] = []
+    for policy in seeds:
+        if len(results) == budget or env.has_scored(policy):
+            continue
+        played, transitions = agent.demonstrate(env, policy)
+        evaluation = scored(env, len(results), played)
+        agent.observe_episode(transitions, evaluation.reward, demonstration=True)
+        results.append(evaluation)
+        on_evaluation(evaluation)
+    offset = len(results)
+
+    def renumbered(evaluation: Evaluation) -> Evaluation:
+        return dataclasses.replace(evaluation, episode=evaluation.episode + offset)
+
+    own = [renumbered(e) for e in agent.learn(env, budget - offset, lambda e: on_evaluation(renumbered(e)))]
+    return results + own
+
+
 def run_local(cfg: RunConfig, model: nn.Module, env: LayerPruningEnv, on_evaluation: Callable[[Evaluation], None],
-              agent: PruningAgent | None = None) -> tuple[list[Evaluation], PruningAgent | None]:
-    """Run `cfg.search.searcher` for `cfg.search.evaluations` evaluations on `env` (standalone mode)."""
+              agent: PruningAgent | None = None, seeds: list[SparsityPolicy] | None = None,
+              ) -> tuple[list[Evaluation], PruningAgent | None]:
+    """Run `cfg.search.searcher` for `cfg.search.evaluations` evaluations on `env` (standalone mode).
+
+    `seeds` (agent searchers only) are evaluated first and the agent learns from them.
+    """
     name, budget, seed = cfg.search.searcher, cfg.search.evaluations, cfg.search_seed
     check_searcher(name)
     if name in BUILDERS:
         agent = agent or PruningAgent.create(cfg.agent, env, seed)
-        return agent.learn(env, budget, on_evaluation), agent
+        return seeded_agent_search(agent, env, budget, seeds or [], on_evaluation), agent
+    if seeds:
+        raise UserError(f"--policy: seeding a search needs an agent searcher, but search.searcher is {name!r}")
     if name == "random":
         return random_search(env, budget, seed, on_evaluation), None
     if name == "tpe":

@@ -26,6 +26,7 @@ from envs.layer_pruning import LayerPruningEnv
 from pruning.config import RunConfig
 from pruning.errors import UserError
 from pruning.evaluate import Evaluator
+from pruning.policy import SparsityPolicy
 from pruning.units import UnitGraph
 from search.agent_searcher import AgentSearcher
 from search.trial import TrialPayload, evaluate_policy_trial
@@ -82,8 +83,9 @@ class RecordingCallback(Callback):
 
 
 def search_algorithm(cfg: RunConfig, env: LayerPruningEnv, model: Any, graph: UnitGraph, agent_path: Path,
-                     agent: PruningAgent | None = None) -> tuple[Any, dict, int]:
-    """(Tune search algorithm, param space, number of trials) for `cfg.search.searcher`."""
+                     agent: PruningAgent | None = None, seeds: list[SparsityPolicy] | None = None,
+                     ) -> tuple[Any, dict, int]:
+    """(Tune search algorithm, param space, number of trials) for `cfg.search.searcher`; `seeds` go first (agents)."""
     name, budget, seed = cfg.search.searcher, cfg.search.evaluations, cfg.search_seed
     space = {"ratios": {u: tune.uniform(env.r_min, env.r_max) for u in graph.names}}
     if name in BUILDERS:
@@ -91,8 +93,11 @@ def search_algorithm(cfg: RunConfig, env: LayerPruningEnv, model: Any, graph: Un
             raise UserError("search.searcher: ppo learns on-policy from whole rollouts; use it with --backend local")
         agent = agent or PruningAgent.create(cfg.agent, env, seed)
         # num_samples -1: the searcher ends the search (FINISHED), after sending failed trials again
-        searcher = AgentSearcher(agent, env, budget, save_to=str(agent_path), resends=cfg.search.max_failures)
+        searcher = AgentSearcher(agent, env, budget, save_to=str(agent_path), resends=cfg.search.max_failures,
+                                 seeds=seeds)
         return searcher, {}, -1
+    if seeds:
+        raise UserError(f"--policy: seeding a search needs an agent searcher, but search.searcher is {name!r}")
     if name == "tpe":
         import optuna
 

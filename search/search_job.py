@@ -26,6 +26,7 @@ from search.local import check_searcher, run_local
 from search.recording import EvaluationSink
 from search.report import markdown_table, plot_lines, plot_unit_ratios, write_json, write_table
 from search.review import sqlite_url
+from search.reuse import check_seed_policies, load_seed_policies, move_policy
 
 log = logging.getLogger("prunepilot")
 
@@ -116,28 +117,43 @@ def load_warm_agent(args: argparse.Namespace, cfg, graph) -> PruningAgent | None
 
 
 def transfer_job(args: argparse.Namespace) -> int:
-    """Zero-shot policy reuse: a saved agent walks this model's units once; the policy is scored and saved."""
+    """Zero-shot policy reuse: a saved agent walks this model's units once, saved policies are resampled onto it;
+    each candidate is scored, the best saved as policy.json."""
+    if not args.agent and not args.policy:
+        raise UserError("transfer: give --agent agent.zip, --policy FILE, or both")
     ctx = prepare(args)
     cfg = ctx.cfg
     out = run_folder(args, f"{cfg.name}-transfer")
-    PruningAgent.load(args.agent)  # a missing or stale agent fails before any training
+    for path in args.policy or []:  # a missing or malformed input fails before any training
+        SparsityPolicy.load(path)
+    if args.agent:
+        PruningAgent.load(args.agent)
     base = baseline_of(ctx)
     graph = unit_graph(ctx, base.model)
     env = build_env(cfg, base.model, ctx.data, graph)
-    agent = PruningAgent.load(args.agent, env)
-    policy, _ = agent.propose(env, deterministic=True)
-    result = env.evaluate(policy)
+    candidates: list[tuple[str, SparsityPolicy]] = []
+    if args.agent:
+        candidates.append((f"agent {args.agent}", PruningAgent.load(args.agent, env).propose(env, deterministic=True)[0]))
+    candidates += [(f"policy {path}", move_policy(SparsityPolicy.load(path), env, source=path))
+                   for path in args.policy or []]
+    rows = []
+    for name, policy in candidates:
+        result = env.evaluate(policy)
+        policy.meta.update(source=name, accuracy=result.accuracy, macs_ratio=result.macs_ratio)
+        rows.append({"source": name, "accuracy": result.accuracy, "macs_ratio": result.macs_ratio,
+                     "reward": env.reward(result)})
+        log.info("zero-shot %s: val acc %.4f at %.1f%% MACs", name, result.accuracy, 100 * result.macs_ratio)
+    best = max(range(len(rows)), key=lambda i: rows[i]["reward"])
     uniform_result = env.evaluate(uniform(graph, env.macs_target, env.round_to, cfg.prune.max_ratio))
-    policy.meta.update(agent=str(args.agent), accuracy=result.accuracy, macs_ratio=result.macs_ratio)
     out.mkdir(parents=True, exist_ok=True)
-    policy.save(out / "policy.json")
-    summary = {"agent": str(args.agent), "model": cfg.model.name, "accuracy": result.accuracy,
-               "macs_ratio": result.macs_ratio, "reward": env.reward(result),
-               "uniform_accuracy": uniform_result.accuracy, "uniform_macs_ratio": uniform_result.macs_ratio}
+    candidates[best][1].save(out / "policy.json")
+    summary = {"agent": args.agent, "policies": args.policy or [], "model": cfg.model.name, **rows[best],
+               "candidates": rows, "uniform_accuracy": uniform_result.accuracy,
+               "uniform_macs_ratio": uniform_result.macs_ratio}
     write_json(summary, out / "transfer.json")
-    log.info("zero-shot policy for %s: val acc %.4f at %.1f%% MACs (uniform: %.4f at %.1f%%); saved %s",
-             cfg.model.name, result.accuracy, 100 * result.macs_ratio, uniform_result.accuracy,
-             100 * uniform_result.macs_ratio, out / "policy.json")
+    log.info("zero-shot policy for %s: %s, val acc %.4f at %.1f%% MACs (uniform: %.4f at %.1f%%); saved %s",
+             cfg.model.name, rows[best]["source"], rows[best]["accuracy"], 100 * rows[best]["macs_ratio"],
+             uniform_result.accuracy, 100 * uniform_result.macs_ratio, out / "policy.json")
     return 0
 
 
@@ -153,6 +169,7 @@ def search_job(args: argparse.Namespace) -> int:
     ctx = prepare(args)
     cfg = ctx.cfg
     check_searcher(cfg.search.searcher)
+    check_seed_policies(args.policy, cfg.search.searcher)  # before any training
     backend = "ray" if args.resume or args.address else (args.backend or cfg.search.backend)
     out, state = prepare_run_folder(args, cfg.name)
     base = baseline_of(ctx)
@@ -180,7 +197,8 @@ def search_job(args: argparse.Namespace) -> int:
     warm = load_warm_agent(args, cfg, graph)
     if backend == "local":
         env = build_env(cfg, base.model, ctx.data, graph, evaluator=evaluator)
-        _, agent = run_local(cfg, base.model, env, agent=warm, on_evaluation=lambda e: sink(
+        seeds = load_seed_policies(args.policy, env)
+        _, agent = run_local(cfg, base.model, env, agent=warm, seeds=seeds, on_evaluation=lambda e: sink(
             f"local-{e.episode}", {"ratios": e.policy.ratios, "accuracy": e.accuracy, "macs_ratio": e.macs_ratio,
                                    "reward": e.reward, "episode": e.episode}))
         if agent is not None:
@@ -190,7 +208,8 @@ def search_job(args: argparse.Namespace) -> int:
 
         env = build_env(cfg, base.model, ctx.data, graph, deferred=True)
         connect(args.address)
-        searcher, space, samples = search_algorithm(cfg, env, base.model, graph, out / "agent", warm)
+        searcher, space, samples = search_algorithm(cfg, env, base.model, graph, out / "agent", warm,
+                                                    load_seed_policies(args.policy, env))
         tune_start = time.perf_counter()
         run_tune(cfg, trainable(cfg, evaluator, str(ctx.device)), searcher, space, samples,
                  Path(state["storage_path"]), RecordingCallback(sink), resume=bool(args.resume))
@@ -200,11 +219,10 @@ def search_job(args: argparse.Namespace) -> int:
     sink.close()
     frame = write_table(sink.recorder.frame(), out, "evaluations")
     best_row = best_evaluation(frame)
-    ratio_columns = [c for c in frame.columns if c.startswith("ratio:")]
-    best = SparsityPolicy({c.split(":", 1)[1]: float(best_row[c]) for c in ratio_columns}, graph.fingerprint,
-                          graph.mode, {"reward": float(best_row["reward"]), "accuracy": float(best_row["accuracy"]),
-                                       "macs_ratio": float(best_row["macs_ratio"]), "searcher": cfg.search.searcher,
-                                       "macs_target": env.macs_target})
+    best = SparsityPolicy.from_ratios(graph, [float(best_row[f"ratio:{u.name}"]) for u in graph.units],
+                                      reward=float(best_row["reward"]), accuracy=float(best_row["accuracy"]),
+                                      macs_ratio=float(best_row["macs_ratio"]), searcher=cfg.search.searcher,
+                                      macs_target=env.macs_target)
     best.save(out / "best_policy.json")
     complete = frame[frame["state"] == "COMPLETE"].copy()
     complete["best_reward"] = complete["reward"].cummax()

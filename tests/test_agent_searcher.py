@@ -10,8 +10,10 @@ from agents.agent import MAX_EPISODES_PER_EVALUATION, PruningAgent
 from envs.layer_pruning import LayerPruningEnv
 from pruning.config import AgentConfig
 from pruning.models import build_model
+from pruning.policy import SparsityPolicy
 from pruning.units import discover_units
 from search.agent_searcher import AgentSearcher
+from search.reuse import move_policy
 
 SHAPE = (1, 28, 28)
 
@@ -21,10 +23,30 @@ def graph():
     return discover_units(build_model("vgg_small", 1, 10, SHAPE), SHAPE)
 
 
-def searcher(graph, budget=4, save_to=None, **agent):
+def searcher(graph, budget=4, save_to=None, seeds=None, **agent):
     env = LayerPruningEnv(graph, deferred=True, macs_target=0.5)
     settings = {"warmup_episodes": 2, "net_arch": [16, 16], "batch_size": 8, **agent}
-    return AgentSearcher(PruningAgent.create(AgentConfig(**settings), env, seed=0), env, budget, save_to=save_to)
+    return AgentSearcher(PruningAgent.create(AgentConfig(**settings), env, seed=0), env, budget, save_to=save_to,
+                         seeds=seeds)
+
+
+def test_seed_policies_go_first_and_are_learnt_as_demonstrations(graph, tmp_path):
+    seed = move_policy(SparsityPolicy.from_ratios(graph, np.linspace(0.1, 0.7, len(graph.units))),
+                       LayerPruningEnv(graph, deferred=True, macs_target=0.5))
+    s = searcher(graph, budget=3, seeds=[seed, seed])  # a repeated seed is sent once
+    first = s.suggest("t0")
+    assert first == {"ratios": seed.ratios}
+    s.on_trial_complete("t0", {"reward": 0.4})
+    assert s.agent.model._episode_num == 0  # a demonstration: no agent episode, the warm-up is not shortened
+    assert s.agent.model.replay_buffer.size() == len(graph.units) and s.rewards == {seed.key(graph, 1): 0.4}
+    s.save(str(tmp_path / "state.pkl"))
+    second = s.suggest("t1")
+    assert second != first and s.suggested == 2
+    s.on_trial_complete("t1", {"reward": 0.2})
+    assert s.agent.model._episode_num == 1
+    fresh = searcher(graph, budget=3, seeds=[seed])
+    fresh.restore(str(tmp_path / "state.pkl"))  # a resumed search does not send its seeds again
+    assert fresh.suggest("t1") != first and fresh.seeds == []
 
 
 def test_suggest_complete_and_budget(graph, caplog):

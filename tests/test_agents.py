@@ -121,6 +121,29 @@ def test_agent_from_resnet20_acts_on_resnet56_within_budget(graphs):
     assert evaluations[1].policy.ratios != policy.ratios  # and then explores around it
 
 
+def test_a_warm_start_seeded_with_a_resampled_policy(graphs):
+    """Policy reuse end to end: a ResNet-20 agent and a ResNet-20 policy go on to search ResNet-56."""
+    from search.local import seeded_agent_search
+    from search.reuse import move_policy
+
+    env20, _ = fake_env(graphs["resnet20"], macs_target=0.5, budget="exact")
+    agent = PruningAgent.create(AgentConfig(warmup_episodes=5, net_arch=[64, 64], batch_size=16), env20, seed=0)
+    source = agent.learn(env20, 8)[-1].policy
+    env56, _ = fake_env(graphs["resnet56"], macs_target=0.5, budget="exact")
+    seed = move_policy(source, env56)
+    assert seed.model_fingerprint == graphs["resnet56"].fingerprint
+    assert 0.49 < seed.macs_ratio(graphs["resnet56"]) <= 0.5 + 1e-9
+    zero_shot = agent.propose(env56)[0]
+    agent.warm_start()
+    episodes, sunk = agent.model._episode_num, []
+    evaluations = seeded_agent_search(agent, env56, 4, [seed, seed], sunk.append)
+    assert [e.episode for e in evaluations] == [e.episode for e in sunk] == [0, 1, 2, 3]
+    assert evaluations[0].policy.ratios == seed.ratios  # the seed first, once
+    assert evaluations[1].policy.ratios == zero_shot.ratios  # then the agent's own policy as it is
+    assert agent.model._episode_num == episodes + 3  # the seed was a demonstration, not an agent episode
+    assert len({e.policy.key(graphs["resnet56"]) for e in evaluations}) == 4
+
+
 def test_deferred_rewards_train_the_agent(graphs):
     env, fake = fake_env(graphs["vgg_small"])
     env.deferred = True

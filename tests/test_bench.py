@@ -65,8 +65,12 @@ def test_transfer_and_zoo_parts_and_the_summary(bench_run):
     _, out = bench_run
     transfer = json.loads((out / "transfer.json").read_text())
     assert transfer["warm_evaluations"] == 2 and transfer["scratch_evaluations"] == 6
-    # the warm start scores the transferred policy first, so it never ends below zero-shot
+    # the warm start scores the transferred policies first, so it never ends below zero-shot
     assert transfer["warm_best_reward"] >= transfer["zero_shot_reward"] - 1e-9
+    assert transfer["source_policy"].endswith("ddpg-m60-s0/best_policy.json")
+    rows = pd.read_csv(out / "transfer.csv")["run"].tolist()
+    assert rows == ["uniform (rule)", "zero-shot: the agent's policy", "zero-shot: source best policy, resampled",
+                    "warm-started search", "from-scratch search"]
     zoo = pd.read_csv(out / "zoo.csv")
     assert len(zoo) == 2 and (zoo["macs_reduction"] > 1.5).all() and (zoo["dense_b64_ms"] > 0).all()
     summary = (out / "summary.md").read_text()
@@ -155,10 +159,23 @@ def test_the_transfer_target_reads_right_for_both_signs_of_reward(tmp_path, warm
         pd.DataFrame({"state": "COMPLETE", "reward": rewards}).to_csv(runs[name].out / "evaluations.csv", index=False)
     zero = Run("zero", "transfer", "c.yaml", tmp_path / "zero")
     zero.out.mkdir()
-    (zero.out / "transfer.json").write_text(json.dumps({"reward": warm[0], "accuracy": 0.5, "macs_ratio": 0.5,
+    candidate = {"source": "agent a.zip", "reward": warm[0], "accuracy": 0.5, "macs_ratio": 0.5}
+    (zero.out / "transfer.json").write_text(json.dumps({**candidate, "candidates": [candidate],
                                                         "uniform_accuracy": 0.4, "uniform_macs_ratio": 0.5}))
     _, check = transfer_table(zero, runs["warm"], runs["scratch"])
     assert check["met"] is met
+
+
+def test_transfer_from_an_earlier_benchmark_source(bench_run, tmp_path):
+    config, out = bench_run
+    args = ["bench", str(config), "--parts", "transfer", "--quiet", "bench.methods=[uniform]"]
+    missing = tmp_path / "nowhere"
+    assert main([*args, "--out", str(tmp_path / "a"), f"bench.transfer_source={missing}"]) == 2
+    assert not (tmp_path / "a").exists()
+    assert main([*args, "--out", str(tmp_path / "b"), f"bench.transfer_source={out / 'runs' / 'ddpg-m60-s0'}"]) == 0
+    transfer = json.loads((tmp_path / "b" / "transfer.json").read_text())
+    assert transfer["source_agent"] == str(out / "runs" / "ddpg-m60-s0" / "agent.zip")
+    assert transfer["warm_evaluations"] == 2
 
 
 def test_a_search_only_table_leaves_out_the_final_pass_columns():

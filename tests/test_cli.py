@@ -109,20 +109,50 @@ def test_unknown_searcher_is_a_user_error(tmp_path, tiny_config):
 
 
 def test_policy_reuse_zero_shot_and_warm_start(tmp_path, tiny_config):
+    import pandas as pd
+
     common = ["--backend", "local", "--quiet", "search.evaluations=6", "agent.warmup_episodes=2", "agent.net_arch=[16]",
               "env.macs_target=0.6", "search.final_pass=false", "sweep.accuracy_floor=null"]
     assert main(["search", str(tiny_config), "--out", str(tmp_path / "a"), *common]) == 0
-    agent = tmp_path / "a" / "agent.zip"
+    agent, best = tmp_path / "a" / "agent.zip", tmp_path / "a" / "best_policy.json"
     other_model = ["model.name=vgg_small", "model.kwargs={widths: [8, M, 16, 16]}"]
-    assert main(["transfer", str(tiny_config), "--agent", str(agent), "--out", str(tmp_path / "t"), "--quiet",
-                 *other_model]) == 0
+    # zero-shot: the agent's policy and the other model's best policy, resampled; the better one is saved
+    assert main(["transfer", str(tiny_config), "--agent", str(agent), "--policy", str(best), "--out",
+                 str(tmp_path / "t"), "--quiet", "env.macs_target=0.6", *other_model]) == 0
     summary = json.loads((tmp_path / "t" / "transfer.json").read_text())
-    assert summary["model"] == "vgg_small" and summary["macs_ratio"] <= 0.6 + 1e-9
-    assert main(["search", str(tiny_config), "--out", str(tmp_path / "w"), "--agent", str(agent), *common,
-                 *other_model]) == 0
-    assert len(__import__("pandas").read_csv(tmp_path / "w" / "evaluations.csv")) == 6
+    assert summary["model"] == "vgg_small" and 0.5 < summary["macs_ratio"] <= 0.6 + 1e-9
+    assert [c["source"] for c in summary["candidates"]] == [f"agent {agent}", f"policy {best}"]
+    assert summary["reward"] == max(c["reward"] for c in summary["candidates"])
+    moved = json.loads((tmp_path / "t" / "policy.json").read_text())
+    assert moved["meta"]["source"] == summary["source"] and len(moved["profile"]) == len(moved["ratios"])
+    # warm start: the agent goes on, seeded with the best policy, which is scored first
+    assert main(["search", str(tiny_config), "--out", str(tmp_path / "w"), "--agent", str(agent), "--policy", str(best),
+                 *common, *other_model]) == 0
+    evaluations = pd.read_csv(tmp_path / "w" / "evaluations.csv")
+    assert len(evaluations) == 6
+    candidates = {c["source"]: c for c in summary["candidates"]}
+    assert evaluations["accuracy"].iloc[0] == pytest.approx(candidates[f"policy {best}"]["accuracy"])
+    assert evaluations["accuracy"].iloc[1] == pytest.approx(candidates[f"agent {agent}"]["accuracy"])
     assert main(["transfer", str(tiny_config), "--agent", str(tmp_path / "none.zip"), "--out", str(tmp_path / "x"),
                  "--quiet"]) == 2
+
+
+@pytest.mark.parametrize("args, message", [
+    (["transfer", "{cfg}"], "transfer: give --agent agent.zip, --policy FILE, or both"),
+    (["transfer", "{cfg}", "--policy", "{bare}"], "no unit profile"),
+    (["search", "{cfg}", "--policy", "{bare}", "search.searcher=tpe"], "--policy: seeding a search needs an agent"),
+    (["search", "{cfg}", "--policy", "nope.json"], "nope.json: policy file not found"),
+])
+def test_reuse_input_errors_exit_2_and_write_nothing(tmp_path, tiny_config, args, message):
+    bare = tmp_path / "bare.json"  # another model's policy without its unit profile
+    bare.write_text(json.dumps({"format": "prunepilot.sparsity-policy/1", "model_fingerprint": "0123456789abcdef",
+                                "ratios": {"features.0": 0.5}}))
+    out = tmp_path / "run"
+    result = run_cli(*[a.format(cfg=tiny_config, bare=bare) for a in args], "--out", str(out), "--quiet",
+                     "model.name=vgg_small", "model.kwargs={widths: [8, M, 16, 16]}", cwd=tmp_path)
+    assert result.returncode == 2, result.stderr
+    assert message in result.stderr and "Traceback" not in result.stderr
+    assert not out.exists()
 
 
 def test_same_config_and_seed_give_the_same_search(tmp_path, tiny_config):

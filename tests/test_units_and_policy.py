@@ -9,7 +9,7 @@ from pruning.apply import current_kept, prune_structured
 from pruning.cost import count_macs
 from pruning.errors import UserError
 from pruning.models import build_model
-from pruning.policy import SparsityPolicy, uniform_for_macs
+from pruning.policy import SparsityPolicy, fit_to_macs, uniform_for_macs
 from pruning.units import discover_units, kept_count
 
 SHAPE = (1, 28, 28)
@@ -66,6 +66,7 @@ def test_policy_json_round_trip(tmp_path, graphs):
     policy.save(tmp_path / "p.json")
     back = SparsityPolicy.load(tmp_path / "p.json")
     assert back.ratios == policy.ratios and back.model_fingerprint == graph.fingerprint and back.meta == {"note": "x"}
+    assert back.profile == policy.profile and back.profile["conv1"] == (0.0, "residual-group")
     back.validate(graph, 0.9)
 
 
@@ -84,6 +85,16 @@ def test_policy_validation_errors(tmp_path, graphs, edit, message):
     (tmp_path / "p.json").write_text(json.dumps(payload))
     with pytest.raises(UserError, match=message):
         SparsityPolicy.load(tmp_path / "p.json").validate(graph, 0.9, source="p.json")
+
+
+@pytest.mark.parametrize("profile", [[1, 2], {"conv1": {"depth": 1.5, "kind": "conv"}}, {"conv1": {"kind": "conv"}},
+                                     {"conv1": {"depth": 0.5, "kind": 3}}, {"conv1": 0.5}])
+def test_policy_profile_errors_name_the_field(tmp_path, graphs, profile):
+    _, graph = graphs["resnet20"]
+    payload = SparsityPolicy.uniform(graph, 0.3).to_dict() | {"profile": profile}
+    (tmp_path / "p.json").write_text(json.dumps(payload))
+    with pytest.raises(UserError, match=r"p.json: field `profile` must map unit names"):
+        SparsityPolicy.load(tmp_path / "p.json")
 
 
 def test_policy_file_errors(tmp_path):
@@ -114,3 +125,41 @@ def test_depth_profile_moves_between_models(graphs):
     vector = moved.vector(g56)
     assert moved.model_fingerprint == g56.fingerprint and len(vector) == len(g56.units)
     assert vector[0] == pytest.approx(0.0) and vector[-1] == pytest.approx(0.6) and np.all(np.diff(vector) >= 0)
+
+
+def test_resampled_policy_keeps_each_unit_kind(graphs):
+    """Residual groups take residual-group ratios, inner convs inner-conv ratios, at the same relative depth."""
+    _, g20 = graphs["resnet20"]
+    _, g56 = graphs["resnet56"]
+    source = SparsityPolicy.from_ratios(g20, [0.1 if u.kind == "residual-group" else 0.6 for u in g20.units])
+    moved = source.resampled(g56, note="x")
+    assert moved.model_fingerprint == g56.fingerprint and moved.meta["resampled_from"] == g20.fingerprint
+    assert {u.kind: moved.ratios[u.name] for u in g56.units} == {"residual-group": pytest.approx(0.1),
+                                                                  "conv": pytest.approx(0.6)}
+    # a plain depth profile blurs the two: ResNet-56's stage-2 residual group sits between ResNet-20's units
+    naive = SparsityPolicy.from_depth_profile(g56, *source.depth_profile(g20))
+    assert 0.1 < naive.ratios["layer2.0.conv2"] < 0.6
+    # rising ratios with depth stay rising within each kind
+    rising = SparsityPolicy.from_ratios(g20, np.linspace(0.0, 0.6, len(g20.units))).resampled(g56)
+    for kind in ("conv", "residual-group"):
+        assert np.all(np.diff([rising.ratios[u.name] for u in g56.units if u.kind == kind]) >= -1e-12)
+
+
+def test_a_policy_without_profile_cannot_be_resampled(graphs):
+    _, g20 = graphs["resnet20"]
+    _, g56 = graphs["resnet56"]
+    bare = SparsityPolicy.from_dict({k: v for k, v in SparsityPolicy.uniform(g20, 0.3).to_dict().items() if k != "profile"})
+    with pytest.raises(UserError, match="best.json: no unit profile"):
+        bare.resampled(g56, source="best.json")
+
+
+@pytest.mark.parametrize("target", [0.5, 0.25])
+def test_fit_to_macs_meets_target_and_keeps_the_shape(graphs, target):
+    _, graph = graphs["resnet56"]
+    shape = np.linspace(0.0, 0.3, len(graph.units))
+    fitted = fit_to_macs(SparsityPolicy.from_ratios(graph, shape, note="x"), graph, target, round_to=4, max_ratio=0.8)
+    assert target - 0.03 < fitted.macs_ratio(graph, 4) <= target and fitted.meta == {"note": "x"}
+    vector = fitted.vector(graph)
+    inside = (vector > 0) & (vector < 0.8)
+    assert inside.sum() > len(vector) // 2  # one common offset: unclipped ratios keep their differences
+    assert np.allclose(np.diff(vector[inside]), np.diff(shape[inside]))  # shape rises, so `inside` is one run
