@@ -146,8 +146,15 @@ class PruningAgent:
                      record.evaluated, record.episodes, record.repeats)
         return evaluations
 
-    def warm_start(self, warmup_episodes: int = 0) -> None:
-        """Continue from learned weights on a new model: skip (or shorten) the random warm-up."""
+    def warm_start(self, seed: int, warmup_episodes: int = 0) -> None:
+        """Continue from learned weights on a new model: skip (or shorten) the random warm-up.
+
+        The exploration is re-seeded with the new search's seed: a saved agent carries its first
+        search's seed, and without this every warm start from it would explore alike.
+        """
+        self.model.seed = seed
+        self.model.set_random_seed(seed)
+        self.model._noise_rng = np.random.default_rng(seed)
         if hasattr(self.model, "learning_starts"):
             self.model.learning_starts = self.model.num_timesteps + warmup_episodes
         schedule = getattr(self.model, "noise_schedule", None)

@@ -194,8 +194,10 @@ def write_summary(cfg: RunConfig, config: str, folder: Path, overrides: list[str
                   f"{t['scratch_best_reward']:.4f}{ratio_text}, with {t['warm_evaluations']} vs "
                   f"{t['scratch_evaluations']} evaluations; target: at least 98% of the from-scratch best "
                   f"(≥ {t['level_98pct']:.4f}) with ≤ 25% of its evaluations → **{'met' if t['met'] else 'NOT met'}**",
-                  f"- the from-scratch search first reached the warm-started best after "
-                  f"{t['scratch_evaluations_to_reach_warm_best'] or 'never (within its budget)'} evaluations", ""]
+                  (f"- the from-scratch search first reached the warm-started best after "
+                   f"{t['scratch_evaluations_to_reach_warm_best']} evaluations"
+                   if t["scratch_evaluations_to_reach_warm_best"] else
+                   "- the from-scratch search never reached the warm-started best within its budget"), ""]
     if (folder / "efficiency.md").is_file():
         lines += ["## Search efficiency on Ray Tune", "",
                   (folder / "efficiency.md").read_text().split("\n", 2)[2], ""]

@@ -63,9 +63,21 @@ def transfer_runs(cfg: RunConfig, config: str, folder: Path, overrides: list[str
     return zero, [warm, scratch]
 
 
-def _curve(run: Run) -> pd.Series:
+def _scored(run: Run) -> pd.DataFrame:
     ev = pd.read_csv(run.out / "evaluations.csv")
-    return ev[ev["state"] == "COMPLETE"]["reward"].reset_index(drop=True).cummax()
+    return ev[ev["state"] == "COMPLETE"].reset_index(drop=True)
+
+
+def _best_row(run: Run) -> dict:
+    """The search's best evaluation as a table row: its accuracy and MACs, and when it was found."""
+    scored = _scored(run)
+    best = scored.loc[scored["reward"].idxmax()]
+    return {"val accuracy": float(best["accuracy"]), "MACs ratio": float(best["macs_ratio"]),
+            "found at": int(best.name) + 1}
+
+
+def _curve(run: Run) -> pd.Series:
+    return _scored(run)["reward"].cummax()
 
 
 def first_reaching(curve: pd.Series, level: float) -> int | None:
@@ -84,8 +96,9 @@ def transfer_table(zero: Run, warm: Run, scratch: Run) -> tuple[pd.DataFrame, di
          "MACs ratio": shot["uniform_macs_ratio"]},
         *({"run": labels[c["source"].split(" ", 1)[0]], "evaluations": 1, "best reward": c["reward"],
            "val accuracy": c["accuracy"], "MACs ratio": c["macs_ratio"]} for c in shot["candidates"]),
-        {"run": "warm-started search", "evaluations": len(warm_curve), "best reward": warm_best},
-        {"run": "from-scratch search", "evaluations": len(scratch_curve), "best reward": scratch_best},
+        {"run": "warm-started search", "evaluations": len(warm_curve), "best reward": warm_best, **_best_row(warm)},
+        {"run": "from-scratch search", "evaluations": len(scratch_curve), "best reward": scratch_best,
+         **_best_row(scratch)},
     ])
     # "98% of the from-scratch best" as a margin of 2% of its size, so that it also reads right for
     # rewards below zero (amc_error is -error), where a plain ratio would flip

@@ -112,7 +112,7 @@ def load_warm_agent(args: argparse.Namespace, cfg, graph) -> PruningAgent | None
         raise UserError(f"--agent: warm starts need an agent searcher, but search.searcher is {cfg.search.searcher!r}")
     env = LayerPruningEnv(graph, deferred=True, **env_kwargs(cfg))
     agent = PruningAgent.load(args.agent, env)
-    agent.warm_start()
+    agent.warm_start(seed=cfg.search_seed)
     return agent
 
 

@@ -114,7 +114,7 @@ def test_agent_from_resnet20_acts_on_resnet56_within_budget(graphs):
     assert len(transitions) == env56.n_units == 30
     assert policy.model_fingerprint == graphs["resnet56"].fingerprint
     assert policy.macs_ratio(graphs["resnet56"]) <= 0.5 + 1e-9
-    agent.warm_start()  # then as the warm start of a new search
+    agent.warm_start(seed=1)  # then as the warm start of a new search
     evaluations = agent.learn(env56, 4)
     assert len(evaluations) == 4
     assert evaluations[0].policy.ratios == policy.ratios  # a warm start scores the transferred policy itself first
@@ -134,7 +134,7 @@ def test_a_warm_start_seeded_with_a_resampled_policy(graphs):
     assert seed.model_fingerprint == graphs["resnet56"].fingerprint
     assert 0.49 < seed.macs_ratio(graphs["resnet56"]) <= 0.5 + 1e-9
     zero_shot = agent.propose(env56)[0]
-    agent.warm_start()
+    agent.warm_start(seed=1)
     episodes, sunk = agent.model._episode_num, []
     evaluations = seeded_agent_search(agent, env56, 4, [seed, seed], sunk.append)
     assert [e.episode for e in evaluations] == [e.episode for e in sunk] == [0, 1, 2, 3]
@@ -142,6 +142,28 @@ def test_a_warm_start_seeded_with_a_resampled_policy(graphs):
     assert evaluations[1].policy.ratios == zero_shot.ratios  # then the agent's own policy as it is
     assert agent.model._episode_num == episodes + 3  # the seed was a demonstration, not an agent episode
     assert len({e.policy.key(graphs["resnet56"]) for e in evaluations}) == 4
+
+
+def test_a_warm_start_explores_with_its_own_seed(graphs, tmp_path):
+    env, _ = fake_env(graphs["vgg_small"])
+    agent = PruningAgent.create(AgentConfig(warmup_episodes=2, net_arch=[16]), env, seed=0)
+    agent.learn(env, 3)
+    path = agent.save(tmp_path / "agent", env)
+
+    def explored(seed):
+        warm = PruningAgent.load(path, env)
+        warm.warm_start(seed=seed)
+        proposals = []
+        for _ in range(3):
+            policy, transitions = warm.propose(env, deterministic=False)
+            warm.observe_episode(transitions, 0.5, train=False)  # the episode count drives the noise
+            proposals.append(policy.ratios)
+        return proposals
+
+    first = explored(1)
+    assert first == explored(1)  # same seed, same search
+    assert first[0] == explored(2)[0]  # both score the transferred policy itself first
+    assert first[1:] != explored(2)[1:]  # then explore differently
 
 
 def test_deferred_rewards_train_the_agent(graphs):

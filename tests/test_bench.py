@@ -156,14 +156,17 @@ def test_the_transfer_target_reads_right_for_both_signs_of_reward(tmp_path, warm
     for name, rewards in (("warm", warm), ("scratch", scratch)):
         runs[name] = Run(name, "search", "c.yaml", tmp_path / name)
         runs[name].out.mkdir()
-        pd.DataFrame({"state": "COMPLETE", "reward": rewards}).to_csv(runs[name].out / "evaluations.csv", index=False)
+        pd.DataFrame({"state": "COMPLETE", "reward": rewards, "accuracy": [1 + r for r in rewards],
+                      "macs_ratio": 0.5}).to_csv(runs[name].out / "evaluations.csv", index=False)
     zero = Run("zero", "transfer", "c.yaml", tmp_path / "zero")
     zero.out.mkdir()
     candidate = {"source": "agent a.zip", "reward": warm[0], "accuracy": 0.5, "macs_ratio": 0.5}
     (zero.out / "transfer.json").write_text(json.dumps({**candidate, "candidates": [candidate],
                                                         "uniform_accuracy": 0.4, "uniform_macs_ratio": 0.5}))
-    _, check = transfer_table(zero, runs["warm"], runs["scratch"])
+    frame, check = transfer_table(zero, runs["warm"], runs["scratch"])
     assert check["met"] is met
+    warm_row = frame.set_index("run").loc["warm-started search"]
+    assert warm_row["found at"] == 1 + warm.index(max(warm)) and warm_row["val accuracy"] == 1 + max(warm)
 
 
 def test_transfer_from_an_earlier_benchmark_source(bench_run, tmp_path):
