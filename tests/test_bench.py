@@ -181,6 +181,20 @@ def test_transfer_from_an_earlier_benchmark_source(bench_run, tmp_path):
     assert transfer["warm_evaluations"] == 2
 
 
+def test_resampling_moves_every_run_policy_to_another_model(bench_run):
+    from bench.resampling import main as resampling
+
+    config, out = bench_run
+    other = ["model.name=vgg_small", "model.kwargs={widths: [8, M, 16, 16]}"]
+    assert resampling([str(out), str(config), "--target", "0.6", *other, "--random", "2"]) == 0
+    frame = pd.read_csv(out / "resampling-vgg_small-m60.csv")
+    moved = frame[frame["how"].isin(["by kind", "by depth"])]
+    assert len(moved) == 2 * 2 * 2  # uniform and ddpg runs, 2 seeds, both ways
+    assert (frame["how"] == "agent zero-shot").sum() == 2 and (frame["how"] == "random").sum() == 2
+    assert (frame["macs_ratio"] <= 0.6 + 1e-9).all() and (moved["macs_ratio"] > 0.5).all()
+    assert resampling([str(out), str(config), "--target", "0.3", *other]) == 2  # no runs at that target
+
+
 def test_a_search_only_table_leaves_out_the_final_pass_columns():
     from bench.comparison import aggregate, display_table
 
