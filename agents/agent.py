@@ -163,6 +163,35 @@ class PruningAgent:
             schedule.exact_episode = self.model._episode_num
             schedule.sigma = schedule.sigma * 0.5
 
+    def imitate(self, demonstrations: list[list[tuple]], steps: int) -> float:
+        """Behaviour cloning: `steps` Adam steps (lr 1e-3, an optimiser of its own) of the actor toward the
+        demonstrations' actions; returns the final mean squared error.
+
+        Moves a transferred actor onto seed policies, so that its own policy comes close to them and its
+        exploration noise centres near them. The target actor is synced; the critic is left alone.
+        """
+        if steps == 0:
+            return float("nan")
+        if not hasattr(self.model, "actor_target"):
+            raise UserError(f"search.imitate_seeds: behaviour cloning needs a deterministic actor (ddpg, td3), "
+                            f"not {self.cfg.name}")
+        import torch
+
+        rows = [t for episode in demonstrations for t in episode]
+        obs = torch.as_tensor(np.stack([t[0] for t in rows]), dtype=torch.float32)
+        actions = torch.as_tensor(np.stack([np.asarray(t[2]).reshape(-1) for t in rows]), dtype=torch.float32)
+        actor = self.model.actor
+        optimizer = torch.optim.Adam(actor.parameters(), lr=1e-3)
+        actor.set_training_mode(True)
+        for _ in range(steps):
+            loss = torch.nn.functional.mse_loss(actor(obs), actions)
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+        actor.set_training_mode(False)
+        self.model.actor_target.load_state_dict(actor.state_dict())
+        return float(loss.detach())
+
     def observe_episode(self, transitions: list[tuple], reward: float, train: bool = True,
                         demonstration: bool = False) -> None:
         """Deferred mode: store an episode's transitions with its reward (supplied later) and train.

@@ -171,6 +171,9 @@ class SearchConfig(Section):
     """Policies in flight at once (ray backend)."""
     final_pass: bool = True
     """Run the progressive prune-finetune pass on the best policy."""
+    imitate_seeds: int = Field(0, ge=0)
+    """Behaviour-cloning steps that move a ddpg/td3 actor onto the seed policies (`--policy`) before it explores,
+    so its noise explores around them instead of around its own policy (0 = off)."""
     cpus_per_trial: float = Field(1.0, gt=0)
     """Ray resources of one trial; torch uses max(1, int(cpus_per_trial)) threads inside it."""
     gpus_per_trial: float = Field(0.0, ge=0)

@@ -46,7 +46,7 @@ class Proposal(NamedTuple):
 class AgentSearcher(Searcher):
     def __init__(self, agent: PruningAgent, env: LayerPruningEnv, budget: int, metric: str = "reward",
                  mode: str = "max", save_to: str | None = None, resends: int = 2,
-                 seeds: list[SparsityPolicy] | None = None):
+                 seeds: list[SparsityPolicy] | None = None, imitate: int = 0):
         super().__init__(metric=metric, mode=mode)
         self.save_to = save_to
         if not env.deferred:
@@ -71,6 +71,7 @@ class AgentSearcher(Searcher):
             played, transitions = agent.demonstrate(env, policy)
             self.seeds.append(Proposal(transitions, played.key(env.graph, env.round_to), {"ratios": dict(played.ratios)},
                                        demonstration=True))
+        agent.imitate([seed.transitions for seed in self.seeds], imitate if self.seeds else 0)
 
     def suggest(self, trial_id: str) -> dict | str | None:
         if self.resend:

@@ -57,9 +57,13 @@ def tpe_search(env: LayerPruningEnv, evaluations: int, seed: int,
 
 
 def seeded_agent_search(agent: PruningAgent, env: LayerPruningEnv, budget: int, seeds: list[SparsityPolicy],
-                        on_evaluation: Callable[[Evaluation], None]) -> list[Evaluation]:
-    """The seed policies first (scored, and learned from as demonstrations), then the agent's own episodes."""
+                        on_evaluation: Callable[[Evaluation], None], imitate: int = 0) -> list[Evaluation]:
+    """The seed policies first (scored, and learned from as demonstrations), then the agent's own episodes.
+
+    With `imitate` > 0 the actor is first cloned onto the seeds (`PruningAgent.imitate`).
+    """
     results: list[Evaluation] = []
+    agent.imitate([agent.demonstrate(env, policy)[1] for policy in seeds], imitate if seeds else 0)
     for policy in seeds:
         if len(results) == budget or env.has_scored(policy):
             continue
@@ -88,7 +92,7 @@ def run_local(cfg: RunConfig, model: nn.Module, env: LayerPruningEnv, on_evaluat
     check_searcher(name)
     if name in BUILDERS:
         agent = agent or PruningAgent.create(cfg.agent, env, seed)
-        return seeded_agent_search(agent, env, budget, seeds or [], on_evaluation), agent
+        return seeded_agent_search(agent, env, budget, seeds or [], on_evaluation, cfg.search.imitate_seeds), agent
     if seeds:
         raise UserError(f"--policy: seeding a search needs an agent searcher, but search.searcher is {name!r}")
     if name == "random":

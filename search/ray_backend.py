@@ -94,7 +94,7 @@ def search_algorithm(cfg: RunConfig, env: LayerPruningEnv, model: Any, graph: Un
         agent = agent or PruningAgent.create(cfg.agent, env, seed)
         # num_samples -1: the searcher ends the search (FINISHED), after sending failed trials again
         searcher = AgentSearcher(agent, env, budget, save_to=str(agent_path), resends=cfg.search.max_failures,
-                                 seeds=seeds)
+                                 seeds=seeds, imitate=cfg.search.imitate_seeds)
         return searcher, {}, -1
     if seeds:
         raise UserError(f"--policy: seeding a search needs an agent searcher, but search.searcher is {name!r}")

@@ -10,6 +10,7 @@ from envs.layer_pruning import LayerPruningEnv
 from envs.synthetic import SyntheticEvaluator
 from pruning.config import AgentConfig
 from pruning.errors import UserError
+from pruning.policy import SparsityPolicy
 from pruning.models import build_model
 from pruning.units import discover_units
 
@@ -142,6 +143,27 @@ def test_a_warm_start_seeded_with_a_resampled_policy(graphs):
     assert evaluations[1].policy.ratios == zero_shot.ratios  # then the agent's own policy as it is
     assert agent.model._episode_num == episodes + 3  # the seed was a demonstration, not an agent episode
     assert len({e.policy.key(graphs["resnet56"]) for e in evaluations}) == 4
+
+
+def test_imitation_moves_the_actor_onto_a_seed_policy(graphs):
+    from search.reuse import move_policy
+
+    graph = graphs["resnet56"]
+    env, _ = fake_env(graph, macs_target=0.5, budget="exact")
+    agent = PruningAgent.create(AgentConfig(net_arch=[64, 64]), env, seed=0)
+    seed = move_policy(SparsityPolicy.from_ratios(graph, np.linspace(0.6, 0.1, len(graph.units))), env)
+    demo = agent.demonstrate(env, seed)[1]
+
+    def distance() -> float:
+        return float(np.abs(agent.propose(env)[0].vector(graph) - seed.vector(graph)).mean())
+
+    before = distance()
+    assert agent.imitate([demo], 0) != agent.imitate([demo], 0)  # nan: nothing done
+    error = agent.imitate([demo], 500)
+    assert error < 0.01 and distance() < before / 3
+    sac = PruningAgent.create(AgentConfig(name="sac", net_arch=[16]), env, seed=0)
+    with pytest.raises(UserError, match="search.imitate_seeds: behaviour cloning needs a deterministic actor"):
+        sac.imitate([demo], 10)
 
 
 def test_a_warm_start_explores_with_its_own_seed(graphs, tmp_path):
