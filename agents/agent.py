@@ -170,7 +170,7 @@ class PruningAgent:
         Moves a transferred actor onto seed policies, so that its own policy comes close to them and its
         exploration noise centres near them. The target actor is synced; the critic is left alone.
         """
-        if steps == 0:
+        if steps == 0 or not demonstrations:
             return float("nan")
         if not hasattr(self.model, "actor_target"):
             raise UserError(f"search.imitate_seeds: behaviour cloning needs a deterministic actor (ddpg, td3), "
@@ -207,7 +207,8 @@ class PruningAgent:
             buffer.pending.append((obs[None], next_obs[None], action[None], np.array([done]), [{}]))
         buffer.add_episode(reward)
         self.model.num_timesteps += len(transitions)
-        self.model._episode_num += 0 if demonstration else 1
+        if not demonstration:
+            self.model._episode_num += 1
         if train and not demonstration and self.model.num_timesteps >= self.model.learning_starts and buffer.size() >= self.cfg.batch_size:
             steps = len(transitions) if self.cfg.gradient_steps < 0 else self.cfg.gradient_steps
             self.model.train(gradient_steps=steps, batch_size=self.cfg.batch_size)

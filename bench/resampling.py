@@ -3,7 +3,7 @@
 For every run of a benchmark at one MACs target (`runs/<method>-m<NN>-s<seed>/best_policy.json`), the
 best policy is moved onto the config's model twice, each shifted onto the same MACs target and played
 through the env's budget clamp: resampled kind by kind (`SparsityPolicy.resampled`, what `prunepilot
-transfer --policy` does) and by relative depth alone (`from_depth_profile`). Each DDPG run's agent also
+transfer --policy` does) and by relative depth alone (`resampled(by_kind=False)`). Each DDPG run's agent also
 proposes its zero-shot policy. Uniform and `--random` random draws (through the same clamp) give the
 scale. Writes `resampling-<model>-m<NN>.{csv,md}` into the benchmark folder.
 
@@ -26,7 +26,7 @@ from bench.common import load_run
 from bench.comparison import target_tag
 from envs.factory import build_env
 from pruning.errors import UserError
-from pruning.policy import SparsityPolicy, fit_to_macs
+from pruning.policy import SparsityPolicy
 from pruning.units import discover_units
 from search.report import markdown_table
 from search.reuse import move_policy
@@ -54,9 +54,7 @@ def compare(folder: Path, config: str, target: float, overrides: list[str],
         method = run.split("-m")[0]
         source = SparsityPolicy.load(path)
         score(method, run, "by kind", move_policy(source, env, source=str(path)))
-        naive = SparsityPolicy.from_depth_profile(graph, *source_profile(source, str(path)))
-        score(method, run, "by depth", env.play_ratios(list(fit_to_macs(naive, graph, target, env.round_to,
-                                                                        env.r_max).vector(graph)))[0])
+        score(method, run, "by depth", move_policy(source.resampled(graph, str(path), by_kind=False), env))
         if (path.parent / "agent.zip").is_file():
             score(method, run, "agent zero-shot",
                   PruningAgent.load(path.parent / "agent.zip", env).propose(env, deterministic=True)[0])
@@ -65,14 +63,6 @@ def compare(folder: Path, config: str, target: float, overrides: list[str],
         score("random draw", str(draw), "random", env.play_ratios(list(rng.uniform(env.r_min, env.r_max,
                                                                                   env.n_units)))[0])
     return pd.DataFrame(rows), cfg.model.name
-
-
-def source_profile(policy: SparsityPolicy, source: str) -> tuple[list[float], list[float]]:
-    """(relative depths, ratios) of the source units, in depth order, from the policy's own profile."""
-    if not policy.profile:
-        raise UserError(f"{source}: no unit profile; policies written by `prunepilot search` carry one")
-    names = sorted(policy.ratios, key=lambda n: policy.profile[n][0])
-    return [policy.profile[n][0] for n in names], [policy.ratios[n] for n in names]
 
 
 def summary(frame: pd.DataFrame) -> pd.DataFrame:

@@ -69,27 +69,31 @@ class SparsityPolicy:
         """(relative depth of each unit, its ratio): the model-independent form used for reuse."""
         return list(depth_positions(graph)), list(self.vector(graph))
 
-    def resampled(self, graph: UnitGraph, source: str = "policy", **meta: Any) -> "SparsityPolicy":
+    def resampled(self, graph: UnitGraph, source: str = "policy", by_kind: bool = True,
+                  **meta: Any) -> "SparsityPolicy":
         """This policy on another model: each of `graph`'s units takes the ratio at its relative depth.
 
         The ratio is interpolated among the source units of the same kind (a residual group takes the
         ratios of residual groups, a block's inner conv those of inner convs), so that units that cut a
         whole residual stream are not given the ratio of a conv inside one block; a kind the source model
-        lacks is interpolated among all its units.
+        lacks is interpolated among all its units. `by_kind=False` interpolates among all units always
+        (a plain depth profile, kept for comparison: `python -m bench.resampling`).
         """
         if self.mode != graph.mode:
             raise UserError(f"{source}: a {self.mode} policy cannot prune in {graph.mode} mode")
-        missing = sorted(set(self.ratios) - set(self.profile))
-        if not self.profile or missing:
+        if not self.profile:
             raise UserError(f"{source}: no unit profile (relative depth and kind of each unit), so it cannot be moved "
                             f"to another model; policies written by `prunepilot search` or `prune` carry one")
+        missing = sorted(set(self.ratios) - set(self.profile))
+        if missing:
+            raise UserError(f"{source}: field `profile` lacks unit(s) {missing[:5]} that `ratios` names")
         names = sorted(self.ratios, key=lambda n: self.profile[n][0])
         depths = np.array([self.profile[n][0] for n in names])
         kinds = [self.profile[n][1] for n in names]
         ratios = np.array([self.ratios[n] for n in names])
         moved = []
         for unit, depth in zip(graph.units, depth_positions(graph)):
-            same = np.array([k == unit.kind for k in kinds])
+            same = np.array([by_kind and k == unit.kind for k in kinds])
             pick = same if same.any() else np.ones(len(names), dtype=bool)
             moved.append(float(np.interp(depth, depths[pick], ratios[pick])))
         return SparsityPolicy.from_ratios(graph, moved, **{"resampled_from": self.model_fingerprint, **meta})

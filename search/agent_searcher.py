@@ -71,7 +71,7 @@ class AgentSearcher(Searcher):
             played, transitions = agent.demonstrate(env, policy)
             self.seeds.append(Proposal(transitions, played.key(env.graph, env.round_to), {"ratios": dict(played.ratios)},
                                        demonstration=True))
-        agent.imitate([seed.transitions for seed in self.seeds], imitate if self.seeds else 0)
+        agent.imitate([seed.transitions for seed in self.seeds], imitate)
 
     def suggest(self, trial_id: str) -> dict | str | None:
         if self.resend:

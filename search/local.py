@@ -15,6 +15,7 @@ from envs.layer_pruning import LayerPruningEnv
 from pruning.config import RunConfig
 from pruning.errors import UserError
 from pruning.policy import SparsityPolicy
+from search.reuse import check_seeding
 
 SEARCHERS = (*sorted(BUILDERS), "random", "tpe", *sorted(RULES))
 
@@ -22,11 +23,6 @@ SEARCHERS = (*sorted(BUILDERS), "random", "tpe", *sorted(RULES))
 def check_searcher(name: str, field: str = "search.searcher") -> None:
     if name not in SEARCHERS:
         raise UserError(f"{field}: unknown searcher {name!r}; expected one of {list(SEARCHERS)}")
-
-
-def clamp_ratios(env: LayerPruningEnv, ratios: list[float]) -> SparsityPolicy:
-    """Walk the env with the given ratios as actions, so the budget clamp applies exactly as for agents."""
-    return env.play_ratios(ratios)[0]
 
 
 def scored(env: LayerPruningEnv, episode: int, policy: SparsityPolicy) -> Evaluation:
@@ -46,7 +42,7 @@ def tpe_search(env: LayerPruningEnv, evaluations: int, seed: int,
         if len(results) == evaluations:
             break
         trial = study.ask()
-        policy = clamp_ratios(env, [trial.suggest_float(u.name, env.r_min, env.r_max) for u in env.units])
+        policy = env.play_ratios([trial.suggest_float(u.name, env.r_min, env.r_max) for u in env.units])[0]
         repeat = env.has_scored(policy)
         evaluation = scored(env, len(results), policy)
         study.tell(trial, evaluation.reward)
@@ -63,11 +59,11 @@ def seeded_agent_search(agent: PruningAgent, env: LayerPruningEnv, budget: int, 
     With `imitate` > 0 the actor is first cloned onto the seeds (`PruningAgent.imitate`).
     """
     results: list[Evaluation] = []
-    agent.imitate([agent.demonstrate(env, policy)[1] for policy in seeds], imitate if seeds else 0)
-    for policy in seeds:
-        if len(results) == budget or env.has_scored(policy):
+    demonstrations = [agent.demonstrate(env, policy) for policy in seeds]
+    agent.imitate([transitions for _, transitions in demonstrations], imitate)
+    for played, transitions in demonstrations:
+        if len(results) == budget or env.has_scored(played):
             continue
-        played, transitions = agent.demonstrate(env, policy)
         evaluation = scored(env, len(results), played)
         agent.observe_episode(transitions, evaluation.reward, demonstration=True)
         results.append(evaluation)
@@ -90,11 +86,11 @@ def run_local(cfg: RunConfig, model: nn.Module, env: LayerPruningEnv, on_evaluat
     """
     name, budget, seed = cfg.search.searcher, cfg.search.evaluations, cfg.search_seed
     check_searcher(name)
+    check_seeding(name, seeds)
     if name in BUILDERS:
         agent = agent or PruningAgent.create(cfg.agent, env, seed)
         return seeded_agent_search(agent, env, budget, seeds or [], on_evaluation, cfg.search.imitate_seeds), agent
-    if seeds:
-        raise UserError(f"--policy: seeding a search needs an agent searcher, but search.searcher is {name!r}")
+    check_seeding(name, seeds)
     if name == "random":
         return random_search(env, budget, seed, on_evaluation), None
     if name == "tpe":

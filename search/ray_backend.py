@@ -29,6 +29,7 @@ from pruning.evaluate import Evaluator
 from pruning.policy import SparsityPolicy
 from pruning.units import UnitGraph
 from search.agent_searcher import AgentSearcher
+from search.reuse import check_seeding
 from search.trial import TrialPayload, evaluate_policy_trial
 
 log = logging.getLogger("prunepilot")
@@ -91,13 +92,13 @@ def search_algorithm(cfg: RunConfig, env: LayerPruningEnv, model: Any, graph: Un
     if name in BUILDERS:
         if name == "ppo":
             raise UserError("search.searcher: ppo learns on-policy from whole rollouts; use it with --backend local")
+        check_seeding(name, seeds)
         agent = agent or PruningAgent.create(cfg.agent, env, seed)
         # num_samples -1: the searcher ends the search (FINISHED), after sending failed trials again
         searcher = AgentSearcher(agent, env, budget, save_to=str(agent_path), resends=cfg.search.max_failures,
                                  seeds=seeds, imitate=cfg.search.imitate_seeds)
         return searcher, {}, -1
-    if seeds:
-        raise UserError(f"--policy: seeding a search needs an agent searcher, but search.searcher is {name!r}")
+    check_seeding(name, seeds)
     if name == "tpe":
         import optuna
 

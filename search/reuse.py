@@ -29,14 +29,17 @@ def move_policy(policy: SparsityPolicy, env: LayerPruningEnv, source: str = "pol
     return moved
 
 
-def check_seed_policies(paths: list[str] | None, searcher: str) -> None:
-    """Fail early (before any training) on `--policy` files a search cannot use."""
-    if not paths:
-        return
-    if searcher not in SEEDING_SEARCHERS:
+def check_seeding(searcher: str, seeds: list | None) -> None:
+    """Seeds need a searcher that learns from their scores; any other would silently drop them."""
+    if seeds and searcher not in SEEDING_SEARCHERS:
         raise UserError(f"--policy: seeding a search needs an agent that learns from a policy's score "
                         f"({', '.join(SEEDING_SEARCHERS)}), but search.searcher is {searcher!r}")
-    for path in paths:
+
+
+def check_seed_policies(paths: list[str] | None, searcher: str) -> None:
+    """Fail early (before any training) on `--policy` files a search cannot use."""
+    check_seeding(searcher, paths)
+    for path in paths or []:
         SparsityPolicy.load(path)
 
 

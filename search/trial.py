@@ -18,7 +18,6 @@ import torch
 from envs.layer_pruning import LayerPruningEnv
 from pruning.evaluate import Evaluator
 from pruning.runtime import resolve_device
-from search.local import clamp_ratios
 
 _WORKER_CACHE: dict[str, tuple[Evaluator, LayerPruningEnv]] = {}
 
@@ -51,7 +50,7 @@ def evaluate_policy_trial(config: dict, payload: TrialPayload) -> None:
     start = time.perf_counter()
     evaluator, env = _worker_state(payload)
     ready = time.perf_counter()
-    policy = clamp_ratios(env, [config["ratios"][name] for name in env.graph.names])
+    policy = env.play_ratios([config["ratios"][name] for name in env.graph.names])[0]
     result = env.evaluate(policy)
     tune.report({
         "reward": env.reward(result), "accuracy": result.accuracy, "macs_ratio": result.macs_ratio,

@@ -139,6 +139,7 @@ def test_resampled_policy_keeps_each_unit_kind(graphs):
     # a plain depth profile blurs the two: ResNet-56's stage-2 residual group sits between ResNet-20's units
     naive = SparsityPolicy.from_depth_profile(g56, *source.depth_profile(g20))
     assert 0.1 < naive.ratios["layer2.0.conv2"] < 0.6
+    assert source.resampled(g56, by_kind=False).ratios == pytest.approx(naive.ratios)  # the file alone suffices
     # rising ratios with depth stay rising within each kind
     rising = SparsityPolicy.from_ratios(g20, np.linspace(0.0, 0.6, len(g20.units))).resampled(g56)
     for kind in ("conv", "residual-group"):
@@ -151,6 +152,10 @@ def test_a_policy_without_profile_cannot_be_resampled(graphs):
     bare = SparsityPolicy.from_dict({k: v for k, v in SparsityPolicy.uniform(g20, 0.3).to_dict().items() if k != "profile"})
     with pytest.raises(UserError, match="best.json: no unit profile"):
         bare.resampled(g56, source="best.json")
+    partial = SparsityPolicy.uniform(g20, 0.3)
+    del partial.profile["conv1"]
+    with pytest.raises(UserError, match=r"best.json: field `profile` lacks unit\(s\) \['conv1'\]"):
+        partial.resampled(g56, source="best.json")
 
 
 @pytest.mark.parametrize("target", [0.5, 0.25])
