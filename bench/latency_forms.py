@@ -1,9 +1,11 @@
-"""Eager vs BN-folded vs as-deployed: the speed-up of every finished run's pruned model, side by side.
+"""Eager vs BN-folded vs as-deployed vs ONNX Runtime: the speed-up of every finished run's pruned model.
 
 `prunepilot bench` times models as deployed (`pruning.inference.timing_form`: BN folded, channels-last
 on a CPU). This tool measures what each step changes, on a quiet machine: for each run with a final
-model it times the dense baseline and the pruned model in all three forms, interleaved in rounds so
+model it times the dense baseline and the pruned model in every form, interleaved in rounds so
 that load drift falls on each alike, and writes `latency_forms-t<threads>.{csv,md}` into the results folder.
+The `onnxruntime` form is the exported ONNX file (`pruning.export.export_onnx`) run by onnxruntime with
+all graph optimisations and as many threads as torch: the runtime a user who ships the ONNX export gets.
 """
 
 from __future__ import annotations
@@ -11,18 +13,44 @@ from __future__ import annotations
 import argparse
 import statistics
 import sys
+import tempfile
 from pathlib import Path
 
 import pandas as pd
+import numpy as np
 import torch
+from torch import nn
 
 from bench.latency import run_models
 from pruning.cost import count_macs, time_forward
+from pruning.export import export_onnx
 from pruning.inference import inference_form, timing_form
 from pruning.runtime import set_threads
 from search.report import markdown_table
 
-FORMS = {"eager": lambda model: model, "folded": inference_form, "deployed": timing_form}
+
+
+class OnnxRuntimeForm(nn.Module):
+    """A model exported to ONNX and run by onnxruntime, callable like the torch forms (`time_forward` times it)."""
+
+    def __init__(self, model: nn.Module, input_shape: tuple[int, ...]):
+        super().__init__()
+        import onnxruntime as ort
+
+        with tempfile.TemporaryDirectory() as folder:
+            path = Path(folder) / "model.onnx"
+            export_onnx(model, path, input_shape)
+            options = ort.SessionOptions()
+            options.intra_op_num_threads, options.inter_op_num_threads = torch.get_num_threads(), 1
+            options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+            self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.from_numpy(self.session.run(["logits"], {"input": np.ascontiguousarray(x.cpu().numpy())})[0])
+
+
+FORMS = {"eager": lambda model, shape: model, "folded": lambda model, shape: inference_form(model),
+         "deployed": lambda model, shape: timing_form(model), "onnxruntime": OnnxRuntimeForm}
 
 
 def compare_forms(folder: Path, repeats: int, rounds: int) -> pd.DataFrame:
@@ -38,7 +66,7 @@ def compare_forms(folder: Path, repeats: int, rounds: int) -> pd.DataFrame:
         if models is None:
             continue
         dense, pruned, shape = models
-        forms = {form: (make(dense), make(pruned)) for form, make in FORMS.items()}
+        forms = {form: (make(dense, shape), make(pruned, shape)) for form, make in FORMS.items()}
         reduction = count_macs(dense, shape) / count_macs(pruned, shape)
         for batch in (1, 64):
             times: dict[tuple[str, str], list[float]] = {}
@@ -85,7 +113,8 @@ def main(argv: list[str] | None = None) -> None:
     frame.to_csv(args.folder / f"{stem}.csv", index=False)
     command = f"python -m bench.latency_forms {args.folder} --repeats {args.repeats} --rounds {args.rounds}" + (
         f" --threads {args.threads}" if args.threads else "")
-    md = (f"# Latency: eager modules vs BatchNorm folded vs as deployed (folded, channels-last on a CPU), "
+    md = (f"# Latency: eager modules vs BatchNorm folded vs as deployed (folded, channels-last on a CPU) vs the "
+          f"ONNX export in onnxruntime, "
           f"`{args.folder}`\n\n"
           f"Each run's dense baseline and final pruned model, timed in each form, interleaved over {args.rounds} rounds "
           f"({args.repeats} passes each), {threads} torch thread(s), {len(frame) // 2} run(s). Speed-up = dense ms / "

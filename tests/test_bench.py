@@ -207,7 +207,7 @@ def test_a_search_only_table_leaves_out_the_final_pass_columns():
     assert table.loc[0, "val acc % (adaptive BN)"] == "70.50 ± 0.71"
 
 
-def test_latency_forms_times_every_finished_run_eager_and_folded(bench_run, tmp_path, capsys):
+def test_latency_forms_times_every_finished_run_in_each_form(bench_run, tmp_path, capsys):
     from bench.latency_forms import main as forms_main
 
     _, out = bench_run
@@ -216,7 +216,7 @@ def test_latency_forms_times_every_finished_run_eager_and_folded(bench_run, tmp_
     finished = sorted(p.parent.name for p in (out / "runs").glob("*/model.pt"))
     assert sorted(set(frame["run"])) == finished and len(frame) == 2 * len(finished)  # batch 1 and 64 each
     assert set(frame["macs_target"]) == {0.6, 0.4}
-    for form in ("eager", "folded", "deployed"):
+    for form in ("eager", "folded", "deployed", "onnxruntime"):
         assert (frame[f"{form}_dense_ms"] > 0).all() and (frame[f"{form}_pruned_ms"] > 0).all()
         ratio = frame[f"{form}_speedup"] / frame["macs_reduction"]
         assert ratio.to_numpy() == pytest.approx(frame[f"{form}_speedup_over_macs_reduction"].to_numpy())
