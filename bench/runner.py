@@ -98,6 +98,8 @@ def efficiency_part(cfg: RunConfig, config: str, folder: Path, overrides: list[s
 
 
 def zoo_part(cfg: RunConfig, folder: Path) -> None:
+    if not cfg.bench.zoo:
+        return
     set_threads(cfg.threads)
     data = load_data(cfg.data.name, cfg.data.path, cfg.data.val_fraction, cfg.data.val_size, **cfg.data.options)
     frame = write_table(zoo_rows(cfg, data, cfg.eval.latency_repeats), folder, "zoo")

@@ -242,3 +242,11 @@ def test_conv_layouts_sweeps_both_layouts_and_names_bad_input(tmp_path, capsys):
         layouts_main(["--channels", "16,x"])
     with pytest.raises(SystemExit, match="--threads must be positive"):
         layouts_main(["--threads", "0"])
+
+
+def test_an_empty_zoo_skips_the_zoo_part(tmp_path):
+    config = tmp_path / "no_zoo.yaml"
+    config.write_text(TINY_BENCH.replace('zoo: ["tests.fixtures:tiny_cnn"]', "zoo: []"))
+    out = tmp_path / "out"
+    assert main(["bench", str(config), "--out", str(out), "--quiet", "--parts", "zoo"]) == 0
+    assert not (out / "zoo.csv").exists() and "model zoo" not in (out / "summary.md").read_text()
