@@ -4,7 +4,7 @@
 on a CPU). This tool measures what each step changes, on a quiet machine: for each run with a final
 model it times the dense baseline and the pruned model in every form, interleaved in rounds so
 that load drift falls on each alike, and writes `latency_forms-t<threads>.{csv,md}` into the results folder.
-The `onnxruntime` form is the exported ONNX file (`pruning.export.export_onnx`) run by onnxruntime with
+The opt-in `onnxruntime` form is the exported ONNX file (`pruning.export.export_onnx`) run by onnxruntime with
 all graph optimisations and as many threads as torch: the runtime a user who ships the ONNX export gets.
 """
 
@@ -43,6 +43,8 @@ class OnnxRuntimeForm(nn.Module):
             options = ort.SessionOptions()
             options.intra_op_num_threads, options.inter_op_num_threads = torch.get_num_threads(), 1
             options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+            # idle onnxruntime workers otherwise spin on the cores the torch forms are timed on next
+            options.add_session_config_entry("session.intra_op.allow_spinning", "0")
             self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -50,10 +52,13 @@ class OnnxRuntimeForm(nn.Module):
 
 
 FORMS = {"eager": lambda model, shape: model, "folded": lambda model, shape: inference_form(model),
-         "deployed": lambda model, shape: timing_form(model), "onnxruntime": OnnxRuntimeForm}
+         "deployed": lambda model, shape: timing_form(model)}
+ONNXRUNTIME = {"onnxruntime": OnnxRuntimeForm}
+"""Opt-in (`--onnxruntime`): one run with it timed every torch form slower than an earlier run without it;
+whether onnxruntime in the process or the machine did that is not settled, so the default leaves it out."""
 
 
-def compare_forms(folder: Path, repeats: int, rounds: int) -> pd.DataFrame:
+def compare_forms(folder: Path, repeats: int, rounds: int, forms: dict = FORMS) -> pd.DataFrame:
     """One row per (run, batch): median ms of dense and pruned in each form, and each form's speed-up."""
     runs = sorted(p for p in (folder / "runs").iterdir() if p.is_dir()) if (folder / "runs").is_dir() else []
     targets = {}
@@ -66,17 +71,17 @@ def compare_forms(folder: Path, repeats: int, rounds: int) -> pd.DataFrame:
         if models is None:
             continue
         dense, pruned, shape = models
-        forms = {form: (make(dense, shape), make(pruned, shape)) for form, make in FORMS.items()}
+        pairs = {form: (make(dense, shape), make(pruned, shape)) for form, make in forms.items()}
         reduction = count_macs(dense, shape) / count_macs(pruned, shape)
         for batch in (1, 64):
             times: dict[tuple[str, str], list[float]] = {}
             for _ in range(rounds):
-                for form, pair in forms.items():
+                for form, pair in pairs.items():
                     for which, model in zip(("dense", "pruned"), pair):
                         times.setdefault((form, which), []).append(
                             time_forward(model, shape, batch, max(3, repeats // rounds)).median_ms)
             row = {"run": run.name, "macs_target": targets.get(run.name), "batch": batch, "macs_reduction": reduction}
-            for form in FORMS:
+            for form in forms:
                 dense_ms, pruned_ms = (statistics.median(times[(form, w)]) for w in ("dense", "pruned"))
                 row.update({f"{form}_dense_ms": dense_ms, f"{form}_pruned_ms": pruned_ms,
                             f"{form}_speedup": dense_ms / pruned_ms,
@@ -90,8 +95,9 @@ def compare_forms(folder: Path, repeats: int, rounds: int) -> pd.DataFrame:
 def summary_table(frame: pd.DataFrame) -> pd.DataFrame:
     """Mean speed-up over MACs reduction per MACs target and batch, in each form."""
     keys = ["macs_target", "batch"] if frame["macs_target"].notna().all() else ["batch"]
-    columns = [f"{form}_speedup_over_macs_reduction" for form in FORMS]
-    return frame.groupby(keys)[["macs_reduction", *[f"{f}_speedup" for f in FORMS], *columns]].mean().reset_index()
+    forms = [c.removesuffix("_speedup") for c in frame.columns if c.endswith("_speedup")]
+    columns = [f"{form}_speedup_over_macs_reduction" for form in forms]
+    return frame.groupby(keys)[["macs_reduction", *[f"{f}_speedup" for f in forms], *columns]].mean().reset_index()
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -100,21 +106,23 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--repeats", type=int, default=40, help="timed forward passes per model, form and batch (>= 3)")
     p.add_argument("--rounds", type=int, default=8, help="alternation rounds the repeats are split into (>= 1)")
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: all)")
+    p.add_argument("--onnxruntime", action="store_true", help="also time the ONNX export in onnxruntime")
     args = p.parse_args(argv)
     if args.repeats < 3 or args.rounds < 1 or (args.threads is not None and args.threads < 1):
         sys.exit(f"error: --repeats must be >= 3, --rounds and --threads >= 1 (got {args.repeats}, {args.rounds}, "
                  f"{args.threads})")
     threads = set_threads(args.threads)
     try:
-        frame = compare_forms(args.folder, args.repeats, args.rounds)
+        forms = {**FORMS, **(ONNXRUNTIME if args.onnxruntime else {})}
+        frame = compare_forms(args.folder, args.repeats, args.rounds, forms)
     except FileNotFoundError as exc:
         sys.exit(f"error: {exc}")
     stem = f"latency_forms-t{threads}"  # one file per thread count: the figures differ with it
     frame.to_csv(args.folder / f"{stem}.csv", index=False)
     command = f"python -m bench.latency_forms {args.folder} --repeats {args.repeats} --rounds {args.rounds}" + (
-        f" --threads {args.threads}" if args.threads else "")
-    md = (f"# Latency: eager modules vs BatchNorm folded vs as deployed (folded, channels-last on a CPU) vs the "
-          f"ONNX export in onnxruntime, "
+        f" --threads {args.threads}" if args.threads else "") + (" --onnxruntime" if args.onnxruntime else "")
+    md = (f"# Latency: eager modules vs BatchNorm folded vs as deployed (folded, channels-last on a CPU)"
+          f"{' vs the ONNX export in onnxruntime' if args.onnxruntime else ''}, "
           f"`{args.folder}`\n\n"
           f"Each run's dense baseline and final pruned model, timed in each form, interleaved over {args.rounds} rounds "
           f"({args.repeats} passes each), {threads} torch thread(s), {len(frame) // 2} run(s). Speed-up = dense ms / "

@@ -211,7 +211,7 @@ def test_latency_forms_times_every_finished_run_in_each_form(bench_run, tmp_path
     from bench.latency_forms import main as forms_main
 
     _, out = bench_run
-    forms_main([str(out), "--repeats", "3", "--rounds", "1", "--threads", "1"])
+    forms_main([str(out), "--repeats", "3", "--rounds", "1", "--threads", "1", "--onnxruntime"])
     frame = pd.read_csv(out / "latency_forms-t1.csv")
     finished = sorted(p.parent.name for p in (out / "runs").glob("*/model.pt"))
     assert sorted(set(frame["run"])) == finished and len(frame) == 2 * len(finished)  # batch 1 and 64 each
