@@ -16,8 +16,8 @@ import sys
 import tempfile
 from pathlib import Path
 
-import pandas as pd
 import numpy as np
+import pandas as pd
 import torch
 from torch import nn
 
