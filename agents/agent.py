@@ -99,8 +99,14 @@ class PruningAgent:
         mean, _ = self.model.predict(observation, deterministic=True)
         return truncated_normal(np.asarray(mean).reshape(-1), 2.0 * schedule.sigma_at(self.model._episode_num), rng)
 
+    def use(self, env: LayerPruningEnv) -> LayerPruningEnv:
+        """`env`, set to read actions the way this agent chooses them (`agent.action_range`)."""
+        env.action_range = self.cfg.action_range
+        return env
+
     def propose(self, env: LayerPruningEnv, deterministic: bool = True) -> tuple[SparsityPolicy, list[tuple]]:
         """Roll one episode without evaluating it (env in deferred mode or not); return the policy and transitions."""
+        self.use(env)
         policy, steps = env.rollout(lambda obs, _t: self.act(obs, deterministic))
         return policy, self._transitions(steps)
 
@@ -110,7 +116,7 @@ class PruningAgent:
         Seeds a search with a known policy (a resampled one from another model, say): its transitions
         go into the replay buffer like the agent's own once `observe_episode` gets the reward.
         """
-        played, steps = env.play_ratios(list(policy.vector(env.graph)))
+        played, steps = self.use(env).play_ratios(list(policy.vector(env.graph)))
         return played, self._transitions(steps)
 
     def _transitions(self, steps: list) -> list[tuple]:
@@ -132,7 +138,7 @@ class PruningAgent:
             if on_evaluation:
                 on_evaluation(evaluation)
 
-        self.model.set_env(env)
+        self.model.set_env(self.use(env))
         off_policy = hasattr(self.model, "replay_buffer")
         # off-policy agents play exactly the episodes still needed, so none is cut short (SB3 drops the transition
         # of a step whose callback stops training); PPO collects whole rollouts and is stopped by the callback

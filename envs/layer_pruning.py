@@ -18,6 +18,7 @@ UNIT_KINDS = ("conv", "pointwise", "depthwise-group", "residual-group", "linear"
 FEATURES = ("depth", *(f"kind_{k}" for k in UNIT_KINDS), "log_in_channels", "log_out_channels", "kernel", "stride",
             "resolution", "unit_macs", "macs_removed", "macs_rest", "previous_ratio", "macs_target")
 BUDGETS = ("exact", "cap")
+ACTION_RANGES = ("absolute", "feasible")
 OBS_VERSION = 1
 """Bumped whenever FEATURES change: saved agents record it, so an agent is never fed an embedding it was not trained on."""
 
@@ -54,6 +55,11 @@ class LayerPruningEnv(gym.Env):
     than asked for (AMC: "accurately arrive at the target"). `budget="cap"` keeps AMC's one-sided wall,
     for rewards that trade accuracy against MACs below the target.
 
+    With `action_range="feasible"` the action is mapped onto the unit's feasible interval instead
+    (its least feasible ratio to its greatest useful one): no action is clamped, so every action the
+    agent takes changes the policy, and each step's action means "how hard to prune this unit, given
+    what the budget still allows". An agent sets this for itself (`agent.action_range`).
+
     ## Observation Space
     `Box(0, 1, (18,))`, the AMC layer embedding, normalised so that it does not depend on model
     size (agents move between models): relative depth; unit kind one-hot (conv, pointwise,
@@ -78,7 +84,8 @@ class LayerPruningEnv(gym.Env):
 
     def __init__(self, graph: UnitGraph, evaluator: PolicyEvaluator | None = None, *, macs_target: float = 0.5,
                  r_min: float = 0.0, r_max: float = 0.8, reward: str = "accuracy_minus_compute",
-                 reward_lambda: float = 0.5, round_to: int = 1, budget: str = "exact", deferred: bool = False):
+                 reward_lambda: float = 0.5, round_to: int = 1, budget: str = "exact", deferred: bool = False,
+                 action_range: str = "absolute"):
         super().__init__()
         if not 0.0 <= r_min < r_max < 1.0:
             raise ValueError(f"`0 <= r_min < r_max < 1` must hold, but got ({r_min=}, {r_max=})")
@@ -86,7 +93,9 @@ class LayerPruningEnv(gym.Env):
             raise ValueError("standalone mode needs an evaluator; pass evaluator=... or deferred=True")
         if budget not in BUDGETS:
             raise UserError(f"env.budget: expected one of {list(BUDGETS)}, got {budget!r}")
-        self.budget = budget
+        if action_range not in ACTION_RANGES:
+            raise UserError(f"agent.action_range: expected one of {list(ACTION_RANGES)}, got {action_range!r}")
+        self.budget, self.action_range = budget, action_range
         self.graph, self.evaluator = graph, evaluator
         self.macs_target, self.r_min, self.r_max = macs_target, r_min, r_max
         self.reward_name, self.reward_fn, self.reward_lambda = reward, get_reward(reward), reward_lambda
@@ -136,6 +145,15 @@ class LayerPruningEnv(gym.Env):
     def ratio_to_action(self, ratio: float) -> float:
         return float(np.clip(2.0 * (ratio - self.r_min) / (self.r_max - self.r_min) - 1.0, -1.0, 1.0))
 
+    def action_for_ratio(self, ratio: float) -> float:
+        """The action that asks the current unit for `ratio` under this env's action range."""
+        if self.action_range == "absolute":
+            return self.ratio_to_action(ratio)
+        low, high = self.ratio_bounds()
+        if high - low < 1e-12:
+            return -1.0
+        return float(np.clip(2.0 * (ratio - low) / (high - low) - 1.0, -1.0, 1.0))
+
     def _macs_with(self, ratio: float, rest: float) -> float:
         return self.graph.macs(self._kept(self._ratios + [ratio], rest=rest))
 
@@ -178,12 +196,18 @@ class LayerPruningEnv(gym.Env):
     def step(self, action: np.ndarray) -> tuple[np.ndarray, float, bool, bool, dict]:
         if len(self._ratios) >= len(self.units):
             raise RuntimeError("step() called after the episode ended; call reset()")
-        wanted = self.action_to_ratio(float(np.asarray(action).reshape(-1)[0]))
+        a = float(np.clip(np.asarray(action).reshape(-1)[0], -1.0, 1.0))
         low, high = self.ratio_bounds()
-        ratio = min(max(wanted, low), high)
+        if self.action_range == "feasible":
+            ratio = wanted = low + (a + 1.0) / 2.0 * (high - low)
+            executed = a
+        else:
+            wanted = self.action_to_ratio(a)
+            ratio = min(max(wanted, low), high)
+            executed = self.ratio_to_action(ratio)
         self._ratios.append(ratio)
         info: dict[str, Any] = {"unit": self.units[len(self._ratios) - 1].name, "ratio": ratio, "wanted_ratio": wanted,
-                                "executed_action": self.ratio_to_action(ratio)}
+                                "executed_action": executed}
         if len(self._ratios) < len(self.units):
             return self._observation(), 0.0, False, False, info
         policy = SparsityPolicy.from_ratios(self.graph, self._ratios, macs_target=self.macs_target)
@@ -220,7 +244,7 @@ class LayerPruningEnv(gym.Env):
         """One episode whose actions ask for `ratios` (one per unit), through the budget clamp."""
         if len(ratios) != self.n_units:
             raise ValueError(f"`ratios` must have one value per unit ({self.n_units}), got {len(ratios)}")
-        return self.rollout(lambda _obs, t: np.array([self.ratio_to_action(ratios[t])]))
+        return self.rollout(lambda _obs, t: np.array([self.action_for_ratio(ratios[t])]))
 
     # ---------------------------------------------------------------------------- scoring
     def has_scored(self, policy: SparsityPolicy) -> bool:

@@ -230,6 +230,33 @@ def test_the_agent_learns_from_the_action_the_budget_clamp_executed(graphs, defe
     assert any(abs(info["ratio"] - info["wanted_ratio"]) > 0.05 for info in steps)
 
 
+@pytest.mark.parametrize("deferred", [False, True])
+def test_an_agent_with_a_feasible_action_range_sets_its_env_and_learns_unclamped_actions(graphs, deferred):
+    env, fake = fake_env(graphs["resnet20"], macs_target=0.25, budget="exact")
+    agent = PruningAgent.create(AgentConfig(warmup_episodes=3, batch_size=8, net_arch=[32, 32], action_range="feasible"),
+                                env, seed=0)
+    if deferred:
+        env.deferred = True
+        policies = []
+        for _ in range(3):
+            policy, transitions = agent.propose(env, deterministic=False)
+            agent.observe_episode(transitions, fake.evaluate(policy).accuracy)
+            policies.append(policy)
+    else:
+        policies = [e.policy for e in agent.learn(env, 3)]
+    assert env.action_range == "feasible"
+    buffer = agent.model.replay_buffer
+    stored = buffer.actions[:buffer.pos, 0, 0].reshape(3, env.n_units)
+    absolute = LayerPruningEnv(env.graph, deferred=True, macs_target=0.25)
+    for actions, policy in zip(stored, policies):  # replaying the stored actions rebuilds each policy exactly
+        replayed, _ = env.rollout(lambda _obs, t: actions[t:t + 1])
+        assert replayed.ratios == pytest.approx(policy.ratios)
+        assert replayed.macs_ratio(env.graph, env.round_to) <= 0.25 + 1e-9
+    # read as absolute ratios, the same actions make other policies: the agent's actions were relative
+    assert any(absolute.rollout(lambda _obs, t: a[t:t + 1])[0].ratios != pytest.approx(p.ratios)
+               for a, p in zip(stored, policies))
+
+
 def test_rule_baselines_meet_the_target(trained_vgg, digits):
     graph = discover_units(trained_vgg, digits.input_shape)
     policies = {"uniform": uniform(graph, 0.5), "global_magnitude": global_magnitude(trained_vgg, graph, 0.5),

@@ -78,11 +78,13 @@ def test_observation_is_normalised_and_size_independent(graphs):
 @settings(max_examples=60, deadline=None)
 @given(name=st.sampled_from(["lenet5", "resnet20", "resnet56", "mobilenetv2_small", "vgg_small"]),
        target=st.sampled_from([0.25, 0.5, 0.75]), round_to=st.sampled_from([1, 4]),
-       actions=st.lists(st.floats(-1, 1), min_size=60, max_size=60), budget=st.sampled_from(["exact", "cap"]))
-def test_every_episode_meets_the_budget(graphs, name, target, round_to, actions, budget):
+       actions=st.lists(st.floats(-1, 1), min_size=60, max_size=60), budget=st.sampled_from(["exact", "cap"]),
+       action_range=st.sampled_from(["absolute", "feasible"]))
+def test_every_episode_meets_the_budget(graphs, name, target, round_to, actions, budget, action_range):
     graph = graphs[name]
     try:
-        env = LayerPruningEnv(graph, deferred=True, macs_target=target, r_max=0.9, round_to=round_to, budget=budget)
+        env = LayerPruningEnv(graph, deferred=True, macs_target=target, r_max=0.9, round_to=round_to, budget=budget,
+                              action_range=action_range)
     except UserError:  # target below what r_max can reach with this rounding: refused up front, tested elsewhere
         assume(False)
     info, _ = rollout(env, actions[: env.n_units])
@@ -119,6 +121,34 @@ def test_clamp_only_raises_ratios_when_needed(graphs):
     env = LayerPruningEnv(graphs["resnet20"], deferred=True, macs_target=1.0)
     info, _ = rollout(env, [-1.0] * env.n_units)  # no budget pressure: the agent's zero ratios stand
     assert set(info["policy"].ratios.values()) == {0.0}
+
+
+def test_feasible_action_range_spans_the_budget_interval_and_clamps_nothing(graphs):
+    env, rng = LayerPruningEnv(graphs["resnet20"], deferred=True, macs_target=0.25, action_range="feasible"), np.random.default_rng(0)
+    env.reset()
+    seen_interval = False
+    for _ in range(env.n_units):
+        low, high = env.ratio_bounds()
+        action = rng.uniform(-1, 1)
+        *_, info = env.step(np.array([action]))
+        assert info["ratio"] == pytest.approx(low + (action + 1) / 2 * (high - low))
+        assert info["executed_action"] == pytest.approx(action)  # the agent's action is what ran
+        seen_interval |= high - low > 0.1
+    assert seen_interval  # the budget left real choices, so the mapping above was exercised
+
+
+def test_feasible_and_absolute_ranges_play_the_same_policy_from_ratios(graphs):
+    graph, rng = graphs["resnet20"], np.random.default_rng(1)
+    ratios = list(rng.uniform(0, 0.8, len(graph.units)))
+    played = {r: LayerPruningEnv(graph, deferred=True, macs_target=0.25, action_range=r).play_ratios(ratios)[0]
+              for r in ("absolute", "feasible")}
+    assert played["absolute"].ratios == pytest.approx(played["feasible"].ratios)
+    assert played["absolute"].ratios != pytest.approx(dict(zip(graph.names, ratios)))  # the budget moved some
+
+
+def test_unknown_action_range_is_a_user_error(graphs):
+    with pytest.raises(UserError, match="agent.action_range"):
+        LayerPruningEnv(graphs["resnet20"], deferred=True, action_range="relative")
 
 
 def test_infeasible_target_is_a_user_error(graphs):
