@@ -1,7 +1,7 @@
 """Replay searchers on a surrogate of a benchmark's recorded evaluations: seconds per search, not an hour.
 
     python -m bench.surrogate RESULTS_FOLDER --target 0.25 [--methods random,tpe,ddpg] [--seeds 8]
-                              [--variant NAME=key:value,key:value ...]
+                              [--variant NAME=key:value,key:value ...] [--label LABEL]
 
 Fits a Gaussian process (Matern 5/2 with one length scale per unit, plus white noise) to every
 COMPLETE evaluation a benchmark recorded at one MACs target (per-unit ratios -> adaptive-BN
@@ -9,7 +9,7 @@ validation accuracy), then runs each searcher against it through the real `Layer
 budget clamp, rounding and cache) for the benchmark's budget. A variant is DDPG with agent settings
 changed (`--variant ddpg-exec=learn_executed_action:true,noise_decay:0.98`). This screens agent
 changes before real evaluations are paid for; its figures are a surrogate's, never the benchmark's.
-Writes `surrogate-<target>.{csv,md}` into RESULTS_FOLDER.
+Writes `surrogate-<target>.{csv,md}` (with --label, `surrogate-<target>-<label>.*`) into RESULTS_FOLDER.
 """
 
 from __future__ import annotations
@@ -160,9 +160,12 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--methods", default="random,tpe,ddpg", help="comma-separated: random, tpe, ddpg, variant names")
     p.add_argument("--seeds", type=int, default=8, help="seeds 0..N-1 per method (N >= 1)")
     p.add_argument("--variant", action="append", default=[], help="NAME=key:value,... (agent settings)")
+    p.add_argument("--label", default="", help="written as surrogate-<target>-LABEL.*, so screens do not overwrite another")
     args = p.parse_args(argv)
     if args.seeds < 1:
         sys.exit(f"error: --seeds: expected at least 1, got {args.seeds}")
+    if args.label and not args.label.replace("-", "").replace("_", "").isalnum():
+        sys.exit(f"error: --label: expected letters, digits, - or _, got {args.label!r}")
     set_threads(1)  # a search here is thousands of tiny forward passes: one thread each, like the benchmark's runs
     try:
         variants = parse_variants(args.variant)
@@ -170,21 +173,28 @@ def main(argv: list[str] | None = None) -> None:
                                    variants)
     except UserError as exc:
         sys.exit(f"error: {exc}")
+    command = " ".join(["python -m bench.surrogate", str(args.folder), f"--target {args.target}",
+                        f"--methods {args.methods}", f"--seeds {args.seeds}", *(f"--variant {v}" for v in args.variant),
+                        *([f"--label {args.label}"] if args.label else [])])
+    print(write_report(args.folder, args.target, args.label, frame, r2, fitted, variants, command))
+
+
+def write_report(folder: Path, target: float, label: str, frame: pd.DataFrame, r2: float, fitted: int,
+                 variants: dict[str, dict], command: str) -> str:
+    """Write `surrogate-<target>[-label].{csv,md}` into `folder`; return the Markdown."""
     stats = frame.groupby("method", sort=False)["best_accuracy"].agg(["mean", "std", "count"]).reset_index()
     table = pd.DataFrame({"method": stats["method"], "seeds": stats["count"],
                           "best surrogate val acc %": [f"{100 * m:.2f}" + ("" if pd.isna(s) else f" ± {100 * s:.2f}")
                                                        for m, s in zip(stats["mean"], stats["std"])]})
     settings = "; ".join(f"{name}: {json.dumps(v)}" for name, v in variants.items()) or "none"
-    command = " ".join(["python -m bench.surrogate", str(args.folder), f"--target {args.target}",
-                        f"--methods {args.methods}", f"--seeds {args.seeds}", *(f"--variant {v}" for v in args.variant)])
-    md = (f"# Searchers on a surrogate of `{args.folder}` at {100 * args.target:.0f}% MACs\n\n"
+    md = (f"# Searchers on a surrogate of `{folder}` at {100 * target:.0f}% MACs\n\n"
           f"A Gaussian process fitted to {fitted} recorded evaluations (5-fold CV R² **{r2:.3f}**) stands in for "
           f"adaptive-BN validation accuracy; each searcher has the benchmark's budget. Surrogate figures, for "
           f"screening only. Variants: {settings}.\n\n{markdown_table(table)}\n\nRegenerate: `{command}`\n")
-    tag = target_tag(args.target)
-    frame.to_csv(args.folder / f"surrogate-{tag}.csv", index=False)
-    (args.folder / f"surrogate-{tag}.md").write_text(md)
-    print(md)
+    tag = target_tag(target) + (f"-{label}" if label else "")
+    frame.to_csv(folder / f"surrogate-{tag}.csv", index=False)
+    (folder / f"surrogate-{tag}.md").write_text(md)
+    return md
 
 
 if __name__ == "__main__":

@@ -73,6 +73,9 @@ def test_the_command_writes_its_table_and_how_to_rerun_it(recorded, capsys):
     assert "5-fold CV R²" in md and "| random | 2 |" in md
     assert f"python -m bench.surrogate {folder} --target 0.5 --methods random --seeds 2" in md
     assert len(pd.read_csv(folder / "surrogate-m50.csv")) == 2
+    main([str(folder), "--target", "0.5", "--methods", "tpe", "--seeds", "1", "--label", "tpe-only"])
+    assert "| tpe | 1 |" in (folder / "surrogate-m50-tpe-only.md").read_text()
+    assert "| random | 2 |" in (folder / "surrogate-m50.md").read_text()  # a labelled screen leaves the other alone
 
 
 @pytest.mark.parametrize("args, message", [
@@ -81,6 +84,7 @@ def test_the_command_writes_its_table_and_how_to_rerun_it(recorded, capsys):
     (["--target", "0.5", "--variant", "v=noise_decay:2", "--methods", "v"], "--variant v: field `noise_decay`"),
     (["--target", "0.5", "--methods", "gridsearch"], "'gridsearch' is neither"),
     (["--target", "0.5", "--seeds", "0"], "--seeds: expected at least 1, got 0"),
+    (["--target", "0.5", "--label", "../x"], "--label: expected letters, digits, - or _, got '../x'"),
 ])
 def test_bad_input_is_a_clear_error(recorded, args, message, capsys):
     folder, _, _ = recorded
