@@ -29,7 +29,6 @@ from pruning.runtime import set_threads
 from search.report import markdown_table
 
 
-
 class OnnxRuntimeForm(nn.Module):
     """A model exported to ONNX and run by onnxruntime, callable like the torch forms (`time_forward` times it)."""
 

@@ -138,21 +138,29 @@ class LayerPruningEnv(gym.Env):
         return np.clip(np.concatenate([self._static[t], dynamic]), 0.0, 1.0).astype(np.float32)
 
     # ---------------------------------------------------------------------------- mapping
+    @staticmethod
+    def _action_to(low: float, high: float, action: float) -> float:
+        """[-1, 1] onto [low, high], linearly."""
+        return low + (float(np.clip(action, -1.0, 1.0)) + 1.0) / 2.0 * (high - low)
+
+    @staticmethod
+    def _action_from(low: float, high: float, ratio: float) -> float:
+        """The inverse of `_action_to`; -1 where the interval is a single point."""
+        if high - low < 1e-12:
+            return -1.0
+        return float(np.clip(2.0 * (ratio - low) / (high - low) - 1.0, -1.0, 1.0))
+
     def action_to_ratio(self, action: float) -> float:
-        a = float(np.clip(action, -1.0, 1.0))
-        return self.r_min + (a + 1.0) / 2.0 * (self.r_max - self.r_min)
+        return self._action_to(self.r_min, self.r_max, action)
 
     def ratio_to_action(self, ratio: float) -> float:
-        return float(np.clip(2.0 * (ratio - self.r_min) / (self.r_max - self.r_min) - 1.0, -1.0, 1.0))
+        return self._action_from(self.r_min, self.r_max, ratio)
 
     def action_for_ratio(self, ratio: float) -> float:
         """The action that asks the current unit for `ratio` under this env's action range."""
         if self.action_range == "absolute":
             return self.ratio_to_action(ratio)
-        low, high = self.ratio_bounds()
-        if high - low < 1e-12:
-            return -1.0
-        return float(np.clip(2.0 * (ratio - low) / (high - low) - 1.0, -1.0, 1.0))
+        return self._action_from(*self.ratio_bounds(), ratio)
 
     def _macs_with(self, ratio: float, rest: float) -> float:
         return self.graph.macs(self._kept(self._ratios + [ratio], rest=rest))
@@ -199,7 +207,7 @@ class LayerPruningEnv(gym.Env):
         a = float(np.clip(np.asarray(action).reshape(-1)[0], -1.0, 1.0))
         low, high = self.ratio_bounds()
         if self.action_range == "feasible":
-            ratio = wanted = low + (a + 1.0) / 2.0 * (high - low)
+            ratio = wanted = self._action_to(low, high, a)
             executed = a
         else:
             wanted = self.action_to_ratio(a)

@@ -152,10 +152,10 @@ class AgentConfig(Section):
     baseline_alpha: float = Field(0.95, ge=0, lt=1)
     """Moving-average factor of the reward baseline subtracted from every step's reward (AMC)."""
     learn_executed_action: bool = False
+    """Learn from the action the env executed after its budget clamp, not the one the actor asked for."""
     action_range: Literal["absolute", "feasible"] = "absolute"
     """absolute: an action is a ratio in [r_min, r_max], then clamped to the budget (AMC); feasible: an action
     spans the ratios the budget still allows at that unit, so no action is clamped."""
-    """Learn from the action the env executed after its budget clamp, not the one the actor asked for."""
     gradient_steps: int = Field(-1)
     """Gradient steps after each episode; -1 = as many as the episode had steps."""
     kwargs: dict[str, Any] = Field(default_factory=dict)

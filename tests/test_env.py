@@ -124,7 +124,8 @@ def test_clamp_only_raises_ratios_when_needed(graphs):
 
 
 def test_feasible_action_range_spans_the_budget_interval_and_clamps_nothing(graphs):
-    env, rng = LayerPruningEnv(graphs["resnet20"], deferred=True, macs_target=0.25, action_range="feasible"), np.random.default_rng(0)
+    env = LayerPruningEnv(graphs["resnet20"], deferred=True, macs_target=0.25, action_range="feasible")
+    rng = np.random.default_rng(0)
     env.reset()
     seen_interval = False
     for _ in range(env.n_units):
