@@ -12,7 +12,9 @@ from envs.layer_pruning import LayerPruningEnv, PolicyEvaluator
 from pruning.baseline import get_baseline
 from pruning.config import RunConfig, load_config
 from pruning.data import DataBundle, load_data
+from pruning.errors import UserError
 from pruning.evaluate import EvalSettings, Evaluator
+from pruning.latency_table import LatencyTable
 from pruning.runtime import resolve_device, seed_everything
 from pruning.units import UnitGraph, discover_units
 
@@ -25,9 +27,15 @@ DEFAULT_OVERRIDES = [
 
 def env_kwargs(cfg: RunConfig) -> dict[str, Any]:
     e = cfg.env
-    return dict(macs_target=e.macs_target, r_min=e.r_min, r_max=e.r_max, reward=e.reward,
-                reward_lambda=e.reward_lambda, round_to=cfg.prune.round_to,
-                budget=e.budget)
+    kwargs: dict[str, Any] = dict(macs_target=e.macs_target, r_min=e.r_min, r_max=e.r_max, reward=e.reward,
+                                  reward_lambda=e.reward_lambda, round_to=cfg.prune.round_to, budget=e.budget)
+    if e.latency_weight > 0:
+        if e.latency_table is None:
+            raise UserError("env.latency_table: env.latency_weight > 0 needs a table; `prunepilot latency-table CONFIG "
+                            "--out FILE` measures one (a search measures its own when none is given)")
+        kwargs.update(latency_table=LatencyTable.load(e.latency_table), latency_weight=e.latency_weight,
+                      latency_target=e.latency_target)
+    return kwargs
 
 
 def load_run_data(cfg: RunConfig) -> DataBundle:

@@ -11,6 +11,7 @@ from gymnasium import spaces
 
 from envs.rewards import get_reward
 from pruning.errors import UserError
+from pruning.latency_table import LatencyTable
 from pruning.policy import SparsityPolicy
 from pruning.units import UnitGraph, kept_count
 
@@ -72,7 +73,9 @@ class LayerPruningEnv(gym.Env):
     0 on every step but the last. The last step scores the policy with the evaluator (adaptive
     BN + validation accuracy) and returns `reward` by name: `accuracy_minus_compute`
     (accuracy - lambda * MACs ratio), `amc_error` (-error) or `amc_error_log_macs`
-    (-error * log MACs). Identical policies are evaluated once (cache; `info["repeat"]` says the
+    (-error * log MACs). With a latency table and `latency_weight` w > 0 the reward also loses
+    w * max(0, L / latency_target - 1), or w * L without a target, where L is the policy's predicted
+    latency as a fraction of dense (`pruning.latency_table`). Identical policies are evaluated once (cache; `info["repeat"]` says the
     score came from it, so searchers do not count it against their budget). In deferred mode the last
     step returns 0 and the policy in `info["policy"]`; the reward is supplied later (Ray Tune).
 
@@ -85,7 +88,8 @@ class LayerPruningEnv(gym.Env):
     def __init__(self, graph: UnitGraph, evaluator: PolicyEvaluator | None = None, *, macs_target: float = 0.5,
                  r_min: float = 0.0, r_max: float = 0.8, reward: str = "accuracy_minus_compute",
                  reward_lambda: float = 0.5, round_to: int = 1, budget: str = "exact", deferred: bool = False,
-                 action_range: str = "absolute"):
+                 action_range: str = "absolute", latency_table: LatencyTable | None = None,
+                 latency_weight: float = 0.0, latency_target: float | None = None):
         super().__init__()
         if not 0.0 <= r_min < r_max < 1.0:
             raise ValueError(f"`0 <= r_min < r_max < 1` must hold, but got ({r_min=}, {r_max=})")
@@ -101,6 +105,11 @@ class LayerPruningEnv(gym.Env):
         self.reward_name, self.reward_fn, self.reward_lambda = reward, get_reward(reward), reward_lambda
         self.round_to = round_to if graph.mode == "structured" else 1
         self.deferred = deferred
+        if latency_weight > 0 and latency_table is None:
+            raise UserError("env.latency_table: a latency weight > 0 needs a latency table (`prunepilot latency-table`)")
+        if latency_table is not None:
+            latency_table.check(graph, self.round_to)
+        self.latency_table, self.latency_weight, self.latency_target = latency_table, latency_weight, latency_target
         self.cache: dict[str, Any] = {}
         self.units = graph.units
         floor = graph.macs({u.name: kept_count(u.channels, r_max, self.round_to) for u in self.units}) / graph.dense_macs
@@ -267,7 +276,16 @@ class LayerPruningEnv(gym.Env):
         return self.cache[key]
 
     def reward(self, result: Any) -> float:
-        return float(self.reward_fn(result.accuracy, result.macs_ratio, result.macs, self.reward_lambda))
+        value = self.reward_fn(result.accuracy, result.macs_ratio, result.macs, self.reward_lambda)
+        if self.latency_weight > 0:
+            ratio = self.latency_ratio(result.kept)
+            over = max(0.0, ratio / self.latency_target - 1.0) if self.latency_target else ratio
+            value -= self.latency_weight * over
+        return float(value)
+
+    def latency_ratio(self, kept: dict[str, int]) -> float | None:
+        """Predicted latency of a policy's kept counts as a fraction of dense; None without a latency table."""
+        return None if self.latency_table is None else self.latency_table.ratio(kept)
 
     @property
     def n_units(self) -> int:

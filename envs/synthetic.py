@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -16,6 +16,7 @@ class SyntheticResult:
     macs: float
     macs_ratio: float
     params: int = 0
+    kept: dict[str, int] = field(default_factory=dict)
 
 
 class SyntheticEvaluator:
@@ -32,5 +33,6 @@ class SyntheticEvaluator:
 
     def evaluate(self, policy: SparsityPolicy) -> SyntheticResult:
         self.calls += 1
-        macs = self.graph.macs(policy.kept(self.graph, self.round_to))
-        return SyntheticResult(1.0 - self.distance(policy) ** 2, macs, macs / self.graph.dense_macs)
+        kept = policy.kept(self.graph, self.round_to)
+        macs = self.graph.macs(kept)
+        return SyntheticResult(1.0 - self.distance(policy) ** 2, macs, macs / self.graph.dense_macs, kept=kept)

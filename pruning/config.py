@@ -123,11 +123,24 @@ class EnvConfig(Section):
     budget: Literal["exact", "cap"] = "exact"
     """exact: actions are clamped from both sides, so every policy lands on the MACs target (no evaluation
     spent on a smaller model than asked for); cap: AMC's one-sided wall, MACs at most the target."""
+    latency_weight: float = Field(0.0, ge=0)
+    """Weight of predicted latency in the reward (0: off). Policies of equal MACs can differ in latency by tens of
+    percent; this term, predicted from a table of measured layer latencies (`latency_table`), tells them apart."""
+    latency_target: float | None = Field(None, gt=0, le=1)
+    """Predicted latency as a fraction of dense. Set: the reward loses weight * max(0, ratio / target - 1), a soft
+    limit that leaves policies under it to accuracy. Unset: it loses weight * ratio, a plain trade-off."""
+    latency_table: str | None = None
+    """A table written by `prunepilot latency-table` (or by an earlier search). A search with latency_weight > 0
+    and no table measures one on this machine and saves it as latency_table.json in its run folder."""
+    latency_batch: int = Field(64, ge=1)
+    """Batch size a measured latency table times layers at."""
 
     @model_validator(mode="after")
     def _range(self) -> "EnvConfig":
         if self.r_min >= self.r_max:
             raise ValueError(f"`r_min < r_max` must hold, but got (r_min={self.r_min}, r_max={self.r_max})")
+        if self.latency_target is not None and self.latency_weight == 0:
+            raise ValueError("latency_target has no effect with latency_weight 0; set env.latency_weight > 0")
         return self
 
 

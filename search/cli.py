@@ -69,6 +69,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="comparison: tabulate the runs already finished (here or copied from other machines) and "
                         "time their latency here; start no run")
 
+    p = sub.add_parser("latency-table", help="time every layer at every channel count a policy can give it "
+                                             "(for env.latency_weight); model shapes only, no training")
+    p.add_argument("config", help="YAML config (see configs/)")
+    p.add_argument("--out", help="JSON file (default results/<config name>/latency_table.json)")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+
     p = sub.add_parser("sensitivity", help="per-unit accuracy drop at a few ratios")
     _common(p)
     return parser
@@ -81,7 +87,7 @@ def _commands() -> dict[str, Callable[[argparse.Namespace], int]]:
     return {"train": jobs.train_job, "prune": jobs.prune_job, "sweep": jobs.sweep_job,
             "sensitivity": jobs.sensitivity_job, "search": search_job.search_job,
             "dashboard": dashboard.dashboard_job, "transfer": search_job.transfer_job,
-            "bench": runner.bench_job}
+            "bench": runner.bench_job, "latency-table": jobs.latency_table_job}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -12,7 +12,7 @@ import pandas as pd
 import torch
 
 from pruning.analysis import largest_ratio_above, sensitivity, uniform_sweep
-from pruning.baseline import Baseline, get_baseline
+from pruning.baseline import Baseline, architecture, build_from_arch, get_baseline
 from pruning.bn import recalibrate_batchnorm
 from pruning.config import RunConfig, load_config
 from pruning.cost import count_macs, count_params, measure_latency
@@ -20,6 +20,7 @@ from pruning.data import DataBundle, load_data
 from pruning.errors import UserError
 from pruning.evaluate import EvalSettings, Evaluator
 from pruning.export import export_onnx, export_torchscript, load_pruned, save_pruned
+from pruning.latency_table import LatencyTable, measure_latency_table
 from pruning.policy import SparsityPolicy, uniform_for_macs
 from pruning.progressive import ProgressiveSettings, progressive_prune
 from pruning.runtime import resolve_device, seed_everything, set_threads
@@ -60,6 +61,29 @@ def baseline_of(ctx: Context, retrain: bool = False) -> Baseline:
 
 def train_job(args: argparse.Namespace) -> int:
     baseline_of(prepare(args), retrain=args.retrain)
+    return 0
+
+
+def measure_table(cfg: RunConfig, model: torch.nn.Module, graph: UnitGraph) -> LatencyTable:
+    """A latency table for this config's model, channel rounding and ratio range, timed on this machine now."""
+    log.info("timing every layer of %s at every channel count a policy can give it (batch %d, %d threads)",
+             cfg.model.name, cfg.env.latency_batch, torch.get_num_threads())
+    table = measure_latency_table(model, graph, cfg.env.latency_batch, cfg.prune.round_to, 0.0,
+                                  max(cfg.env.r_max, cfg.prune.max_ratio))
+    log.info("latency table: %d entries; dense model %.2f ms, of which %.2f ms outside convs and linears",
+             sum(len(v) for v in table.entries.values()), table.dense_ms, table.rest_ms)
+    return table
+
+
+def latency_table_job(args: argparse.Namespace) -> int:
+    """Measure a latency table (`env.latency_table`) for the config's model; shapes only, so no training."""
+    ctx = prepare(args)
+    model = build_from_arch(architecture(ctx.cfg, ctx.data)).to(ctx.device).eval()
+    out = Path(args.out) if args.out else Path("results") / ctx.cfg.name / "latency_table.json"
+    if out.suffix != ".json":
+        raise UserError(f"--out: expected a .json file for the latency table, got {out}")
+    path = measure_table(ctx.cfg, model, unit_graph(ctx, model)).save(out)
+    log.info("latency table saved: %s (use it with env.latency_table=%s env.latency_weight=W)", path, path)
     return 0
 
 

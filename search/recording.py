@@ -8,7 +8,7 @@ from tqdm.auto import tqdm
 
 from search.review import OptunaRecorder
 
-ATTRS = ("reward", "macs", "params", "node_id", "pid", "eval_seconds", "setup_seconds", "episode", "trial_id")
+ATTRS = ("reward", "macs", "params", "latency_ratio", "node_id", "pid", "eval_seconds", "setup_seconds", "episode", "trial_id")
 
 
 class EvaluationSink:

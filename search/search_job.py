@@ -21,12 +21,13 @@ from pruning.evaluate import EvalSettings, Evaluator
 from pruning.policy import SparsityPolicy
 from pruning.runtime import seed_everything
 from search.cli import run_folder
-from search.jobs import baseline_of, final_pass, prepare, unit_graph
+from search.jobs import baseline_of, final_pass, measure_table, prepare, unit_graph
 from search.local import check_searcher, run_local
 from search.recording import EvaluationSink
 from search.report import markdown_table, plot_lines, plot_unit_ratios, write_json, write_table
 from search.review import sqlite_url
 from search.reuse import check_seed_policies, load_seed_policies, move_policy
+from search.trial import latency_attr
 
 log = logging.getLogger("prunepilot")
 
@@ -157,6 +158,15 @@ def transfer_job(args: argparse.Namespace) -> int:
     return 0
 
 
+def latency_term(env: LayerPruningEnv) -> str:
+    """How predicted latency enters the reward, for the report; empty when it does not."""
+    if env.latency_weight == 0:
+        return ""
+    over = f"max(0, L / {env.latency_target:g} - 1)" if env.latency_target else "L"
+    return (f" minus {env.latency_weight:g} x {over}, L the predicted latency ratio (layer latency table at batch "
+            f"{env.latency_table.batch_size}, {env.latency_table.threads} thread(s))")
+
+
 def best_evaluation(frame: pd.DataFrame) -> pd.Series:
     complete = frame[frame["state"] == "COMPLETE"]
     if complete.empty:
@@ -192,6 +202,11 @@ def search_job(args: argparse.Namespace) -> int:
             shutil.rmtree(out)
         raise
     (out / "search.json").write_text(json.dumps(state, indent=2))
+    if cfg.env.latency_weight > 0 and cfg.env.latency_table is None:  # measured once per run folder, kept on resume
+        table = out / "latency_table.json"
+        if not table.is_file():
+            measure_table(cfg, base.model, graph).save(table)
+        cfg.env.latency_table = str(table)
     start = time.perf_counter()
     agent, tune_seconds = None, None
     warm = load_warm_agent(args, cfg, graph)
@@ -200,7 +215,8 @@ def search_job(args: argparse.Namespace) -> int:
         seeds = load_seed_policies(args.policy, env)
         _, agent = run_local(cfg, base.model, env, agent=warm, seeds=seeds, on_evaluation=lambda e: sink(
             f"local-{e.episode}", {"ratios": e.policy.ratios, "accuracy": e.accuracy, "macs_ratio": e.macs_ratio,
-                                   "reward": e.reward, "episode": e.episode}))
+                                   "reward": e.reward, "episode": e.episode,
+                                   **latency_attr(env, env.evaluate(e.policy).kept)}))
         if agent is not None:
             agent.save(out / "agent", env)
     else:
@@ -239,13 +255,15 @@ def search_job(args: argparse.Namespace) -> int:
     section = "\n".join([
         "", "## Search", "",
         f"Searcher **{cfg.search.searcher}** ({backend} backend), {len(frame)} evaluations in {wall:.0f} s of this "
-        f"session on {nodes} node(s); MACs target {env.macs_target:.2f}, reward `{env.reward_name}`. "
+        f"session on {nodes} node(s); MACs target {env.macs_target:.2f}, reward `{env.reward_name}`{latency_term(env)}. "
         f"Optuna study `{state['study_name']}` in `{state['storage']}` (`prunepilot dashboard {out}`).", "",
         markdown_table(pd.DataFrame([
             {"policy": "best found", "val accuracy (adaptive BN)": best_row["accuracy"],
-             "MACs ratio": best_row["macs_ratio"], "reward": best_row["reward"]},
+             "MACs ratio": best_row["macs_ratio"], **latency_attr(env, best.kept(graph, env.round_to)),
+             "reward": best_row["reward"]},
             {"policy": "uniform", "val accuracy (adaptive BN)": uniform_result.accuracy,
-             "MACs ratio": uniform_result.macs_ratio, "reward": env.reward(uniform_result)}])), "",
+             "MACs ratio": uniform_result.macs_ratio, **latency_attr(env, uniform_result.kept),
+             "reward": env.reward(uniform_result)}])), "",
         "![reward](reward.png) ![accuracy vs MACs](accuracy_vs_macs.png) ![best vs uniform](best_vs_uniform.png)", ""])
     write_json({"evaluations": len(frame), "failed": int((frame["state"] != "COMPLETE").sum()), "wall_seconds": wall,
                 "nodes": int(nodes), "best": best.to_dict(), "uniform_accuracy": uniform_result.accuracy,

@@ -56,5 +56,11 @@ def evaluate_policy_trial(config: dict, payload: TrialPayload) -> None:
         "reward": env.reward(result), "accuracy": result.accuracy, "macs_ratio": result.macs_ratio,
         "macs": result.macs, "params": result.params, "ratios": dict(policy.ratios),
         "eval_seconds": time.perf_counter() - ready, "setup_seconds": ready - start,
-        "node_id": ray.get_runtime_context().get_node_id(), "pid": os.getpid(),
+        "node_id": ray.get_runtime_context().get_node_id(), "pid": os.getpid(), **latency_attr(env, result.kept),
     })
+
+
+def latency_attr(env: LayerPruningEnv, kept: dict[str, int]) -> dict[str, float]:
+    """The policy's predicted latency ratio, for the study and the evaluations table, when the env has a table."""
+    ratio = env.latency_ratio(kept)
+    return {} if ratio is None else {"latency_ratio": ratio}

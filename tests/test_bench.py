@@ -250,3 +250,26 @@ def test_an_empty_zoo_skips_the_zoo_part(tmp_path):
     out = tmp_path / "out"
     assert main(["bench", str(config), "--out", str(out), "--quiet", "--parts", "zoo"]) == 0
     assert not (out / "zoo.csv").exists() and "model zoo" not in (out / "summary.md").read_text()
+
+
+def test_latency_model_compares_the_table_with_measured_models(bench_run, tmp_path, capsys):
+    import shutil
+
+    from bench.latency_model import main as latency_model
+
+    config, out = bench_run
+    saved = tmp_path / "policies"
+    saved.mkdir()
+    shutil.copy(next((out / "runs").glob("ddpg-m60-s0*/best_policy.json")), saved / "ddpg-m60-s0.json")
+    args = [str(config), "--targets", "0.6,0.4", "--policies-per-target", "3", "--repeats", "3", "--out", str(tmp_path),
+            "--policies", str(saved)]
+    assert latency_model(args) == 0
+    frame = pd.read_csv(tmp_path / "latency_model-tests.fixtures_tiny_cnn-t1.csv")
+    assert len(frame) == 2 * (1 + 3) + 1 and "ddpg-m60-s0" in set(frame["policy"])
+    assert frame.groupby("macs_target")["macs_ratio"].max().le(pd.Series({0.4: 0.4 + 1e-9, 0.6: 0.6 + 1e-9})).all()
+    assert (frame[["predicted_ratio", "measured_ratio"]] > 0).all().all()
+    assert frame["measured_ratio"].to_numpy() == pytest.approx((frame["pruned_ms"] / frame["dense_ms"]).to_numpy())
+    assert "Spearman rho" in (tmp_path / "latency_model-tests.fixtures_tiny_cnn-t1.md").read_text()
+    assert latency_model([str(config), "--targets", "half"]) == 2
+    assert latency_model([str(config), "--table", str(tmp_path / "none.json")]) == 2
+    assert "env.latency_table: file not found" in capsys.readouterr().err

@@ -4,6 +4,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from search.cli import main
@@ -176,3 +177,29 @@ def test_resume_keeps_the_overrides_the_search_started_with(tmp_path, tiny_confi
                                                  "study_name": "tiny", "storage_path": str(run / "ray")}))
     assert main(["search", str(tiny_config), "--resume", str(run), "--quiet", "search.evaluations=9"]) == 2
     assert sorted(p.name for p in run.iterdir()) == ["search.json"]
+
+
+def test_latency_table_command_and_a_latency_aware_local_search(tmp_path, tiny_config):
+    table = tmp_path / "tables" / "tiny.json"
+    assert main(["latency-table", str(tiny_config), "--out", str(table), "--quiet"]) == 0
+    body = json.loads(table.read_text())
+    assert body["format"] == 1 and body["batch_size"] == 64 and body["entries"]
+    bad = run_cli("latency-table", str(tiny_config), "--out", str(tmp_path / "t.txt"), cwd=tmp_path)
+    assert bad.returncode == 2 and "--out: expected a .json file" in bad.stderr and "Traceback" not in bad.stderr
+    assert not (tmp_path / "t.txt").exists()
+
+    out = tmp_path / "run"
+    args = ["search", str(tiny_config), "--backend", "local", "--out", str(out), "--quiet", "search.searcher=random",
+            "search.evaluations=6", "env.macs_target=0.6", "env.budget=cap", "search.final_pass=false",
+            "sweep.accuracy_floor=null", "env.latency_weight=1", "env.latency_target=0.5", "env.latency_batch=8"]
+    assert main(args) == 0
+    import pandas as pd
+
+    frame = pd.read_csv(out / "evaluations.csv")
+    assert (out / "latency_table.json").is_file()  # measured by the search, kept beside its evaluations
+    assert frame["latency_ratio"].between(0, 2).all()
+    penalty = (frame["latency_ratio"] / 0.5 - 1).clip(lower=0)
+    expected = frame["accuracy"] - 0.5 * frame["macs_ratio"] - penalty  # accuracy_minus_compute, then the term
+    assert np.allclose(frame["reward"], expected)
+    report = (out / "report.md").read_text()
+    assert "minus 1 x max(0, L / 0.5 - 1)" in report and "latency_ratio" in report

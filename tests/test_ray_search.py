@@ -19,6 +19,7 @@ import time
 from contextlib import closing
 from pathlib import Path
 
+import numpy as np
 import optuna
 import pandas as pd
 import pytest
@@ -63,6 +64,8 @@ def config(tmp_path):
 
 # evaluations of about a second (instead of ~0.1 s): several are in flight at once and a kill lands mid-search
 HEAVIER = ["model.kwargs={width: 64}", "data.options={size: 28, n_train: 3000, n_test: 100}", "eval.bn_batches=20"]
+# a latency-aware reward (a table measured by the driver; channels in steps of 8 keep it to a second)
+LATENCY = ["prune.round_to=8", "env.latency_weight=1", "env.latency_batch=8"]
 # the fault tests run three times as many: once trials start within a second (the evaluator is shipped ready),
 # 8, and under a loaded machine even 16, can all finish before the test has seen two recorded and picked its moment
 FAULT_EVALUATIONS = 24
@@ -127,12 +130,16 @@ def two_node_cluster(ray_env, tmp_path):
 def test_search_runs_trials_on_both_nodes_of_a_cluster(two_node_cluster, ray_env, config, tmp_path):
     out = tmp_path / "run"
     # evaluations long enough (~1 s) that two are in flight: with 0.1 s trials one reused actor could run them all
-    result = subprocess.run(search_cmd(config, out, "--address", two_node_cluster, *HEAVIER), env=ray_env, cwd=tmp_path,
-                            capture_output=True, text=True, timeout=600)
+    result = subprocess.run(search_cmd(config, out, "--address", two_node_cluster, *HEAVIER, *LATENCY), env=ray_env,
+                            cwd=tmp_path, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
     frame = assert_complete_once(out, 8)
     assert frame["node_id"].nunique() == 2  # nodes share 127.0.0.1: told apart by node id
     assert frame["searcher"].eq("ddpg").all() and frame["reward"].notna().all()
+    # the driver's latency table reached the workers of both nodes: each trial priced its policy with it
+    table = pd.read_csv(out / "evaluations.csv")
+    assert table["latency_ratio"].notna().all()
+    assert np.allclose(table["reward"], table["accuracy"] - 0.5 * table["macs_ratio"] - table["latency_ratio"])
     assert (out / "agent.zip").is_file() and (out / "best_policy.json").is_file()
     assert "2 node(s)" in (out / "report.md").read_text()
 
@@ -173,7 +180,7 @@ def test_a_killed_worker_is_retried_and_nothing_is_lost(ray_env, config, tmp_pat
     # when its worker died, not one still PENDING on a reused actor that died between two trials
     log = tmp_path / "driver.log"
     with log.open("w") as sink:
-        driver = subprocess.Popen(search_cmd(config, out, *HEAVIER, f"search.evaluations={FAULT_EVALUATIONS}"),
+        driver = subprocess.Popen(search_cmd(config, out, *HEAVIER, *LATENCY, f"search.evaluations={FAULT_EVALUATIONS}"),
                                   env=ray_env, cwd=tmp_path, stdout=sink, stderr=subprocess.STDOUT)
 
     def busy_workers() -> list[int]:
@@ -212,7 +219,7 @@ def test_a_killed_driver_resumes_without_loss_or_duplicates(ray_env, config, tmp
     # ~1 s evaluations, so that the kill lands while the search still has evaluations to run
     log = tmp_path / "driver.log"
     with log.open("w") as sink:
-        driver = subprocess.Popen(search_cmd(config, out, *HEAVIER, f"search.evaluations={FAULT_EVALUATIONS}"),
+        driver = subprocess.Popen(search_cmd(config, out, *HEAVIER, *LATENCY, f"search.evaluations={FAULT_EVALUATIONS}"),
                                   env=ray_env, cwd=tmp_path, start_new_session=True, stdout=sink,
                                   stderr=subprocess.STDOUT)
 
@@ -230,11 +237,14 @@ def test_a_killed_driver_resumes_without_loss_or_duplicates(ray_env, config, tmp
         driver.wait()
     partial = recorded(out)
     assert 3 <= partial < FAULT_EVALUATIONS
-    result = subprocess.run(search_cmd(config, tmp_path / "ignored", "--resume", str(out), *HEAVIER,
+    table = (out / "latency_table.json").read_bytes()
+    result = subprocess.run(search_cmd(config, tmp_path / "ignored", "--resume", str(out), *HEAVIER, *LATENCY,
                                        f"search.evaluations={FAULT_EVALUATIONS}"), env=ray_env,
                             cwd=tmp_path, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
-    assert_complete_once(out, FAULT_EVALUATIONS)
+    frame = assert_complete_once(out, FAULT_EVALUATIONS)
+    # the resumed search kept its stored latency overrides and priced its policies with the same table, not a new one
+    assert (out / "latency_table.json").read_bytes() == table and frame["latency_ratio"].notna().all()
 
 
 def test_dashboard_shows_the_study_in_headless_chromium(ray_env, config, tmp_path):

@@ -1,0 +1,130 @@
+"""How well a latency table (`pruning.latency_table`) predicts the measured latency of pruned models.
+
+For random policies on each MACs target (drawn through the environment, so each lands on the target
+as a searcher's would), the uniform policy and any saved policies (`--policies DIR`), it prunes the
+model to each policy's shape, times dense and pruned as deployed in alternating rounds, and compares
+the measured latency ratio with the table's prediction. At one MACs target the MACs ratio is the same
+for every policy, so the question is whether the table ranks policies of equal MACs by latency:
+Spearman's rho within each target. Latency depends on shapes only, so an untrained model serves.
+Writes `latency_model-<model>-t<threads>.{csv,md}` into --out (a ':' in the model name becomes '_').
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+
+from envs.factory import env_kwargs
+from envs.layer_pruning import LayerPruningEnv
+from pruning.apply import channel_rankings, prune_structured
+from pruning.baseline import architecture, build_from_arch
+from pruning.config import load_config
+from pruning.cost import paired_latency
+from pruning.data import load_data
+from pruning.errors import UserError
+from pruning.latency_table import LatencyTable
+from pruning.policy import SparsityPolicy, uniform_for_macs
+from pruning.runtime import set_threads
+from pruning.units import discover_units
+from search.jobs import measure_table
+from search.report import markdown_table
+
+
+def sample_policies(env: LayerPruningEnv, count: int, seed: int) -> list[tuple[str, SparsityPolicy]]:
+    """`count` policies from uniformly random actions, clamped onto the env's MACs target."""
+    rng = np.random.default_rng(seed)
+    return [(f"random {i}", env.rollout(lambda _obs, _t: rng.uniform(-1, 1, 1))[0]) for i in range(count)]
+
+
+def compare(model: torch.nn.Module, table: LatencyTable, named: list[tuple[str, float, SparsityPolicy]],
+            graph, round_to: int, batch: int, repeats: int) -> pd.DataFrame:
+    """One row per policy: MACs ratio, predicted and measured latency ratio (dense timed beside each)."""
+    rankings = channel_rankings(model, graph, "l1")
+    rows = []
+    for name, target, policy in named:
+        kept = policy.kept(graph, round_to)
+        pruned = prune_structured(copy.deepcopy(model), graph, kept, "l1", rankings).eval()
+        dense_ms, pruned_ms = paired_latency(model, pruned, graph.input_shape, batch, repeats)
+        rows.append({"policy": name, "macs_target": target, "macs_ratio": graph.macs(kept) / graph.dense_macs,
+                     "predicted_ratio": table.ratio(kept), "measured_ratio": pruned_ms / dense_ms,
+                     "dense_ms": dense_ms, "pruned_ms": pruned_ms})
+    frame = pd.DataFrame(rows)
+    frame["error"] = frame["predicted_ratio"] - frame["measured_ratio"]
+    return frame
+
+
+def summarise(frame: pd.DataFrame) -> pd.DataFrame:
+    rows = []
+    for target, group in frame.groupby("macs_target"):
+        rows.append({"MACs target": target, "policies": len(group),
+                     "measured ratio (min-max)": f"{group['measured_ratio'].min():.3f}-{group['measured_ratio'].max():.3f}",
+                     "Spearman rho (predicted vs measured)": group["predicted_ratio"].corr(group["measured_ratio"],
+                                                                                         method="spearman"),
+                     "mean error (predicted - measured)": group["error"].mean(),
+                     "mean abs error": group["error"].abs().mean()})
+    return pd.DataFrame(rows)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench.latency_model", description=__doc__)
+    parser.add_argument("config")
+    parser.add_argument("overrides", nargs="*", help="dotted.key=value")
+    parser.add_argument("--targets", default="0.5,0.25", help="comma-separated MACs targets")
+    parser.add_argument("--policies-per-target", type=int, default=20)
+    parser.add_argument("--policies", help="a folder of saved policy JSON files to include (e.g. a bench's policies/)")
+    parser.add_argument("--table", help="a latency table to check (default: measure one now)")
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--repeats", type=int, default=30)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--out", default="results/bench", help="folder for the CSV and Markdown")
+    args = parser.parse_args(argv)
+    try:
+        targets = [float(t) for t in args.targets.split(",")]
+    except ValueError:
+        print(f"--targets: expected comma-separated numbers, got {args.targets!r}", file=sys.stderr)
+        return 2
+    try:
+        cfg = load_config(args.config, args.overrides)
+        set_threads(args.threads)
+        torch.manual_seed(args.seed)
+        data = load_data(cfg.data.name, cfg.data.path, cfg.data.val_fraction, cfg.data.val_size, **cfg.data.options)
+        model = build_from_arch(architecture(cfg, data)).eval()
+        graph = discover_units(model, data.input_shape, cfg.prune.mode)
+        table = LatencyTable.load(args.table) if args.table else measure_table(cfg, model, graph)
+        table.check(graph, cfg.prune.round_to)
+        named: list[tuple[str, float, SparsityPolicy]] = []
+        for target in targets:
+            env = LayerPruningEnv(graph, deferred=True, **{**env_kwargs(cfg), "macs_target": target})
+            named.append(("uniform", target, uniform_for_macs(graph, target, cfg.prune.round_to, cfg.prune.max_ratio)))
+            named += [(name, target, policy) for name, policy in sample_policies(env, args.policies_per_target, args.seed)]
+        for path in sorted(Path(args.policies).glob("*.json")) if args.policies else []:
+            policy = SparsityPolicy.load(path).validate(graph, cfg.prune.max_ratio, source=str(path))
+            named.append((path.stem, float(policy.meta.get("macs_target") or 0.0), policy))
+    except UserError as exc:
+        print(f"bench.latency_model: error: {exc}", file=sys.stderr)
+        return 2
+    frame = compare(model, table, named, graph, cfg.prune.round_to, table.batch_size, args.repeats)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    stem = f"latency_model-{cfg.model.name.replace(':', '_')}-t{torch.get_num_threads()}"
+    frame.to_csv(out / f"{stem}.csv", index=False)
+    lines = [f"# Latency table vs measured latency: {cfg.model.name}, batch {table.batch_size}, "
+             f"{torch.get_num_threads()} thread(s)", "",
+             f"`python -m bench.latency_model {' '.join(sys.argv[1:] if argv is None else argv)}`", "",
+             "Ratios are pruned / dense latency as deployed (BN folded; channels-last on a CPU), dense timed beside "
+             "each policy in alternating rounds. Table: dense model "
+             f"{table.dense_ms:.2f} ms, of which {table.rest_ms:.2f} ms outside convs and linears.", "",
+             markdown_table(summarise(frame)), "", markdown_table(frame), ""]
+    (out / f"{stem}.md").write_text("\n".join(lines))
+    print(markdown_table(summarise(frame)))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,123 @@
+"""Latency tables: they cover every policy the env can propose, agree with torch-pruning's surgery on each
+layer's channels, round-trip through JSON, refuse another model, and enter the reward as configured."""
+
+import copy
+import json
+
+import numpy as np
+import pytest
+from torch import nn
+
+from envs.layer_pruning import LayerPruningEnv
+from envs.synthetic import SyntheticEvaluator
+from pruning.apply import prune_structured
+from pruning.config import load_config
+from pruning.errors import UserError
+from pruning.latency_table import LatencyTable, kept_options, measure_latency_table
+from pruning.models import build_model
+from pruning.units import discover_units
+
+SHAPE = (1, 28, 28)
+ROUND_TO = 4
+
+
+@pytest.fixture(scope="module")
+def resnet():
+    """ResNet-20 (shapes only: latency does not depend on weights), its units, and a quickly measured table."""
+    model = build_model("resnet20", 1, 10, SHAPE).eval()
+    graph = discover_units(model, SHAPE)
+    table = measure_latency_table(model, graph, batch_size=4, round_to=ROUND_TO, r_max=0.9, repeats=1, rounds=1)
+    return model, graph, table
+
+
+def random_policies(graph, table, count=20, target=0.3):
+    env = LayerPruningEnv(graph, deferred=True, macs_target=target, round_to=ROUND_TO, latency_table=table)
+    rng = np.random.default_rng(0)
+    return [env.rollout(lambda _obs, _t: rng.uniform(-1, 1, 1))[0] for _ in range(count)]
+
+
+def test_kept_options_are_every_count_a_ratio_in_range_gives():
+    assert kept_options(16, 0.0, 0.8, 4) == [4, 8, 12, 16]
+    assert kept_options(10, 0.0, 0.5, 1) == [5, 6, 7, 8, 9, 10]
+
+
+def test_the_table_prices_every_policy_the_env_proposes(resnet):
+    _, graph, table = resnet
+    assert table.ratio({}) == pytest.approx(1.0)
+    ratios = [table.ratio(policy.kept(graph, ROUND_TO)) for policy in random_policies(graph, table)]
+    assert all(r > 0.0 for r in ratios)  # every layer's channel counts have an entry (no UserError)
+    assert len(set(np.round(ratios, 6))) > 1  # equal MACs, different predicted latency
+
+
+def test_each_layer_gets_the_channels_torch_pruning_leaves_it(resnet):
+    model, graph, table = resnet
+    for policy in random_policies(graph, table, count=3):
+        kept = policy.kept(graph, ROUND_TO)
+        pruned = prune_structured(copy.deepcopy(model), graph, kept, "l1")
+        modules = dict(pruned.named_modules())
+        for name, (cin, cout) in table.layer_channels(kept).items():
+            layer = modules[name]
+            real = (layer.in_channels, layer.out_channels) if isinstance(layer, nn.Conv2d) else \
+                (layer.in_features, layer.out_features)
+            assert (cin, cout) == real, name
+
+
+def test_round_trip_and_refusals(resnet, tmp_path):
+    _, graph, table = resnet
+    path = table.save(tmp_path / "table.json")
+    loaded = LatencyTable.load(path)
+    kept = random_policies(graph, table, count=1)[0].kept(graph, ROUND_TO)
+    assert loaded.predict_ms(kept) == table.predict_ms(kept)
+    loaded.check(graph, ROUND_TO)
+    with pytest.raises(UserError, match="env.latency_table: measured with round_to=4, but prune.round_to is 8"):
+        loaded.check(graph, 8)
+    other = discover_units(build_model("resnet32", 1, 10, SHAPE), SHAPE)
+    with pytest.raises(UserError, match="env.latency_table: measured for another model"):
+        LayerPruningEnv(other, deferred=True, round_to=ROUND_TO, latency_table=loaded)
+    (tmp_path / "bad.json").write_text("{not json")
+    with pytest.raises(UserError, match="bad.json is not a JSON latency table"):
+        LatencyTable.load(tmp_path / "bad.json")
+    (tmp_path / "policy.json").write_text(json.dumps({"format": "prunepilot.sparsity-policy/1"}))
+    with pytest.raises(UserError, match="is not a latency table"):
+        LatencyTable.load(tmp_path / "policy.json")
+    with pytest.raises(UserError, match="file not found"):
+        LatencyTable.load(tmp_path / "missing.json")
+
+
+@pytest.mark.parametrize("target", [None, 0.3])
+def test_predicted_latency_enters_the_reward(resnet, target):
+    _, graph, table = resnet
+    fake = SyntheticEvaluator(graph, np.full(len(graph.units), 0.5), round_to=ROUND_TO)
+    plain = LayerPruningEnv(graph, fake, macs_target=0.3, round_to=ROUND_TO, reward="amc_error")
+    timed = LayerPruningEnv(graph, fake, macs_target=0.3, round_to=ROUND_TO, reward="amc_error", latency_table=table,
+                            latency_weight=2.0, latency_target=target)
+    overs = []
+    for policy in random_policies(graph, table, count=8):
+        result = fake.evaluate(policy)
+        ratio = table.ratio(result.kept)
+        over = ratio if target is None else max(0.0, ratio / target - 1.0)
+        overs.append(over)
+        assert timed.reward(result) == pytest.approx(plain.reward(result) - 2.0 * over)
+        assert timed.latency_ratio(result.kept) == ratio and plain.latency_ratio(result.kept) is None
+    assert max(overs) > 0  # the term did act on some policies
+
+
+def test_a_latency_weight_needs_a_table_and_a_target_needs_a_weight(resnet, tmp_path):
+    _, graph, _ = resnet
+    with pytest.raises(UserError, match="env.latency_table: a latency weight > 0 needs a latency table"):
+        LayerPruningEnv(graph, deferred=True, latency_weight=1.0)
+    with pytest.raises(UserError, match="latency_target has no effect with latency_weight 0"):
+        load_config(None, ["env.latency_target=0.3"])
+    from envs.factory import env_kwargs
+
+    with pytest.raises(UserError, match="env.latency_weight > 0 needs a table"):
+        env_kwargs(load_config(None, ["env.latency_weight=1"]))
+    with pytest.raises(UserError, match="env.latency_table: file not found"):
+        env_kwargs(load_config(None, ["env.latency_weight=1", f"env.latency_table={tmp_path / 'nope.json'}"]))
+
+
+def test_unstructured_mode_has_no_latency_table():
+    model = build_model("lenet5", 1, 10, SHAPE)
+    graph = discover_units(model, SHAPE, "unstructured")
+    with pytest.raises(UserError, match="prune.mode=structured"):
+        measure_latency_table(model, graph)
