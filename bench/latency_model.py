@@ -1,7 +1,7 @@
 """How well a latency table (`pruning.latency_table`) predicts the measured latency of pruned models.
 
 For random policies on each MACs target (drawn through the environment, so each lands on the target
-as a searcher's would), the uniform policy and any saved policies (`--policies DIR`), it prunes the
+as a searcher's would), the uniform policy and the runs' chosen policies (`--policies FOLDER`), it prunes the
 model to each policy's shape, times dense and pruned as deployed in alternating rounds, and compares
 the measured latency ratio with the table's prediction. At one MACs target the MACs ratio is the same
 for every policy, so the question is whether the table ranks policies of equal MACs by latency:
@@ -20,6 +20,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from bench.comparison import target_tag
 from envs.factory import env_kwargs
 from envs.layer_pruning import LayerPruningEnv
 from pruning.apply import channel_rankings, prune_structured
@@ -40,6 +41,29 @@ def sample_policies(env: LayerPruningEnv, count: int, seed: int) -> list[tuple[s
     """`count` policies from uniformly random actions, clamped onto the env's MACs target."""
     rng = np.random.default_rng(seed)
     return [(f"random {i}", env.rollout(lambda _obs, _t: rng.uniform(-1, 1, 1))[0]) for i in range(count)]
+
+
+def saved_policies(folder: Path, graph, targets: list[float], max_ratio: float) -> list[tuple[str, float, SparsityPolicy]]:
+    """The chosen policy of each run in a folder, at the given targets: policy files (`*.json`, a bench's
+    `policies/`), finished runs (`runs/*/best_policy.json`) and recorded searches (the best COMPLETE row of
+    `evaluations/*.csv`). A run's target is read from its name (`ddpg-m25-s0`: 25%)."""
+    found: dict[str, tuple[Path, str]] = {p.stem: (p, "json") for p in sorted(folder.glob("*.json"))}
+    found.update({p.stem: (p, "json") for p in sorted((folder / "policies").glob("*.json"))})
+    found.update({p.parent.name: (p, "json") for p in sorted((folder / "runs").glob("*/best_policy.json"))})
+    found.update({p.stem: (p, "csv") for p in sorted((folder / "evaluations").glob("*.csv"))})
+    policies = []
+    for name, (path, kind) in sorted(found.items()):
+        target = next((t for t in targets if f"-{target_tag(t)}-" in f"-{name}-"), None)
+        if target is None:
+            continue
+        if kind == "json":
+            policy = SparsityPolicy.load(path).validate(graph, max_ratio, source=str(path))
+        else:
+            rows = pd.read_csv(path)
+            best = rows[rows["state"] == "COMPLETE"].sort_values("reward", ascending=False).iloc[0]
+            policy = SparsityPolicy.from_ratios(graph, [float(best[f"ratio:{u.name}"]) for u in graph.units])
+        policies.append((name, target, policy))
+    return policies
 
 
 def compare(model: torch.nn.Module, table: LatencyTable, named: list[tuple[str, float, SparsityPolicy]],
@@ -71,17 +95,35 @@ def summarise(frame: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+def predicted_floor(graph, table: LatencyTable, envs: dict[float, LayerPruningEnv], draws: int, seed: int,
+                    round_to: int, max_ratio: float) -> pd.DataFrame:
+    """Per target: the least and median predicted latency ratio over `draws` random policies (no timing), the
+    uniform policy's, and the ratio a speed-up of 0.8x the MACs reduction needs (target / 0.8)."""
+    rows = []
+    for target, env in envs.items():
+        ratios = [table.ratio(policy.kept(graph, round_to)) for _, policy in sample_policies(env, draws, seed)]
+        uniform = table.ratio(uniform_for_macs(graph, target, round_to, max_ratio).kept(graph, round_to))
+        rows.append({"MACs target": target, "random policies": draws, "least predicted ratio": min(ratios),
+                     "median": float(np.median(ratios)), "uniform": uniform, "needed for 0.8x": target / 0.8})
+    return pd.DataFrame(rows)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.latency_model", description=__doc__)
     parser.add_argument("config")
     parser.add_argument("overrides", nargs="*", help="dotted.key=value")
     parser.add_argument("--targets", default="0.5,0.25", help="comma-separated MACs targets")
     parser.add_argument("--policies-per-target", type=int, default=20)
-    parser.add_argument("--policies", help="a folder of saved policy JSON files to include (e.g. a bench's policies/)")
+    parser.add_argument("--policies", action="append", default=[], metavar="FOLDER",
+                        help="include the chosen policies found in FOLDER (see `saved_policies`), e.g. a bench results "
+                             "folder; repeatable")
     parser.add_argument("--table", help="a latency table to check (default: measure one now)")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--repeats", type=int, default=30)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--draws", type=int, default=0,
+                        help="also price this many random policies per target from the table alone (no timing): the "
+                             "least latency ratio any policy reaches")
     parser.add_argument("--out", default="results/bench", help="folder for the CSV and Markdown")
     args = parser.parse_args(argv)
     try:
@@ -99,13 +141,13 @@ def main(argv: list[str] | None = None) -> int:
         table = LatencyTable.load(args.table) if args.table else measure_table(cfg, model, graph)
         table.check(graph, cfg.prune.round_to)
         named: list[tuple[str, float, SparsityPolicy]] = []
-        for target in targets:
-            env = LayerPruningEnv(graph, deferred=True, **{**env_kwargs(cfg), "macs_target": target})
+        envs = {target: LayerPruningEnv(graph, deferred=True, **{**env_kwargs(cfg), "macs_target": target})
+                for target in targets}
+        for target, env in envs.items():
             named.append(("uniform", target, uniform_for_macs(graph, target, cfg.prune.round_to, cfg.prune.max_ratio)))
             named += [(name, target, policy) for name, policy in sample_policies(env, args.policies_per_target, args.seed)]
-        for path in sorted(Path(args.policies).glob("*.json")) if args.policies else []:
-            policy = SparsityPolicy.load(path).validate(graph, cfg.prune.max_ratio, source=str(path))
-            named.append((path.stem, float(policy.meta.get("macs_target") or 0.0), policy))
+        for folder in args.policies:
+            named += saved_policies(Path(folder), graph, targets, cfg.prune.max_ratio)
     except UserError as exc:
         print(f"bench.latency_model: error: {exc}", file=sys.stderr)
         return 2
@@ -119,10 +161,16 @@ def main(argv: list[str] | None = None) -> int:
              f"`python -m bench.latency_model {' '.join(sys.argv[1:] if argv is None else argv)}`", "",
              "Ratios are pruned / dense latency as deployed (BN folded; channels-last on a CPU), dense timed beside "
              "each policy in alternating rounds. Table: dense model "
-             f"{table.dense_ms:.2f} ms, of which {table.rest_ms:.2f} ms outside convs and linears.", "",
-             markdown_table(summarise(frame)), "", markdown_table(frame), ""]
+             f"{table.dense_ms:.2f} ms; outside convs and linears {table.rest_fixed_ms:.2f} ms fixed + "
+             f"{table.rest_activation_ms:.2f} ms x the fraction of activations kept.", "",
+             markdown_table(summarise(frame)), ""]
+    if args.draws > 0:
+        lines += [f"Predicted by the table alone, {args.draws} random policies per target (seed {args.seed}):", "",
+                  markdown_table(predicted_floor(graph, table, envs, args.draws, args.seed, cfg.prune.round_to,
+                                                 cfg.prune.max_ratio)), ""]
+    lines += [markdown_table(frame), ""]
     (out / f"{stem}.md").write_text("\n".join(lines))
-    print(markdown_table(summarise(frame)))
+    print("\n".join(lines[4:-2]))  # the summary and the floor, without the per-policy rows
     return 0
 
 

@@ -26,6 +26,7 @@ from bench.search_efficiency import measure
 from bench.transfer import source_files, transfer_runs, transfer_table
 from agents.sb3_agents import BUILDERS
 from bench.zoo import display_zoo, zoo_rows
+from envs.rewards import describe_latency_penalty
 from pruning.config import RunConfig, load_config
 from pruning.data import load_data
 from pruning.errors import UserError
@@ -37,6 +38,15 @@ log = logging.getLogger("prunepilot")
 PARTS = ("comparison", "transfer", "efficiency", "zoo")
 DROP_LIMIT_PP = {0.5: 0.3, 0.25: 1.5}  # issue targets: at 2x and 4x MACs reduction
 
+
+
+def latency_reward(cfg: RunConfig) -> str:
+    """The predicted-latency term of the searches' reward, for the summary; empty when off."""
+    e = cfg.env
+    if e.latency_weight == 0:
+        return ""
+    return f"{describe_latency_penalty(e.latency_weight, e.latency_target)}, L the predicted latency ratio from " \
+           f"`{e.latency_table or 'a table each run measured'}`"
 
 def parse_parts(text: str | None) -> list[str]:
     parts = [p.strip() for p in (text or ",".join(PARTS)).split(",") if p.strip()]
@@ -173,7 +183,8 @@ def write_summary(cfg: RunConfig, config: str, folder: Path, overrides: list[str
                 f"{cfg.prune.final_epochs} final epochs, distillation {cfg.prune.distill}, importance "
                 f"{cfg.prune.importance}, round_to {cfg.prune.round_to}" if b.final_pass else "off")
              + f". Rewards on {cfg.eval.val_limit or 'all'} validation images after {cfg.eval.bn_batches} adaptive-BN "
-               f"batches; reward `{cfg.env.reward}` (λ {cfg.env.reward_lambda}). One torch thread per run, "
+               f"batches; reward `{cfg.env.reward}` (λ {cfg.env.reward_lambda}){latency_reward(cfg)}. One torch "
+               f"thread per run, "
                f"{b.parallel} runs at once (each run's device is in the `device` column: search seconds compare within one "
                f"device only)."
              + (f" Latencies: medians over {cfg.eval.latency_repeats} repeats on this machine's CPU with "

@@ -9,7 +9,7 @@ import gymnasium as gym
 import numpy as np
 from gymnasium import spaces
 
-from envs.rewards import get_reward
+from envs.rewards import get_reward, latency_penalty
 from pruning.errors import UserError
 from pruning.latency_table import LatencyTable
 from pruning.policy import SparsityPolicy
@@ -278,9 +278,7 @@ class LayerPruningEnv(gym.Env):
     def reward(self, result: Any) -> float:
         value = self.reward_fn(result.accuracy, result.macs_ratio, result.macs, self.reward_lambda)
         if self.latency_weight > 0:
-            ratio = self.latency_ratio(result.kept)
-            over = max(0.0, ratio / self.latency_target - 1.0) if self.latency_target else ratio
-            value -= self.latency_weight * over
+            value -= latency_penalty(self.latency_ratio(result.kept), self.latency_weight, self.latency_target)
         return float(value)
 
     def latency_ratio(self, kept: dict[str, int]) -> float | None:

@@ -24,6 +24,18 @@ def amc_error_log_macs(accuracy: float, macs_ratio: float, macs: float, lam: flo
     return -(1.0 - accuracy) * math.log(max(macs, 1.0))
 
 
+def latency_penalty(ratio: float, weight: float, target: float | None) -> float:
+    """What a policy's predicted latency ratio costs: weight * max(0, ratio / target - 1), or weight * ratio."""
+    return weight * (max(0.0, ratio / target - 1.0) if target else ratio)
+
+
+def describe_latency_penalty(weight: float, target: float | None) -> str:
+    """The latency term as reports write it; empty when it is off."""
+    if weight == 0:
+        return ""
+    return f" minus {weight:g} x " + (f"max(0, L / {target:g} - 1)" if target else "L")
+
+
 REWARDS: dict[str, RewardFn] = {
     "accuracy_minus_compute": accuracy_minus_compute,
     "amc_error": amc_error,

@@ -5,13 +5,15 @@ two policies with the same MACs can differ in latency by tens of percent. Timing
 model inside a search would be slow, and noisy wherever trials share cores. Instead every conv and
 linear layer is timed alone once, as deployed (bias in place of the folded BN; channels-last on a
 CPU), for every (input, output) channel count a policy can give it. A policy's latency is the sum of
-its layers' entries plus the rest of the model (ReLU, residual adds, pooling), taken as the dense
-model's measured remainder scaled by the fraction of activations kept. The table is saved with the
-run, so the same table and seed give the same search.
+its layers' entries plus the rest of the model (ReLU, residual adds, pooling, per-op dispatch): a fixed
+part plus a part proportional to the activations kept, fitted to two whole models measured the same
+way, the dense one and the one pruned as far as every unit can go. The table is saved with the run,
+so the same table and seed give the same search.
 """
 
 from __future__ import annotations
 
+import copy
 import json
 import statistics
 import time
@@ -22,6 +24,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from pruning.apply import prune_structured
 from pruning.cost import measure_latency
 from pruning.errors import UserError
 from pruning.units import UnitGraph, kept_count
@@ -57,8 +60,9 @@ class LatencyTable:
     """geometry -> "in,out" channel counts -> median ms."""
     dense_ms: float
     """The whole dense model as deployed (`pruning.cost.measure_latency`)."""
-    rest_ms: float
-    """dense_ms minus the dense layers' entries: what runs outside convs and linears."""
+    rest_fixed_ms: float
+    rest_activation_ms: float
+    """What runs outside convs and linears: rest_fixed_ms + rest_activation_ms * the fraction of activations kept."""
 
     def layer_channels(self, kept: dict[str, int]) -> dict[str, tuple[int, int]]:
         """(input, output) channels of every layer when each unit keeps `kept[unit]` channels."""
@@ -70,19 +74,22 @@ class LatencyTable:
             channels[name] = (cin, cout)
         return channels
 
+    def activation_fraction(self, kept: dict[str, int]) -> float:
+        """Conv/linear outputs kept, as a fraction of dense: what ReLUs, adds and pooling still touch."""
+        channels = self.layer_channels(kept)
+        kept_total = sum(channels[name][1] * layer.out_area for name, layer in self.layers.items())
+        return kept_total / sum(layer.out_channels * layer.out_area for layer in self.layers.values())
+
     def predict_ms(self, kept: dict[str, int]) -> float:
         """Predicted latency (ms) of the model pruned to `kept` (missing units are whole)."""
-        total, activations, dense_activations = 0.0, 0.0, 0.0
+        total = 0.0
         for name, (cin, cout) in self.layer_channels(kept).items():
-            layer = self.layers[name]
             try:
-                total += self.entries[layer.geometry][f"{cin},{cout}"]
+                total += self.entries[self.layers[name].geometry][f"{cin},{cout}"]
             except KeyError:
                 raise UserError(f"env.latency_table: no entry for layer {name} with {cin} input and {cout} output "
                                 f"channels; the table was measured with round_to={self.round_to}") from None
-            activations += cout * layer.out_area
-            dense_activations += layer.out_channels * layer.out_area
-        return total + self.rest_ms * activations / dense_activations
+        return total + self.rest_fixed_ms + self.rest_activation_ms * self.activation_fraction(kept)
 
     def ratio(self, kept: dict[str, int]) -> float:
         """Predicted latency of the pruned model as a fraction of the dense model's."""
@@ -159,22 +166,15 @@ def _time_module(module: nn.Module, x: torch.Tensor, repeats: int) -> float:
     return statistics.median(times)
 
 
-def measure_latency_table(model: nn.Module, graph: UnitGraph, batch_size: int = 64, round_to: int = 1,
-                          r_min: float = 0.0, r_max: float = 0.9, repeats: int = 7, rounds: int = 3) -> LatencyTable:
-    """Time every conv/linear layer of `model` alone at every channel count a policy can give it.
+Wanted = dict[str, tuple[nn.Module, tuple[int, int], bool, set[tuple[int, int]]]]
+"""geometry -> (a layer of that geometry, its input size, depthwise, the (in, out) channel pairs to time)."""
 
-    Each entry is the median of `rounds` medians of `repeats` calls, the rounds interleaved over all
-    entries so that drifting machine load falls on each alike. Structured mode only: unstructured
-    sparsity leaves dense kernels as they are, so a table could not tell policies apart.
-    """
-    if graph.mode != "structured":
-        raise UserError("env.latency_table: latency tables need prune.mode=structured (zeroed weights leave "
-                        "dense kernels as slow as before)")
-    device = next(model.parameters()).device
+
+def _plan(model: nn.Module, graph: UnitGraph, options: dict[str, list[int]]) -> tuple[dict[str, TableLayer], Wanted]:
+    """Each layer's place in the table, and the channel pairs to time per geometry (shared by equal layers)."""
     modules = dict(model.named_modules())
-    options = {u.name: kept_options(u.channels, r_min, r_max, round_to) for u in graph.units}
     layers: dict[str, TableLayer] = {}
-    wanted: dict[str, tuple[nn.Module, tuple[int, int], bool, set[tuple[int, int]]]] = {}
+    wanted: Wanted = {}
     for name, shape in graph.shapes.items():
         module, depthwise = modules[name], name in graph.depthwise
         cin_dense = module.in_channels if isinstance(module, nn.Conv2d) else module.in_features
@@ -187,6 +187,12 @@ def measure_latency_table(model: nn.Module, graph: UnitGraph, batch_size: int = 
         ins = outs if depthwise else (options[in_unit] if in_unit else [cin_dense])
         pairs = {(c, c) for c in outs} if depthwise else {(i, o) for i in ins for o in outs}
         wanted.setdefault(geometry, (module, shape.in_hw, depthwise, set()))[3].update(pairs)
+    return layers, wanted
+
+
+def _time_entries(wanted: Wanted, device: torch.device, batch_size: int, repeats: int,
+                  rounds: int) -> dict[str, dict[str, float]]:
+    """Median ms of every planned layer alone, rounds interleaved over all entries."""
     channels_last = device.type == "cpu"
     timed: dict[tuple[str, int, int], list[float]] = {}
     for _ in range(rounds):
@@ -203,9 +209,39 @@ def measure_latency_table(model: nn.Module, graph: UnitGraph, batch_size: int = 
     entries: dict[str, dict[str, float]] = {}
     for (geometry, cin, cout), values in timed.items():
         entries.setdefault(geometry, {})[f"{cin},{cout}"] = statistics.median(values)
-    dense_ms = statistics.median(measure_latency(model, graph.input_shape, batch_size, repeats).median_ms
-                                 for _ in range(rounds))
-    dense_layers = sum(entries[layer.geometry][f"{layer.in_channels},{layer.out_channels}"]
-                       for layer in layers.values())
-    return LatencyTable(graph.fingerprint, batch_size, torch.get_num_threads(), round_to, device.type, layers,
-                        entries, dense_ms, max(0.0, dense_ms - dense_layers))
+    return entries
+
+
+def _fit_rest(table: LatencyTable, model: nn.Module, graph: UnitGraph, smallest: dict[str, int], repeats: int,
+              rounds: int) -> None:
+    """Set the table's dense_ms and its rest line from the dense and the smallest whole model, timed in rounds."""
+    models = {"dense": model, "smallest": prune_structured(copy.deepcopy(model), graph, smallest)}
+    measured: dict[str, list[float]] = {name: [] for name in models}
+    for _ in range(rounds):
+        for name, whole in models.items():
+            measured[name].append(measure_latency(whole, graph.input_shape, table.batch_size, repeats).median_ms)
+    dense_ms, smallest_ms = statistics.median(measured["dense"]), statistics.median(measured["smallest"])
+    fraction = table.activation_fraction(smallest)
+    rest_dense, rest_small = dense_ms - table.predict_ms({}), smallest_ms - table.predict_ms(smallest)
+    slope = max(0.0, (rest_dense - rest_small) / (1.0 - fraction)) if fraction < 1.0 else 0.0
+    table.dense_ms, table.rest_activation_ms, table.rest_fixed_ms = dense_ms, slope, max(0.0, rest_dense - slope)
+
+
+def measure_latency_table(model: nn.Module, graph: UnitGraph, batch_size: int = 64, round_to: int = 1,
+                          r_min: float = 0.0, r_max: float = 0.9, repeats: int = 7, rounds: int = 3) -> LatencyTable:
+    """Time every conv/linear layer of `model` alone at every channel count a policy can give it.
+
+    Each entry is the median of `rounds` medians of `repeats` calls, the rounds interleaved over all
+    entries so that drifting machine load falls on each alike. Structured mode only: unstructured
+    sparsity leaves dense kernels as they are, so a table could not tell policies apart.
+    """
+    if graph.mode != "structured":
+        raise UserError("env.latency_table: latency tables need prune.mode=structured (zeroed weights leave "
+                        "dense kernels as slow as before)")
+    device = next(model.parameters()).device
+    options = {u.name: kept_options(u.channels, r_min, r_max, round_to) for u in graph.units}
+    layers, wanted = _plan(model, graph, options)
+    table = LatencyTable(graph.fingerprint, batch_size, torch.get_num_threads(), round_to, device.type, layers,
+                         _time_entries(wanted, device, batch_size, repeats, rounds), 0.0, 0.0, 0.0)
+    _fit_rest(table, model, graph, {name: counts[0] for name, counts in options.items()}, repeats, rounds)
+    return table

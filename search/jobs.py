@@ -70,8 +70,9 @@ def measure_table(cfg: RunConfig, model: torch.nn.Module, graph: UnitGraph) -> L
              cfg.model.name, cfg.env.latency_batch, torch.get_num_threads())
     table = measure_latency_table(model, graph, cfg.env.latency_batch, cfg.prune.round_to, 0.0,
                                   max(cfg.env.r_max, cfg.prune.max_ratio))
-    log.info("latency table: %d entries; dense model %.2f ms, of which %.2f ms outside convs and linears",
-             sum(len(v) for v in table.entries.values()), table.dense_ms, table.rest_ms)
+    log.info("latency table: %d entries; dense model %.2f ms, outside convs and linears %.2f ms fixed + %.2f ms "
+             "x activations kept", sum(len(v) for v in table.entries.values()), table.dense_ms, table.rest_fixed_ms,
+             table.rest_activation_ms)
     return table
 
 

@@ -15,6 +15,7 @@ from agents.agent import PruningAgent
 from agents.baselines import uniform
 from envs.factory import build_env, env_kwargs
 from envs.layer_pruning import LayerPruningEnv
+from envs.rewards import describe_latency_penalty
 from pruning.analysis import largest_ratio_above, uniform_sweep
 from pruning.errors import UserError
 from pruning.evaluate import EvalSettings, Evaluator
@@ -162,9 +163,8 @@ def latency_term(env: LayerPruningEnv) -> str:
     """How predicted latency enters the reward, for the report; empty when it does not."""
     if env.latency_weight == 0:
         return ""
-    over = f"max(0, L / {env.latency_target:g} - 1)" if env.latency_target else "L"
-    return (f" minus {env.latency_weight:g} x {over}, L the predicted latency ratio (layer latency table at batch "
-            f"{env.latency_table.batch_size}, {env.latency_table.threads} thread(s))")
+    return (f"{describe_latency_penalty(env.latency_weight, env.latency_target)}, L the predicted latency ratio "
+            f"(layer latency table at batch {env.latency_table.batch_size}, {env.latency_table.threads} thread(s))")
 
 
 def best_evaluation(frame: pd.DataFrame) -> pd.Series:

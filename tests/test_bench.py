@@ -259,17 +259,22 @@ def test_latency_model_compares_the_table_with_measured_models(bench_run, tmp_pa
 
     config, out = bench_run
     saved = tmp_path / "policies"
-    saved.mkdir()
-    shutil.copy(next((out / "runs").glob("ddpg-m60-s0*/best_policy.json")), saved / "ddpg-m60-s0.json")
+    (saved / "evaluations").mkdir(parents=True)
+    shutil.copy(out / "runs" / "ddpg-m60-s0" / "best_policy.json", saved / "ddpg-m60-s0.json")
+    shutil.copy(out / "runs" / "ddpg-m40-s1" / "evaluations.csv", saved / "evaluations" / "ddpg-m40-s1.csv")
     args = [str(config), "--targets", "0.6,0.4", "--policies-per-target", "3", "--repeats", "3", "--out", str(tmp_path),
-            "--policies", str(saved)]
+            "--policies", str(saved), "--policies", str(out), "--draws", "20"]
     assert latency_model(args) == 0
     frame = pd.read_csv(tmp_path / "latency_model-tests.fixtures_tiny_cnn-t1.csv")
-    assert len(frame) == 2 * (1 + 3) + 1 and "ddpg-m60-s0" in set(frame["policy"])
+    runs = sorted(p.parent.name for p in (out / "runs").glob("*/best_policy.json"))  # the bench's own runs
+    assert len(runs) == 8 and sorted(frame["policy"]) == sorted(
+        ["uniform"] * 2 + [f"random {i}" for i in range(3)] * 2 + ["ddpg-m60-s0", "ddpg-m40-s1"] + runs)
+    assert set(frame.loc[frame["policy"] == "ddpg-m40-s1", "macs_target"]) == {0.4}
     assert frame.groupby("macs_target")["macs_ratio"].max().le(pd.Series({0.4: 0.4 + 1e-9, 0.6: 0.6 + 1e-9})).all()
     assert (frame[["predicted_ratio", "measured_ratio"]] > 0).all().all()
     assert frame["measured_ratio"].to_numpy() == pytest.approx((frame["pruned_ms"] / frame["dense_ms"]).to_numpy())
-    assert "Spearman rho" in (tmp_path / "latency_model-tests.fixtures_tiny_cnn-t1.md").read_text()
+    md = (tmp_path / "latency_model-tests.fixtures_tiny_cnn-t1.md").read_text()
+    assert "Spearman rho" in md and "20 random policies per target" in md and "| needed for 0.8x |" in md
     assert latency_model([str(config), "--targets", "half"]) == 2
     assert latency_model([str(config), "--table", str(tmp_path / "none.json")]) == 2
     assert "env.latency_table: file not found" in capsys.readouterr().err

@@ -64,8 +64,8 @@ def config(tmp_path):
 
 # evaluations of about a second (instead of ~0.1 s): several are in flight at once and a kill lands mid-search
 HEAVIER = ["model.kwargs={width: 64}", "data.options={size: 28, n_train: 3000, n_test: 100}", "eval.bn_batches=20"]
-# a latency-aware reward (a table measured by the driver; channels in steps of 8 keep it to a second)
-LATENCY = ["prune.round_to=8", "env.latency_weight=1", "env.latency_batch=8"]
+# a latency-aware reward (a table measured by the driver; channels in steps of 4 keep it to seconds)
+LATENCY = ["prune.round_to=4", "env.latency_weight=1", "env.latency_batch=8"]
 # the fault tests run three times as many: once trials start within a second (the evaluator is shipped ready),
 # 8, and under a loaded machine even 16, can all finish before the test has seen two recorded and picked its moment
 FAULT_EVALUATIONS = 24
