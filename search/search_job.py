@@ -19,6 +19,7 @@ from envs.rewards import describe_latency_penalty
 from pruning.analysis import largest_ratio_above, uniform_sweep
 from pruning.errors import UserError
 from pruning.evaluate import EvalSettings, Evaluator
+from pruning.latency_table import LatencyTable
 from pruning.policy import SparsityPolicy
 from pruning.runtime import seed_everything
 from search.cli import run_folder
@@ -180,10 +181,13 @@ def search_job(args: argparse.Namespace) -> int:
     cfg = ctx.cfg
     check_searcher(cfg.search.searcher)
     check_seed_policies(args.policy, cfg.search.searcher)  # before any training
+    table = LatencyTable.load(cfg.env.latency_table) if cfg.env.latency_table else None  # likewise
     backend = "ray" if args.resume or args.address else (args.backend or cfg.search.backend)
     out, state = prepare_run_folder(args, cfg.name)
     base = baseline_of(ctx)
     graph = unit_graph(ctx, base.model)
+    if table is not None:  # another model's table fails before the run folder exists
+        table.check(graph, cfg.prune.round_to)
     # built once (rankings, Taylor gradients, fixed BN batches): the sweep, the search and the final pass share it
     evaluator = Evaluator(base.model, ctx.data, graph, EvalSettings.from_config(cfg))
     if args.resume:

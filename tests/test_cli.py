@@ -143,13 +143,17 @@ def test_policy_reuse_zero_shot_and_warm_start(tmp_path, tiny_config):
     (["transfer", "{cfg}", "--policy", "{bare}"], "no unit profile"),
     (["search", "{cfg}", "--policy", "{bare}", "search.searcher=tpe"], "--policy: seeding a search needs an agent"),
     (["search", "{cfg}", "--policy", "nope.json"], "nope.json: policy file not found"),
+    (["search", "{cfg}", "env.latency_weight=1", "env.latency_table=nope.json"], "env.latency_table: file not found"),
+    (["search", "{cfg}", "env.latency_weight=1", "env.latency_table={table}"], "env.latency_table: measured for another"),
 ])
 def test_reuse_input_errors_exit_2_and_write_nothing(tmp_path, tiny_config, args, message):
     bare = tmp_path / "bare.json"  # another model's policy without its unit profile
     bare.write_text(json.dumps({"format": "prunepilot.sparsity-policy/1", "model_fingerprint": "0123456789abcdef",
                                 "ratios": {"features.0": 0.5}}))
+    table = tmp_path / "table.json"  # a latency table of the tiny CNN, not of the VGG searched here
+    assert main(["latency-table", str(tiny_config), "--out", str(table), "--quiet", "env.latency_batch=2"]) == 0
     out = tmp_path / "run"
-    result = run_cli(*[a.format(cfg=tiny_config, bare=bare) for a in args], "--out", str(out), "--quiet",
+    result = run_cli(*[a.format(cfg=tiny_config, bare=bare, table=table) for a in args], "--out", str(out), "--quiet",
                      "model.name=vgg_small", "model.kwargs={widths: [8, M, 16, 16]}", cwd=tmp_path)
     assert result.returncode == 2, result.stderr
     assert message in result.stderr and "Traceback" not in result.stderr
