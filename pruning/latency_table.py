@@ -177,6 +177,9 @@ def _plan(model: nn.Module, graph: UnitGraph, options: dict[str, list[int]]) -> 
     wanted: Wanted = {}
     for name, shape in graph.shapes.items():
         module, depthwise = modules[name], name in graph.depthwise
+        if isinstance(module, nn.Conv2d) and module.groups > 1 and not depthwise:
+            raise UserError(f"env.latency_table: layer {name} is a grouped conv (groups={module.groups}); latency "
+                            "tables time plain and depthwise convs only")
         cin_dense = module.in_channels if isinstance(module, nn.Conv2d) else module.in_features
         cout_dense = module.out_channels if isinstance(module, nn.Conv2d) else module.out_features
         out_unit, in_unit = graph.out_unit.get(name), graph.in_unit.get(name)
