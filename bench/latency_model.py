@@ -34,6 +34,7 @@ from pruning.policy import SparsityPolicy, uniform_for_macs
 from pruning.runtime import set_threads
 from pruning.units import discover_units
 from search.jobs import measure_table
+from search.search_job import best_evaluation
 from search.report import markdown_table
 
 
@@ -59,8 +60,7 @@ def saved_policies(folder: Path, graph, targets: list[float], max_ratio: float) 
         if kind == "json":
             policy = SparsityPolicy.load(path).validate(graph, max_ratio, source=str(path))
         else:
-            rows = pd.read_csv(path)
-            best = rows[rows["state"] == "COMPLETE"].sort_values("reward", ascending=False).iloc[0]
+            best = best_evaluation(pd.read_csv(path))
             policy = SparsityPolicy.from_ratios(graph, [float(best[f"ratio:{u.name}"]) for u in graph.units])
         policies.append((name, target, policy))
     return policies

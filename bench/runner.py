@@ -39,7 +39,6 @@ PARTS = ("comparison", "transfer", "efficiency", "zoo")
 DROP_LIMIT_PP = {0.5: 0.3, 0.25: 1.5}  # issue targets: at 2x and 4x MACs reduction
 
 
-
 def latency_reward(cfg: RunConfig) -> str:
     """The predicted-latency term of the searches' reward, for the summary; empty when off."""
     e = cfg.env
@@ -47,6 +46,7 @@ def latency_reward(cfg: RunConfig) -> str:
         return ""
     return f"{describe_latency_penalty(e.latency_weight, e.latency_target)}, L the predicted latency ratio from " \
            f"`{e.latency_table or 'a table each run measured'}`"
+
 
 def parse_parts(text: str | None) -> list[str]:
     parts = [p.strip() for p in (text or ",".join(PARTS)).split(",") if p.strip()]

@@ -76,8 +76,9 @@ class LayerPruningEnv(gym.Env):
     (-error * log MACs). With a latency table and `latency_weight` w > 0 the reward also loses
     w * max(0, L / latency_target - 1), or w * L without a target, where L is the policy's predicted
     latency as a fraction of dense (`pruning.latency_table`). Identical policies are evaluated once
-    (cache; `info["repeat"]` says the score came from it, so searchers do not count it against their budget). In deferred mode the last
-    step returns 0 and the policy in `info["policy"]`; the reward is supplied later (Ray Tune).
+    (cache; `info["repeat"]` says the score came from it, so searchers do not count it against their
+    budget). In deferred mode the last step returns 0 and the policy in `info["policy"]`; the reward is
+    supplied later (Ray Tune).
 
     ## Episode End
     Terminates after the last unit; never truncates.

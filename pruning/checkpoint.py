@@ -33,6 +33,14 @@ def stable_hash(payload: Any, length: int = 16) -> str:
     return hashlib.sha1(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:length]
 
 
+def atomic_write_text(path: Path, text: str) -> None:
+    """Write text through a temporary file in the same folder, then rename: a crash never leaves half a file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text)
+    tmp.replace(path)
+
+
 def atomic_save(obj: Any, path: Path) -> None:
     """Write to a temporary file in the same folder, then rename: a crash never leaves half a file."""
     path.parent.mkdir(parents=True, exist_ok=True)

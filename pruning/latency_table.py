@@ -25,6 +25,7 @@ import torch
 from torch import nn
 
 from pruning.apply import prune_structured
+from pruning.checkpoint import atomic_write_text
 from pruning.cost import measure_latency
 from pruning.errors import UserError
 from pruning.units import UnitGraph, kept_count
@@ -105,11 +106,7 @@ class LatencyTable:
 
     def save(self, path: str | Path) -> Path:
         path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        body = {"format": FORMAT, **asdict(self)}
-        tmp = path.with_suffix(path.suffix + ".tmp")
-        tmp.write_text(json.dumps(body, indent=1))
-        tmp.replace(path)
+        atomic_write_text(path, json.dumps({"format": FORMAT, **asdict(self)}, indent=1))
         return path
 
     @classmethod

@@ -17,7 +17,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from pruning.checkpoint import stable_hash
+from pruning.checkpoint import atomic_write_text, stable_hash
 from pruning.errors import UserError
 from pruning.units import UnitGraph, kept_count
 
@@ -146,11 +146,7 @@ class SparsityPolicy:
                    dict(payload.get("meta") or {}), _parse_profile(payload.get("profile"), source))
 
     def save(self, path: str | Path) -> None:
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(path.suffix + ".tmp")
-        tmp.write_text(json.dumps(self.to_dict(), indent=2, allow_nan=True))
-        tmp.replace(path)
+        atomic_write_text(Path(path), json.dumps(self.to_dict(), indent=2, allow_nan=True))
 
     @classmethod
     def load(cls, path: str | Path) -> "SparsityPolicy":

@@ -207,10 +207,10 @@ def search_job(args: argparse.Namespace) -> int:
         raise
     (out / "search.json").write_text(json.dumps(state, indent=2))
     if cfg.env.latency_weight > 0 and cfg.env.latency_table is None:  # measured once per run folder, kept on resume
-        table = out / "latency_table.json"
-        if not table.is_file():
-            measure_table(cfg, base.model, graph).save(table)
-        cfg.env.latency_table = str(table)
+        table_path = out / "latency_table.json"
+        if not table_path.is_file():
+            measure_table(cfg, base.model, graph).save(table_path)
+        cfg.env.latency_table = str(table_path)
     start = time.perf_counter()
     agent, tune_seconds = None, None
     warm = load_warm_agent(args, cfg, graph)
@@ -220,7 +220,7 @@ def search_job(args: argparse.Namespace) -> int:
         _, agent = run_local(cfg, base.model, env, agent=warm, seeds=seeds, on_evaluation=lambda e: sink(
             f"local-{e.episode}", {"ratios": e.policy.ratios, "accuracy": e.accuracy, "macs_ratio": e.macs_ratio,
                                    "reward": e.reward, "episode": e.episode,
-                                   **latency_attr(env, env.evaluate(e.policy).kept)}))
+                                   **latency_attr(env, e.policy.kept(graph, env.round_to))}))
         if agent is not None:
             agent.save(out / "agent", env)
     else:
