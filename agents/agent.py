@@ -40,6 +40,13 @@ MAX_EPISODES_PER_EVALUATION = 10
 evaluation of its budget (it has converged); repeats cost no evaluation, so they do not count."""
 
 
+def note_outcome(model: BaseAlgorithm, repeat: bool, next_episode: int) -> None:
+    """Tell the exploration schedule (DDPG/TD3) whether the episode before `next_episode` repeated a scored policy."""
+    schedule = getattr(model, "noise_schedule", None)
+    if schedule is not None:
+        schedule.record(repeat, next_episode)
+
+
 class _RecordEvaluations(BaseCallback):
     """Passes on each finished episode's new policy with its score; with `stop_at_budget`, stops after `budget`.
 
@@ -60,6 +67,7 @@ class _RecordEvaluations(BaseCallback):
         for info, reward in zip(self.locals["infos"], self.locals["rewards"]):
             if "policy" not in info:
                 continue
+            note_outcome(self.model, bool(info.get("repeat")), self.model._episode_num + 1)  # SB3 counts it after this
             if info.get("repeat"):
                 self.repeats += 1
                 continue
@@ -168,6 +176,7 @@ class PruningAgent:
             schedule.warmup_episodes = self.model._episode_num
             schedule.exact_episode = self.model._episode_num
             schedule.sigma = schedule.sigma * 0.5
+            schedule.log_boost = 0.0
 
     def imitate(self, demonstrations: list[list[tuple]], steps: int) -> float:
         """Behaviour cloning: `steps` Adam steps (lr 1e-3, an optimiser of its own) of the actor toward the
@@ -199,12 +208,13 @@ class PruningAgent:
         return float(loss.detach())
 
     def observe_episode(self, transitions: list[tuple], reward: float, train: bool = True,
-                        demonstration: bool = False) -> None:
+                        demonstration: bool = False, repeat: bool = False) -> None:
         """Deferred mode: store an episode's transitions with its reward (supplied later) and train.
 
         A demonstration (a seed policy, not played by the agent) is only stored: it does not advance the
         episode count that drives warm-up and noise decay, and training waits for the agent's next own
-        episode, so a warm start's first episode is still the transferred actor as it was.
+        episode, so a warm start's first episode is still the transferred actor as it was. `repeat` says
+        the episode's policy was scored before (its reward came from the searcher's record).
         """
         buffer = getattr(self.model, "replay_buffer", None)
         if not isinstance(buffer, EpisodeRewardReplayBuffer):
@@ -215,6 +225,7 @@ class PruningAgent:
         self.model.num_timesteps += len(transitions)
         if not demonstration:
             self.model._episode_num += 1
+            note_outcome(self.model, repeat, self.model._episode_num)
         if train and not demonstration and self.model.num_timesteps >= self.model.learning_starts and buffer.size() >= self.cfg.batch_size:
             steps = len(transitions) if self.cfg.gradient_steps < 0 else self.cfg.gradient_steps
             self.model.train(gradient_steps=steps, batch_size=self.cfg.batch_size)

@@ -2,13 +2,15 @@
 
 - warm-up: uniformly random actions for the first `warmup_episodes` episodes;
 - then a truncated normal around the actor's action, std `sigma * decay ** (episode - warmup)`,
-  truncated to the action bounds (no mass piled on the bounds, unlike clipping);
+  truncated to the action bounds (no mass piled on the bounds, unlike clipping); optionally widened
+  by each repeat of an already-scored policy, up to the initial std (`repeat_growth`, off by default);
 - every step of an episode is stored with the episode's final reward minus a moving-average
   baseline (`EpisodeRewardReplayBuffer`), AMC's variance reduction with gamma = 1.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -26,11 +28,27 @@ class NoiseSchedule:
     warmup_episodes: int = 100
     exact_episode: int | None = None
     """An episode played without noise: a warm start's first, so it scores the transferred policy itself."""
+    repeat_growth: float = 1.0
+    """Std multiplier per repeat of an already-scored policy (1 = AMC's schedule, repeats change nothing)."""
+    log_boost: float = 0.0
+    """Log of the factor repeats have widened the std by so far; never above what brings it back to `sigma`."""
+
+    def _log_decay(self, episode: int) -> float:
+        return max(0, episode - self.warmup_episodes) * math.log(self.decay)
 
     def sigma_at(self, episode: int) -> float:
-        if episode == self.exact_episode:
+        if episode == self.exact_episode or self.sigma <= 0:
             return 0.0
-        return self.sigma * self.decay ** max(0, episode - self.warmup_episodes)
+        return self.sigma * math.exp(min(0.0, self._log_decay(episode) + self.log_boost))  # logs: no underflow
+
+    def record(self, repeat: bool, next_episode: int) -> None:
+        """Widen the std after an episode that repeated a scored policy, up to `sigma` at `next_episode`.
+
+        The per-episode decay goes on, so the std settles where new policies and repeats balance (as in
+        evolution strategies' success rule) instead of shrinking until the agent only repeats itself.
+        """
+        if repeat and self.repeat_growth > 1.0:
+            self.log_boost = min(self.log_boost + math.log(self.repeat_growth), -self._log_decay(next_episode))
 
 
 def truncated_normal(mean: np.ndarray, std: float, rng: np.random.Generator, low: float = -1.0,

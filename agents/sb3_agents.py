@@ -66,7 +66,8 @@ def _off_policy_common(cfg: AgentConfig, n_units: int) -> dict[str, Any]:
 def _amc(cls: type, cfg: AgentConfig, env: Any, n_units: int, seed: int) -> BaseAlgorithm:
     model = cls("MlpPolicy", env, learning_rate=cfg.critic_lr, seed=seed, device="cpu",
                 **{**_off_policy_common(cfg, n_units), **cfg.kwargs})
-    model.noise_schedule = NoiseSchedule(cfg.noise_sigma, cfg.noise_decay, cfg.warmup_episodes)
+    model.noise_schedule = NoiseSchedule(cfg.noise_sigma, cfg.noise_decay, cfg.warmup_episodes,
+                                         repeat_growth=cfg.repeat_noise_growth)
     model.actor_lr, model.critic_lr = cfg.actor_lr, cfg.critic_lr
     model.learn_executed_action = cfg.learn_executed_action
     return model

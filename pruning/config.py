@@ -155,6 +155,10 @@ class AgentConfig(Section):
     """Initial std of the truncated-normal exploration noise, in ratio units of [0, 1] (AMC: 0.5)."""
     noise_decay: float = Field(0.95, gt=0, le=1)
     """Noise std multiplier per episode after warm-up (AMC: 0.95)."""
+    repeat_noise_growth: float = Field(1.0, ge=1.0)
+    """Noise std multiplier per repeat of an already-scored policy, up to noise_sigma, while the per-episode
+    decay goes on. 1 = AMC's schedule. Above 1, an agent whose noise has decayed widens it again when it
+    keeps repeating itself, instead of ending the search short of its budget."""
     net_arch: list[int] = Field(default_factory=lambda: [300, 300])
     actor_lr: float = Field(1e-4, gt=0)
     critic_lr: float = Field(1e-3, gt=0)

@@ -90,7 +90,7 @@ class AgentSearcher(Searcher):
             policy, transitions = self.agent.propose(self.env, deterministic=False)
             key = policy.key(self.env.graph, self.env.round_to)
             if key in self.rewards:
-                self.agent.observe_episode(transitions, self.rewards[key])
+                self.agent.observe_episode(transitions, self.rewards[key], repeat=True)
                 self.repeats += 1
             elif key in in_flight:  # no reward to learn from yet: ask again once a trial has finished
                 waits += 1

@@ -106,6 +106,21 @@ def test_a_repeated_policy_is_learnt_from_its_known_reward_and_a_converged_agent
     assert s.agent.model._episode_num == 4 * MAX_EPISODES_PER_EVALUATION  # t0 and every repeat, each observed once
 
 
+def test_repeats_widen_the_searchers_noise_until_it_proposes_a_new_policy(graph):
+    def stuck(**growth):  # t0 is explored, t1 is the frozen actor's policy; then the noise is gone: it repeats t1
+        s = searcher(graph, budget=3, warmup_episodes=0, noise_decay=1e-9, actor_lr=1e-12, critic_lr=1e-12, **growth)
+        for trial in ("t0", "t1"):
+            assert "ratios" in s.suggest(trial)
+            s.on_trial_complete(trial, {"reward": 0.4})
+        return s
+
+    assert stuck().suggest("t2") == Searcher.FINISHED  # AMC's schedule: every proposal repeats t1
+    s = stuck(repeat_noise_growth=1e12)  # more than the decay takes away per episode
+    assert "ratios" in s.suggest("t2")  # repeats, learnt from t1's reward, widened the noise
+    assert 0 < s.repeats < MAX_EPISODES_PER_EVALUATION
+    assert s.agent.model.noise_schedule.log_boost == pytest.approx(s.repeats * np.log(1e12))
+
+
 def test_a_proposal_in_flight_waits_for_its_reward(graph):
     s = searcher(graph, warmup_episodes=0, noise_sigma=0.0, actor_lr=1e-12, critic_lr=1e-12)
     assert "ratios" in s.suggest("t0")

@@ -48,6 +48,36 @@ def test_amc_defaults():
     assert schedule.sigma_at(50) == 0.5 and schedule.sigma_at(110) == pytest.approx(0.5 * 0.95 ** 10)
 
 
+def test_repeats_widen_the_noise_up_to_its_initial_std_while_the_decay_goes_on():
+    schedule = NoiseSchedule(0.5, 0.5, 10, repeat_growth=4.0)
+    assert schedule.sigma_at(20) == pytest.approx(0.5 * 0.5 ** 10)
+    schedule.record(False, 20)
+    assert schedule.sigma_at(20) == pytest.approx(0.5 * 0.5 ** 10)  # a new policy changes nothing
+    schedule.record(True, 20)
+    assert schedule.sigma_at(20) == pytest.approx(0.5 * 0.5 ** 10 * 4)
+    assert schedule.sigma_at(21) == pytest.approx(0.5 * 0.5 ** 11 * 4)  # the decay goes on
+    for _ in range(100):
+        schedule.record(True, 21)
+    assert schedule.sigma_at(21) == pytest.approx(0.5)  # capped at the initial std, not 4 ** 100 times more
+    assert schedule.sigma_at(22) == pytest.approx(0.25)
+    assert NoiseSchedule(0.5, 0.95, 0).sigma_at(5000) > 0  # computed in logs: a long search does not underflow to 0
+    amc = NoiseSchedule(0.5, 0.5, 10)
+    amc.record(True, 20)
+    assert amc.sigma_at(20) == pytest.approx(0.5 * 0.5 ** 10)  # growth 1: AMC's schedule, repeats or not
+
+
+@pytest.mark.parametrize("growth, spends_budget", [(1.0, False), (20.0, True)])
+def test_repeat_noise_growth_lets_an_agent_whose_noise_has_decayed_spend_its_budget(graphs, growth, spends_budget):
+    env, fake = fake_env(graphs["vgg_small"])
+    stuck = AgentConfig(warmup_episodes=3, noise_decay=0.1, actor_lr=1e-12, net_arch=[32, 32],
+                        repeat_noise_growth=growth)  # the actor stays put and its noise is soon gone
+    agent = PruningAgent.create(stuck, env, seed=0)
+    evaluations = agent.learn(env, 12)
+    assert len({e.policy.key(env.graph) for e in evaluations}) == len(evaluations) == fake.calls
+    assert (len(evaluations) == 12) is spends_budget
+    assert (agent.model._episode_num < 12 * MAX_EPISODES_PER_EVALUATION) is spends_budget
+
+
 def test_truncated_noise_stays_in_bounds_without_piling_on_them():
     rng = np.random.default_rng(0)
     samples = truncated_normal(np.full(4000, 0.95), 1.0, rng)
