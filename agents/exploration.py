@@ -37,9 +37,11 @@ class NoiseSchedule:
         return max(0, episode - self.warmup_episodes) * math.log(self.decay)
 
     def sigma_at(self, episode: int) -> float:
-        if episode == self.exact_episode or self.sigma <= 0:
+        if episode == self.exact_episode:
             return 0.0
-        return self.sigma * math.exp(min(0.0, self._log_decay(episode) + self.log_boost))  # logs: no underflow
+        if self.log_boost <= 0 or self.sigma <= 0:  # AMC's schedule, computed exactly as it always was
+            return self.sigma * self.decay ** max(0, episode - self.warmup_episodes)
+        return self.sigma * math.exp(min(0.0, self._log_decay(episode) + self.log_boost))  # logs: no under/overflow
 
     def record(self, repeat: bool, next_episode: int) -> None:
         """Widen the std after an episode that repeated a scored policy, up to `sigma` at `next_episode`.

@@ -60,7 +60,10 @@ def test_repeats_widen_the_noise_up_to_its_initial_std_while_the_decay_goes_on()
         schedule.record(True, 21)
     assert schedule.sigma_at(21) == pytest.approx(0.5)  # capped at the initial std, not 4 ** 100 times more
     assert schedule.sigma_at(22) == pytest.approx(0.25)
-    assert NoiseSchedule(0.5, 0.95, 0).sigma_at(5000) > 0  # computed in logs: a long search does not underflow to 0
+    steep = NoiseSchedule(0.5, 1e-9, 0, repeat_growth=1e12)
+    for _ in range(200):
+        steep.record(True, 50)
+    assert steep.sigma_at(50) == pytest.approx(0.5)  # 200 repeats of x1e12 only bring (1e-9) ** 50 back to 0.5
     amc = NoiseSchedule(0.5, 0.5, 10)
     amc.record(True, 20)
     assert amc.sigma_at(20) == pytest.approx(0.5 * 0.5 ** 10)  # growth 1: AMC's schedule, repeats or not
