@@ -178,6 +178,13 @@ class AgentConfig(Section):
     kwargs: dict[str, Any] = Field(default_factory=dict)
     """Extra keywords passed to the stable-baselines3 constructor."""
 
+    @model_validator(mode="after")
+    def _noise_settings_apply(self) -> "AgentConfig":
+        if self.repeat_noise_growth > 1 and self.name in ("sac", "ppo"):
+            raise ValueError(f"repeat_noise_growth widens AMC's exploration noise (ddpg, td3); {self.name} explores "
+                             "through its stochastic policy, so leave it at 1")
+        return self
+
 
 class SearchConfig(Section):
     """The search job (search/)."""
