@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
 from pruning.errors import UserError
 
@@ -178,12 +178,14 @@ class AgentConfig(Section):
     kwargs: dict[str, Any] = Field(default_factory=dict)
     """Extra keywords passed to the stable-baselines3 constructor."""
 
-    @model_validator(mode="after")
-    def _noise_settings_apply(self) -> "AgentConfig":
-        if self.repeat_noise_growth > 1 and self.name in ("sac", "ppo"):
-            raise ValueError(f"repeat_noise_growth widens AMC's exploration noise (ddpg, td3); {self.name} explores "
-                             "through its stochastic policy, so leave it at 1")
-        return self
+    @field_validator("repeat_noise_growth")
+    @classmethod
+    def _growth_needs_amc_noise(cls, growth: float, info: ValidationInfo) -> float:
+        name = info.data.get("name")
+        if growth > 1 and name in ("sac", "ppo"):
+            raise ValueError(f"expected 1 with {name}: the option widens AMC's exploration noise (ddpg, td3), and "
+                             f"{name} explores through its stochastic policy")
+        return growth
 
 
 class SearchConfig(Section):

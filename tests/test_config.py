@@ -54,6 +54,6 @@ def test_target_and_uniform_ratio_are_exclusive(tmp_path):
 
 
 def test_repeat_noise_growth_is_refused_for_agents_without_amc_noise(tmp_path):
-    with pytest.raises(UserError, match=r"field `agent`.*repeat_noise_growth.*sac explores through its stochastic"):
+    with pytest.raises(UserError, match=r"field `agent.repeat_noise_growth`: .*expected 1 with sac.*\(got 1.1\)"):
         load_config(write(tmp_path, "agent:\n  name: sac\n  repeat_noise_growth: 1.1\n"))
     assert load_config(write(tmp_path, "agent:\n  name: td3\n  repeat_noise_growth: 1.1\n")).agent.repeat_noise_growth == 1.1
