@@ -3,11 +3,18 @@
 Each (method, target, seed) is one `prunepilot search --backend local` run with the same config,
 evaluation budget and final-pass budget; this module lays out the runs and turns their outputs into
 the per-run table, the mean +- std table and the best-reward-vs-evaluations plot.
+
+Run folders hold models, Optuna and agent files and are not committed; the bench folder keeps, beside
+its tables, each finished run's evaluations and best policy. So a protocol split over machines and
+sessions goes on from a fresh clone: a run whose folder is gone is tabled from the folder's own
+runs.csv and plotted from its kept evaluations (`source` "recorded"), and only the runs in neither
+are run again.
 """
 
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import matplotlib
@@ -73,9 +80,58 @@ def run_row(run: Run, method: str, target: float, seed: int) -> dict | None:
     return row
 
 
-def collect(cfg: RunConfig, runs: list[Run]) -> pd.DataFrame:
-    rows = [run_row(run, *key) for run, key in zip(runs, grid_keys(cfg))]
-    return pd.DataFrame([r for r in rows if r is not None])
+KEPT_FILES = {"evaluations.csv": ("evaluations", ".csv"), "best_policy.json": ("policies", ".json")}
+"""A run folder's file -> (sub-folder of the bench folder, suffix) under which it is kept as <run name><suffix>."""
+
+
+def kept_path(folder: Path, run_name: str, file: str) -> Path:
+    sub, suffix = KEPT_FILES[file]
+    return folder / sub / f"{run_name}{suffix}"
+
+
+def keep_run_files(folder: Path, runs: list[Run]) -> None:
+    """Copy each finished run's evaluations and best policy beside the tables (they are small and committed)."""
+    for run in runs:
+        if not run.done:
+            continue
+        for file in KEPT_FILES:
+            if (run.out / file).is_file():
+                target = kept_path(folder, run.name, file)
+                target.parent.mkdir(parents=True, exist_ok=True)
+                shutil.copyfile(run.out / file, target)
+
+
+def recorded_rows(folder: Path, runs: list[Run]) -> pd.DataFrame:
+    """Rows of the folder's earlier runs.csv for grid runs whose folders are not here (finished elsewhere)."""
+    path = folder / "runs.csv"
+    if not path.is_file():
+        return pd.DataFrame()
+    table = pd.read_csv(path)
+    absent = [run.name for run in runs if not run.done]
+    rows = table[table["run"].isin(absent)].copy()
+    rows["source"] = "recorded"
+    return rows
+
+
+def collect(cfg: RunConfig, runs: list[Run], folder: Path | None = None) -> pd.DataFrame:
+    """One row per finished run, in grid order: from its folder here, else (with `folder`) as recorded there."""
+    here = [row | {"source": "here"} for run, key in zip(runs, grid_keys(cfg))
+            if (row := run_row(run, *key)) is not None]
+    frame = pd.DataFrame(here)
+    if folder is not None:
+        recorded = recorded_rows(folder, runs)
+        if not recorded.empty:
+            frame = pd.concat([frame, recorded], ignore_index=True) if not frame.empty else recorded
+    if frame.empty:
+        return frame
+    order = {run.name: i for i, run in enumerate(runs)}
+    return frame.sort_values("run", key=lambda names: names.map(order), kind="stable").reset_index(drop=True)
+
+
+def missing_runs(runs: list[Run], frame: pd.DataFrame) -> list[str]:
+    """Grid runs neither finished here nor recorded."""
+    tabled = set(frame["run"]) if not frame.empty else set()
+    return [run.name for run in runs if run.name not in tabled]
 
 
 MEAN_COLUMNS = ["val_accuracy", "reward", "test_accuracy_oneshot", "test_accuracy", "drop_pp", "macs_ratio",
@@ -123,12 +179,19 @@ def display_table(stats: pd.DataFrame) -> pd.DataFrame:
     return frame.drop(columns=empty)
 
 
-def best_reward_curves(cfg: RunConfig, runs: list[Run]) -> pd.DataFrame:
-    """Best reward so far vs evaluation, per method, target and seed (rules: their single evaluation)."""
+def best_reward_curves(cfg: RunConfig, runs: list[Run], recorded: set[str] = frozenset(),
+                       folder: Path | None = None) -> pd.DataFrame:
+    """Best reward so far vs evaluation, per method, target and seed (rules: their single evaluation).
+    Runs in `recorded` (tabled from runs.csv) are read from the evaluations kept in `folder`."""
     frames = []
     for run, (method, target, seed) in zip(runs, grid_keys(cfg)):
-        table = run.out / "evaluations.csv"
-        if not run.done or not table.is_file():
+        if run.done:
+            table = run.out / "evaluations.csv"
+        elif run.name in recorded and folder is not None:
+            table = kept_path(folder, run.name, "evaluations.csv")
+        else:
+            continue
+        if not table.is_file():
             continue
         ev = pd.read_csv(table)
         ev = ev[ev["state"] == "COMPLETE"].reset_index(drop=True)

@@ -1,4 +1,4 @@
-"""A bench folder continues only with the settings its finished runs were made with.
+"""A bench folder continues only with the settings its finished runs were made with (run folders or runs.csv rows).
 
 `prunepilot bench` skips every run whose outputs exist, so a second call with other settings into
 the same folder would otherwise table old runs as if they had the new ones. Settings that only pick
@@ -38,7 +38,8 @@ def changed_settings(recorded: dict[str, Any], current: dict[str, Any]) -> dict[
 def check_same_settings(folder: Path, current: dict[str, Any]) -> None:
     """Raise a UserError naming each changed setting when `folder` holds runs made with others."""
     recorded_file = folder / "config.json"
-    started = any(p.is_dir() for part in ("runs", "transfer") for p in (folder / part).glob("*"))
+    started = any(p.is_dir() for part in ("runs", "transfer") for p in (folder / part).glob("*")) \
+        or (folder / "runs.csv").is_file()  # runs finished elsewhere, tabled from it
     if not recorded_file.is_file() or not started:
         return
     changed = changed_settings(json.loads(recorded_file.read_text()), current)

@@ -18,7 +18,7 @@ from pathlib import Path
 import pandas as pd
 
 from bench.comparison import (aggregate, best_reward_curves, collect, comparison_runs, display_table, is_rule,
-                              plot_best_reward)
+                              keep_run_files, missing_runs, plot_best_reward, recorded_rows)
 from bench.grid import GridOutcome, require, run_grid
 from bench.latency import quiet_latency
 from bench.resume_guard import check_same_settings
@@ -65,21 +65,27 @@ def check_methods(cfg: RunConfig) -> None:
 def comparison_part(cfg: RunConfig, config: str, folder: Path, overrides: list[str], show: bool,
                     collect_only: bool = False) -> None:
     runs = comparison_runs(cfg, config, folder, overrides)
+    recorded = set(recorded_rows(folder, runs).get("run", []))  # finished on another machine: not run again
     if collect_only:  # a protocol split across machines: the runs were copied in, nothing is started here
         outcome = GridOutcome(skipped=[r.name for r in runs if r.done])
-        write_json({"missing": [r.name for r in runs if not r.done]}, folder / "missing.json")
     else:
-        outcome = run_grid(runs, cfg.bench.parallel, "comparison runs", show)
-        (folder / "missing.json").unlink(missing_ok=True)
-    frame = collect(cfg, runs)
+        outcome = run_grid([r for r in runs if r.name not in recorded], cfg.bench.parallel, "comparison runs", show)
+    keep_run_files(folder, runs)
+    frame = collect(cfg, runs, folder)
     if not frame.empty and cfg.bench.final_pass:
         set_threads(cfg.threads)
         frame = quiet_latency(frame, {r.name: r.out for r in runs}, cfg.eval.latency_repeats)
+    missing = missing_runs(runs, frame)
+    if missing:
+        write_json({"missing": missing}, folder / "missing.json")
+    else:
+        (folder / "missing.json").unlink(missing_ok=True)
     if not frame.empty:
         write_table(frame, folder, "runs")
         stats = write_table(aggregate(frame), folder, "table")
         (folder / "table.md").write_text(markdown_table(display_table(stats)) + "\n")
-        plot_best_reward(best_reward_curves(cfg, runs), cfg.bench.evaluations, folder / "best_reward.png")
+        plot_best_reward(best_reward_curves(cfg, runs, recorded, folder), cfg.bench.evaluations,
+                         folder / "best_reward.png")
     require(outcome, runs)
 
 
@@ -157,13 +163,22 @@ def target_checks(cfg: RunConfig, stats: pd.DataFrame) -> list[str]:
 
 
 def missing_runs_note(folder: Path) -> list[str]:
-    """The protocol's runs that a collect-only table lacks: its means are over fewer seeds where one is missing."""
+    """The protocol's runs that the table lacks (its means are over fewer seeds where one is missing), and the
+    runs tabled as an earlier call recorded them, whose latencies were not timed in this call."""
     path = folder / "missing.json"
     missing = json.loads(path.read_text())["missing"] if path.is_file() else []
-    if not missing:
-        return []
-    return [f"**Partial protocol:** {len(missing)} run(s) not finished and left out: {', '.join(missing)}. "
-            "The `seeds` column says how many runs each mean is over.", ""]
+    lines = []
+    if missing:
+        lines += [f"**Partial protocol:** {len(missing)} run(s) not finished and left out: {', '.join(missing)}. "
+                  "The `seeds` column says how many runs each mean is over.", ""]
+    runs = pd.read_csv(folder / "runs.csv") if (folder / "runs.csv").is_file() else pd.DataFrame()
+    if "source" in runs and (runs["source"] == "recorded").any():
+        names = runs.loc[runs["source"] == "recorded", "run"].tolist()
+        lines += [f"**Recorded runs:** {len(names)} run(s) finished in earlier calls whose folders are not here "
+                  f"(another machine or clone) are tabled as `runs.csv` recorded them, latencies as timed then "
+                  f"(`latency_threads` in `runs.csv`; each speed-up pairs a model with its dense baseline timed "
+                  f"in the same call): {', '.join(names)}. Their curves come from `evaluations/`.", ""]
+    return lines
 
 
 def default_folder(cfg: RunConfig) -> Path:

@@ -106,6 +106,40 @@ def test_collect_only_tabulates_copied_runs_and_starts_none(bench_run, tmp_path)
     assert f"prunepilot bench {config} --out {merged} --collect-only" in summary  # how this table was made
 
 
+def test_a_fresh_clone_goes_on_from_the_committed_tables(bench_run, tmp_path, capsys):
+    """Run folders are not committed: a clone has runs.csv and the kept evaluations and policies only. It runs
+    only what runs.csv lacks, tables the rest as recorded, and refuses other settings as with run folders."""
+    import shutil
+
+    config, out = bench_run
+    original = pd.read_csv(out / "runs.csv")
+    assert sorted(p.stem for p in (out / "evaluations").glob("*.csv")) == sorted(original["run"])
+    assert sorted(p.stem for p in (out / "policies").glob("*.json")) == sorted(original["run"])
+    clone = tmp_path / "clone"
+    shutil.copytree(out, clone, ignore=shutil.ignore_patterns("runs", "transfer"))
+    unfinished = "ddpg-m40-s1"
+    original[original["run"] != unfinished].to_csv(clone / "runs.csv", index=False)
+    (clone / "evaluations" / f"{unfinished}.csv").unlink()
+
+    assert main(["bench", str(config), "--out", str(clone), "--quiet", "--parts", "comparison",
+                 "agent.noise_decay=0.9"]) == 2
+    assert "agent.noise_decay: 0.95 -> 0.9" in capsys.readouterr().err and not (clone / "runs").exists()
+
+    assert main(["bench", str(config), "--out", str(clone), "--quiet", "--parts", "comparison"]) == 0
+    assert [p.name for p in (clone / "runs").iterdir() if p.is_dir()] == [unfinished]
+    runs = pd.read_csv(clone / "runs.csv")
+    assert runs["run"].tolist() == original["run"].tolist()  # grid order, as before
+    assert dict(zip(runs["run"], runs["source"])) == {r: "here" if r == unfinished else "recorded" for r in runs["run"]}
+    recorded = runs[runs["source"] == "recorded"].set_index("run")
+    before = original.set_index("run").loc[recorded.index]
+    for column in ("val_accuracy", "test_accuracy", "latency_b64_ms", "speedup_b64"):  # as recorded, not re-timed
+        assert recorded[column].tolist() == pytest.approx(before[column].tolist())
+    assert (pd.read_csv(clone / "table.csv")["seeds"] == 2).all()
+    assert (clone / "evaluations" / f"{unfinished}.csv").is_file() and not (clone / "missing.json").exists()
+    summary = (clone / "summary.md").read_text()
+    assert "**Recorded runs:** 7 run(s)" in summary and "Partial protocol" not in summary
+
+
 def test_a_folder_continues_only_with_the_settings_of_its_runs(bench_run, tmp_path, capsys):
     import shutil
 
