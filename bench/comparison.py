@@ -113,15 +113,13 @@ def recorded_rows(folder: Path, runs: list[Run]) -> pd.DataFrame:
     return rows
 
 
-def collect(cfg: RunConfig, runs: list[Run], folder: Path | None = None) -> pd.DataFrame:
-    """One row per finished run, in grid order: from its folder here, else (with `folder`) as recorded there."""
+def collect(cfg: RunConfig, runs: list[Run], recorded: pd.DataFrame | None = None) -> pd.DataFrame:
+    """One row per finished run, in grid order: from its folder here, else from `recorded` (`recorded_rows`)."""
     here = [row | {"source": "here"} for run, key in zip(runs, grid_keys(cfg))
             if (row := run_row(run, *key)) is not None]
     frame = pd.DataFrame(here)
-    if folder is not None:
-        recorded = recorded_rows(folder, runs)
-        if not recorded.empty:
-            frame = pd.concat([frame, recorded], ignore_index=True) if not frame.empty else recorded
+    if recorded is not None and not recorded.empty:
+        frame = pd.concat([frame, recorded], ignore_index=True) if not frame.empty else recorded
     if frame.empty:
         return frame
     order = {run.name: i for i, run in enumerate(runs)}

@@ -65,13 +65,14 @@ def check_methods(cfg: RunConfig) -> None:
 def comparison_part(cfg: RunConfig, config: str, folder: Path, overrides: list[str], show: bool,
                     collect_only: bool = False) -> None:
     runs = comparison_runs(cfg, config, folder, overrides)
-    recorded = set(recorded_rows(folder, runs).get("run", []))  # finished on another machine: not run again
+    recorded = recorded_rows(folder, runs)  # finished in an earlier call whose folders are gone: not run again
+    recorded_names = set(recorded.get("run", []))
     if collect_only:  # a protocol split across machines: the runs were copied in, nothing is started here
         outcome = GridOutcome(skipped=[r.name for r in runs if r.done])
     else:
-        outcome = run_grid([r for r in runs if r.name not in recorded], cfg.bench.parallel, "comparison runs", show)
+        outcome = run_grid([r for r in runs if r.name not in recorded_names], cfg.bench.parallel, "comparison runs", show)
     keep_run_files(folder, runs)
-    frame = collect(cfg, runs, folder)
+    frame = collect(cfg, runs, recorded)
     if not frame.empty and cfg.bench.final_pass:
         set_threads(cfg.threads)
         frame = quiet_latency(frame, {r.name: r.out for r in runs}, cfg.eval.latency_repeats)
@@ -84,7 +85,7 @@ def comparison_part(cfg: RunConfig, config: str, folder: Path, overrides: list[s
         write_table(frame, folder, "runs")
         stats = write_table(aggregate(frame), folder, "table")
         (folder / "table.md").write_text(markdown_table(display_table(stats)) + "\n")
-        plot_best_reward(best_reward_curves(cfg, runs, recorded, folder), cfg.bench.evaluations,
+        plot_best_reward(best_reward_curves(cfg, runs, recorded_names, folder), cfg.bench.evaluations,
                          folder / "best_reward.png")
     require(outcome, runs)
 
