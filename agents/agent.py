@@ -6,7 +6,7 @@ import json
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Container
 
 import numpy as np
 from stable_baselines3.common.base_class import BaseAlgorithm
@@ -14,8 +14,9 @@ from stable_baselines3.common.callbacks import BaseCallback
 from stable_baselines3.common.logger import configure as configure_logger
 
 from agents.exploration import EpisodeRewardReplayBuffer, truncated_normal
+from agents.screening import RewardModel, expected_improvement, policy_features
 from agents.sb3_agents import CLASSES, build_algorithm
-from envs.layer_pruning import FEATURES, OBS_VERSION, LayerPruningEnv
+from envs.layer_pruning import FEATURES, OBS_VERSION, LayerPruningEnv, Step
 from pruning.config import AgentConfig
 from pruning.errors import UserError
 from pruning.policy import SparsityPolicy
@@ -80,8 +81,12 @@ class _RecordEvaluations(BaseCallback):
 class PruningAgent:
     """Decides per-unit ratios; works on any LayerPruningEnv because the observation is size-independent."""
 
-    def __init__(self, model: BaseAlgorithm, cfg: AgentConfig):
+    def __init__(self, model: BaseAlgorithm, cfg: AgentConfig, reward_model: RewardModel | None = None):
         self.model, self.cfg = model, cfg
+        self.reward_model = reward_model
+        """With `agent.candidates` > 1: the scored policies of the model being searched (never saved with the agent)."""
+        self.last_screen: dict[str, float] = {}
+        """How the last proposal was chosen: candidates considered, the model's predicted reward and std."""
 
     @classmethod
     def create(cls, cfg: AgentConfig, env: LayerPruningEnv, seed: int = 0) -> "PruningAgent":
@@ -112,11 +117,53 @@ class PruningAgent:
         env.action_range = self.cfg.action_range
         return env
 
-    def propose(self, env: LayerPruningEnv, deterministic: bool = True) -> tuple[SparsityPolicy, list[tuple]]:
-        """Roll one episode without evaluating it (env in deferred mode or not); return the policy and transitions."""
+    def propose(self, env: LayerPruningEnv, deterministic: bool = True,
+                exclude: Container[str] = ()) -> tuple[SparsityPolicy, list[tuple]]:
+        """Roll one episode without evaluating it (env in deferred mode or not); return the policy and transitions.
+
+        Exploring with `agent.candidates` K > 1 and a ready reward model, it rolls K episodes and returns
+        the one whose policy has the largest expected improvement among those whose key is not in
+        `exclude` (policies scored or in flight); when every candidate is excluded, the first.
+        """
         self.use(env)
-        policy, steps = env.rollout(lambda obs, _t: self.act(obs, deterministic))
-        return policy, self._transitions(steps)
+        self.last_screen = {}
+
+        def episode() -> tuple[SparsityPolicy, list[Step]]:
+            return env.rollout(lambda obs, _t: self.act(obs, deterministic))
+
+        model = self.screening_model(env)
+        if deterministic or model is None or not model.ready:
+            policy, steps = episode()
+            return policy, self._transitions(steps)
+        candidates = [episode() for _ in range(self.cfg.candidates)]
+        fresh: dict[str, tuple[SparsityPolicy, list[Step]]] = {}
+        for policy, steps in candidates:
+            key = policy.key(env.graph, env.round_to)
+            if key not in exclude:
+                fresh.setdefault(key, (policy, steps))
+        if not fresh:
+            return candidates[0][0], self._transitions(candidates[0][1])
+        options = list(fresh.values())
+        mean, std = model.predict(np.stack([policy_features(p, env.graph, env.round_to) for p, _ in options]))
+        best = int(np.argmax(expected_improvement(mean, std, model.best)))
+        self.last_screen = {"candidates": len(options), "predicted_reward": float(mean[best]),
+                            "predicted_std": float(std[best])}
+        return options[best][0], self._transitions(options[best][1])
+
+    def screening_model(self, env: LayerPruningEnv) -> RewardModel | None:
+        """The reward model of env's model (a new one for another model); None without screening."""
+        if self.cfg.candidates <= 1:
+            return None
+        if self.reward_model is None or self.reward_model.fingerprint != env.graph.fingerprint:
+            self.reward_model = RewardModel(env.n_units, min_points=self.cfg.screen_after, seed=int(self.model.seed or 0),
+                                            fingerprint=env.graph.fingerprint)
+        return self.reward_model
+
+    def remember(self, env: LayerPruningEnv, policy: SparsityPolicy, reward: float) -> None:
+        """A policy of env's model was scored: the reward model (when screening) learns it."""
+        model = self.screening_model(env)
+        if model is not None:
+            model.add(policy_features(policy, env.graph, env.round_to), reward)
 
     def demonstrate(self, env: LayerPruningEnv, policy: SparsityPolicy) -> tuple[SparsityPolicy, list[tuple]]:
         """`policy` (made for env's model) played as an episode, so the agent can learn from its score.
@@ -146,6 +193,9 @@ class PruningAgent:
             if on_evaluation:
                 on_evaluation(evaluation)
 
+        if self.cfg.candidates > 1:
+            self._learn_screened(env, episodes, sink)
+            return evaluations
         self.model.set_env(self.use(env))
         off_policy = hasattr(self.model, "replay_buffer")
         # off-policy agents play exactly the episodes still needed, so none is cut short (SB3 drops the transition
@@ -159,6 +209,26 @@ class PruningAgent:
             log.info("%s: %d new policies scored in %d episodes (%d repeats, scored from the cache)", self.cfg.name,
                      record.evaluated, record.episodes, record.repeats)
         return evaluations
+
+    def _learn_screened(self, env: LayerPruningEnv, episodes: int, sink: Callable[[Evaluation], None]) -> None:
+        """`learn` with screened proposals: propose, score through the env (its cache scores repeats), learn."""
+        evaluated = repeats = 0
+        while evaluated < episodes and evaluated + repeats < episodes * MAX_EPISODES_PER_EVALUATION:
+            policy, transitions = self.propose(env, deterministic=False, exclude=env.cache)
+            repeat = env.has_scored(policy)
+            result = env.evaluate(policy)
+            reward = env.reward(result)
+            self.observe_episode(transitions, reward, repeat=repeat)
+            if repeat:
+                repeats += 1
+                continue
+            self.remember(env, policy, reward)
+            sink(Evaluation(evaluated, policy, result.accuracy, result.macs_ratio, reward,
+                            {"agent_episode": evaluated + repeats, **self.last_screen}))
+            evaluated += 1
+        if repeats:
+            log.info("%s: %d new policies scored in %d episodes (%d repeats, scored from the cache)", self.cfg.name,
+                     evaluated, evaluated + repeats, repeats)
 
     def warm_start(self, seed: int, warmup_episodes: int = 0) -> None:
         """Continue from learned weights on a new model: skip (or shorten) the random warm-up.
@@ -231,25 +301,30 @@ class PruningAgent:
             self.model.train(gradient_steps=steps, batch_size=self.cfg.batch_size)
 
     def state_bytes(self) -> dict[str, bytes]:
-        """The whole agent (networks, optimisers, noise schedule, replay buffer) as bytes, for Tune checkpoints."""
+        """The whole agent (networks, optimisers, noise schedule, replay buffer, reward model) as bytes, for Tune
+        checkpoints."""
         import io
+        import pickle
 
         model_io, buffer_io = io.BytesIO(), io.BytesIO()
         self.model.save(model_io)
         if getattr(self.model, "replay_buffer", None) is not None:
             self.model.save_replay_buffer(buffer_io)
-        return {"model": model_io.getvalue(), "buffer": buffer_io.getvalue(), "cfg": self.cfg.model_dump_json().encode()}
+        return {"model": model_io.getvalue(), "buffer": buffer_io.getvalue(), "cfg": self.cfg.model_dump_json().encode(),
+                "reward_model": b"" if self.reward_model is None else pickle.dumps(self.reward_model)}
 
     @classmethod
     def from_state_bytes(cls, state: dict[str, bytes], env: LayerPruningEnv) -> "PruningAgent":
         import io
+        import pickle
 
         cfg = AgentConfig.model_validate_json(state["cfg"])
         model = CLASSES[cfg.name].load(io.BytesIO(state["model"]), env=env, device="cpu")
         if state["buffer"]:
             model.load_replay_buffer(io.BytesIO(state["buffer"]))
         model.set_logger(configure_logger(None, []))
-        return cls(model, cfg)
+        reward_model = pickle.loads(state["reward_model"]) if state.get("reward_model") else None
+        return cls(model, cfg, reward_model)
 
     # ------------------------------------------------------------------------- persistence
     def save(self, path: str | Path, env: LayerPruningEnv | None = None) -> Path:

@@ -41,6 +41,12 @@ def grid_keys(cfg: RunConfig) -> list[tuple[str, float, int]]:
     return [(m, t, s) for s in b.seeds for t in b.macs_targets for m in b.methods]
 
 
+def method_searcher(cfg: RunConfig, method: str) -> str:
+    """The search.searcher a method runs: its own name, or its variant's searcher."""
+    variant = cfg.bench.variants.get(method)
+    return variant.searcher if variant else method
+
+
 def comparison_runs(cfg: RunConfig, config: str, folder: Path, overrides: list[str]) -> list[Run]:
     """One run per `grid_keys` entry, in that order."""
     b = cfg.bench
@@ -48,10 +54,12 @@ def comparison_runs(cfg: RunConfig, config: str, folder: Path, overrides: list[s
     runs = []
     for method, target, seed in grid_keys(cfg):
         name = run_name(method, target, seed)
+        variant = b.variants[method].overrides if method in b.variants else []
         runs.append(Run(name, "search", config, folder / "runs" / name, (
-            *overrides, f"search.searcher={method}", f"search.seed={seed}", f"env.macs_target={target}",
-            f"search.evaluations={b.evaluations}", f"search.final_pass={str(b.final_pass).lower()}",
-            "search.backend=local", "sweep.accuracy_floor=null", "threads=1"), done_when=done_when))
+            *overrides, f"search.searcher={method_searcher(cfg, method)}", f"search.seed={seed}",
+            f"env.macs_target={target}", f"search.evaluations={b.evaluations}",
+            f"search.final_pass={str(b.final_pass).lower()}", "search.backend=local", "sweep.accuracy_floor=null",
+            "threads=1", *variant), done_when=done_when))
     return runs
 
 
@@ -223,5 +231,5 @@ def plot_best_reward(curves: pd.DataFrame, budget: int, path: Path) -> None:
     plt.close(fig)
 
 
-def is_rule(method: str) -> bool:
-    return method in RULES
+def is_rule(cfg: RunConfig, method: str) -> bool:
+    return method_searcher(cfg, method) in RULES

@@ -16,9 +16,10 @@ import time
 from pathlib import Path
 
 import pandas as pd
+from pydantic import ValidationError
 
 from bench.comparison import (aggregate, best_reward_curves, collect, comparison_runs, display_table, is_rule,
-                              keep_run_files, missing_runs, plot_best_reward, recorded_rows)
+                              keep_run_files, method_searcher, missing_runs, plot_best_reward, recorded_rows)
 from bench.grid import GridOutcome, require, run_grid
 from bench.latency import quiet_latency
 from bench.resume_guard import check_same_settings
@@ -27,11 +28,11 @@ from bench.transfer import source_files, transfer_runs, transfer_table
 from agents.sb3_agents import BUILDERS
 from bench.zoo import display_zoo, zoo_rows
 from envs.rewards import describe_latency_penalty
-from pruning.config import RunConfig, load_config
+from pruning.config import RunConfig, apply_overrides, format_errors, load_config
 from pruning.data import load_data
 from pruning.errors import UserError
 from pruning.runtime import set_threads
-from search.local import check_searcher
+from search.local import SEARCHERS, check_searcher
 from search.report import markdown_table, write_json, write_table
 
 log = logging.getLogger("prunepilot")
@@ -57,8 +58,21 @@ def parse_parts(text: str | None) -> list[str]:
 
 
 def check_methods(cfg: RunConfig) -> None:
+    """Every method is a searcher or a variant of one whose settings are valid; nothing runs before this passes."""
     for method in cfg.bench.methods:
-        check_searcher(method, field="bench.methods")
+        if method not in cfg.bench.variants:
+            check_searcher(method, field="bench.methods")
+    for name, variant in cfg.bench.variants.items():
+        field = f"bench.variants.{name}"
+        if name in SEARCHERS:
+            raise UserError(f"{field}: a variant needs a name of its own, not the searcher name {name!r}")
+        check_searcher(variant.searcher, field=f"{field}.searcher")
+        try:
+            RunConfig.model_validate(apply_overrides(cfg.model_dump(), variant.overrides))
+        except ValidationError as exc:
+            raise UserError(format_errors(exc, f"{field}.overrides")) from None
+        except UserError as exc:
+            raise UserError(f"{field}.overrides: {exc}") from None
 
 
 # ------------------------------------------------------------------------------------------- parts
@@ -124,23 +138,28 @@ def zoo_part(cfg: RunConfig, folder: Path) -> None:
 
 
 # ----------------------------------------------------------------------------------------- summary
-def rl_method(cfg: RunConfig) -> str | None:
-    agents = [m for m in cfg.bench.methods if m in BUILDERS]
-    return agents[0] if agents else None
+def rl_methods(cfg: RunConfig) -> list[str]:
+    """The methods that run an RL agent (ddpg, td3, sac, ppo or a variant of one not marked as a baseline)."""
+    variants = cfg.bench.variants
+    return [m for m in cfg.bench.methods
+            if method_searcher(cfg, m) in BUILDERS and not (m in variants and variants[m].baseline)]
 
 
 def target_checks(cfg: RunConfig, stats: pd.DataFrame) -> list[str]:
-    """The issue's targets, each stated with the figures and whether it is met."""
-    rl = rl_method(cfg)
-    if rl is None:
+    """The issue's targets, each stated with the figures and whether it is met, for every RL method.
+
+    The baselines are the methods that run no agent; RL methods are not each other's baselines.
+    """
+    rls = rl_methods(cfg)
+    if not rls:
         return ["- no RL method in bench.methods: nothing to check"]
     lines = []
-    for target, part in stats.groupby("macs_target", sort=False):
+    for rl, (target, part) in ((rl, group) for rl in rls for group in stats.groupby("macs_target", sort=False)):
         mine = part[part["method"] == rl]
         if mine.empty:
             continue
         mine = mine.iloc[0]
-        others = part[part["method"] != rl]
+        others = part[~part["method"].isin(rls)]
         for metric, label in (("reward_mean", "search reward"), ("val_accuracy_mean", "adaptive-BN val accuracy"),
                               ("test_accuracy_mean", "test accuracy after the final pass")):
             if metric not in part or others[metric].isna().all():
@@ -211,7 +230,7 @@ def write_summary(cfg: RunConfig, config: str, folder: Path, overrides: list[str
         stats = pd.read_csv(folder / "table.csv")
         lines += ["## Comparison (mean ± std over seeds)", "", *missing_runs_note(folder), (folder / "table.md").read_text(), "",
                   "![best reward vs evaluations](best_reward.png)", "", "## Targets", "", *target_checks(cfg, stats), ""]
-        rules = [m for m in b.methods if is_rule(m)]
+        rules = [m for m in b.methods if is_rule(cfg, m)]
         if rules:
             lines += [f"Rules ({', '.join(rules)}) evaluate a single policy; their 'evaluations' column is 1.", ""]
     if (folder / "transfer.json").is_file():

@@ -175,6 +175,12 @@ class AgentConfig(Section):
     spans the ratios the budget still allows at that unit, so no action is clamped."""
     gradient_steps: int = Field(-1)
     """Gradient steps after each episode; -1 = as many as the episode had steps."""
+    candidates: int = Field(1, ge=1)
+    """Episodes the agent plays, with its exploration noise, for each policy it sends to be evaluated. Above 1, a
+    Gaussian process of the rewards scored so far picks the one with the largest expected improvement
+    (agents/screening.py): episodes cost milliseconds, evaluations seconds. 1 = AMC: every episode is evaluated."""
+    screen_after: int = Field(10, ge=2)
+    """Policies scored before the reward model screens candidates; until then the first candidate is sent."""
     kwargs: dict[str, Any] = Field(default_factory=dict)
     """Extra keywords passed to the stable-baselines3 constructor."""
 
@@ -186,6 +192,14 @@ class AgentConfig(Section):
             raise ValueError(f"expected 1 with {name}: the option widens AMC's exploration noise (ddpg, td3), and "
                              f"{name} explores through its stochastic policy")
         return growth
+
+    @field_validator("candidates")
+    @classmethod
+    def _screening_needs_off_policy(cls, candidates: int, info: ValidationInfo) -> int:
+        if candidates > 1 and info.data.get("name") == "ppo":
+            raise ValueError("expected 1 with ppo: ppo learns on-policy, and an episode picked from several is not "
+                             "a sample of its policy; screening needs ddpg, td3 or sac")
+        return candidates
 
 
 class SearchConfig(Section):
@@ -213,11 +227,26 @@ class SearchConfig(Section):
     repeats while the run's seed, and so the cached dense baseline, stays the same."""
 
 
+class MethodVariant(Section):
+    """A searcher with settings of its own, compared under its own name (e.g. DDPG with screening beside AMC's)."""
+
+    searcher: str
+    """The search.searcher it runs."""
+    overrides: list[str] = Field(default_factory=list)
+    """dotted.key=value settings that make it differ, applied after the bench's own overrides."""
+    baseline: bool = False
+    """Compared as a baseline, not as an RL method, although it runs an agent's searcher: an ablation whose agent
+    never leaves its random warm-up (agent.warmup_episodes >= the budget) learns nothing."""
+
+
 class BenchConfig(Section):
     """`prunepilot bench`: every method at the same budgets, side by side (DESIGN.md section 3)."""
 
     methods: list[str] = Field(default_factory=lambda: ["uniform", "global_magnitude", "lamp", "random", "tpe", "ddpg"])
-    """Searchers compared (search.searcher names); rules evaluate one policy, searchers `evaluations`."""
+    """Methods compared: search.searcher names or names of `variants`; rules evaluate one policy, searchers
+    `evaluations`."""
+    variants: dict[str, MethodVariant] = Field(default_factory=dict)
+    """Named variants of a searcher that `methods` may list, each with its own settings."""
     macs_targets: list[float] = Field(default_factory=lambda: [0.5, 0.25])
     """Operating points: fractions of dense MACs."""
     seeds: list[int] = Field(default_factory=lambda: [0, 1, 2])

@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import math
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Literal
 
 import torch
@@ -67,15 +68,24 @@ class UnitGraph:
     def unit(self, name: str) -> Unit:
         return self.units[self.names.index(name)]
 
+    @cached_property
+    def _macs_terms(self) -> list[tuple[float, str, str]]:
+        """(dense MACs, unit that sizes its outputs, unit that sizes its inputs) per layer, in `shapes` order."""
+        return [(shape.macs, self.out_unit.get(layer, ""), "" if layer in self.depthwise else self.in_unit.get(layer, ""))
+                for layer, shape in self.shapes.items()]
+
     def macs(self, kept: dict[str, int]) -> float:
-        """Predicted conv/linear MACs when each unit keeps `kept[name]` of its channels (or weights)."""
+        """Predicted conv/linear MACs when each unit keeps `kept[name]` of its channels (or weights).
+
+        On every budget clamp of every episode (tens of calls per step): the per-layer terms are listed once.
+        """
         keep = {u.name: kept.get(u.name, u.channels) / u.channels for u in self.units}
         total = 0.0
-        for layer, shape in self.shapes.items():
-            factor = keep.get(self.out_unit.get(layer, ""), 1.0)
-            if layer not in self.depthwise:
-                factor *= keep.get(self.in_unit.get(layer, ""), 1.0)
-            total += shape.macs * factor
+        for macs, out_unit, in_unit in self._macs_terms:
+            factor = keep.get(out_unit, 1.0)
+            if in_unit:
+                factor *= keep.get(in_unit, 1.0)
+            total += macs * factor
         return total
 
 

@@ -41,6 +41,8 @@ class Proposal(NamedTuple):
     key: str
     config: dict
     demonstration: bool = False
+    policy: SparsityPolicy | None = None
+    """The proposed policy, for the agent's reward model once it is scored (`agent.candidates` > 1)."""
 
 
 class AgentSearcher(Searcher):
@@ -70,7 +72,7 @@ class AgentSearcher(Searcher):
         for policy in seeds or []:
             played, transitions = agent.demonstrate(env, policy)
             self.seeds.append(Proposal(transitions, played.key(env.graph, env.round_to), {"ratios": dict(played.ratios)},
-                                       demonstration=True))
+                                       demonstration=True, policy=played))
         agent.imitate([seed.transitions for seed in self.seeds], imitate)
 
     def suggest(self, trial_id: str) -> dict | str | None:
@@ -87,7 +89,7 @@ class AgentSearcher(Searcher):
                 self.suggested += 1
                 return seed.config
         while self.suggested + self.repeats < self.budget * MAX_EPISODES_PER_EVALUATION:
-            policy, transitions = self.agent.propose(self.env, deterministic=False)
+            policy, transitions = self.agent.propose(self.env, deterministic=False, exclude=self.rewards.keys() | in_flight)
             key = policy.key(self.env.graph, self.env.round_to)
             if key in self.rewards:
                 self.agent.observe_episode(transitions, self.rewards[key], repeat=True)
@@ -97,7 +99,9 @@ class AgentSearcher(Searcher):
                 if waits == MAX_EPISODES_PER_EVALUATION:
                     return None
             else:
-                self.live[trial_id] = Proposal(transitions, key, {"ratios": dict(policy.ratios)})
+                # the screen's prediction rides along in the config, so the study records it beside the result
+                self.live[trial_id] = Proposal(transitions, key, {"ratios": dict(policy.ratios), **self.agent.last_screen},
+                                               policy=policy)
                 self.suggested += 1
                 return self.live[trial_id].config
         if not self.converged:
@@ -123,6 +127,8 @@ class AgentSearcher(Searcher):
         if not error and result and self.metric in result:
             self.rewards[key] = float(result[self.metric])
             self.agent.observe_episode(live.transitions, self.rewards[key], demonstration=live.demonstration)
+            if live.policy is not None:
+                self.agent.remember(self.env, live.policy, self.rewards[key])
         else:  # a failed trial teaches the agent nothing; its policy is sent again while attempts remain
             self.failures[key] = self.failures.get(key, 0) + 1
             if self.failures[key] <= self.resends:

@@ -66,6 +66,7 @@ def seeded_agent_search(agent: PruningAgent, env: LayerPruningEnv, budget: int, 
             continue
         evaluation = scored(env, len(results), played)
         agent.observe_episode(transitions, evaluation.reward, demonstration=True)
+        agent.remember(env, played, evaluation.reward)
         results.append(evaluation)
         on_evaluation(evaluation)
     offset = len(results)

@@ -29,6 +29,7 @@ from pruning.evaluate import Evaluator
 from pruning.policy import SparsityPolicy
 from pruning.units import UnitGraph
 from search.agent_searcher import AgentSearcher
+from search.recording import SCREEN_ATTRS
 from search.reuse import check_seeding
 from search.trial import TrialPayload, evaluate_policy_trial
 
@@ -72,7 +73,9 @@ class RecordingCallback(Callback):
 
     def _emit(self, trial: Any, failed: bool) -> None:
         result = dict(trial.last_result or {})
-        result.setdefault("ratios", trial.config.get("ratios", {}))
+        for key in ("ratios", *SCREEN_ATTRS):  # what the searcher put beside the ratios (a screen's prediction)
+            if key in trial.config:
+                result.setdefault(key, trial.config[key])
         result["trial_id"] = trial.trial_id
         self.sink(evaluation_key(trial), result, failed)
 

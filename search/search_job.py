@@ -25,7 +25,7 @@ from pruning.runtime import seed_everything
 from search.cli import run_folder
 from search.jobs import baseline_of, final_pass, measure_table, prepare, unit_graph
 from search.local import check_searcher, run_local
-from search.recording import EvaluationSink
+from search.recording import SCREEN_ATTRS, EvaluationSink
 from search.report import markdown_table, plot_lines, plot_unit_ratios, write_json, write_table
 from search.review import sqlite_url
 from search.reuse import check_seed_policies, load_seed_policies, move_policy
@@ -220,6 +220,7 @@ def search_job(args: argparse.Namespace) -> int:
         _, agent = run_local(cfg, base.model, env, agent=warm, seeds=seeds, on_evaluation=lambda e: sink(
             f"local-{e.episode}", {"ratios": e.policy.ratios, "accuracy": e.accuracy, "macs_ratio": e.macs_ratio,
                                    "reward": e.reward, "episode": e.episode,
+                                   **{k: e.extra[k] for k in SCREEN_ATTRS if k in e.extra},
                                    **latency_attr(env, e.policy.kept(graph, env.round_to))}))
         if agent is not None:
             agent.save(out / "agent", env)

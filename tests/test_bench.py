@@ -161,8 +161,40 @@ def test_a_folder_continues_only_with_the_settings_of_its_runs(bench_run, tmp_pa
     assert "'bench.seeds=[0]' 'bench.methods=[ddpg]'" in (copy / "summary.md").read_text()  # quoted for a shell
 
 
+def test_a_variant_runs_beside_its_searcher_under_its_own_name(tmp_path):
+    """AMC's DDPG and DDPG with screening in one grid; the targets check each RL method against the non-RL ones."""
+    config = tmp_path / "variants.yaml"
+    variants = ("{ddpg_gp: {searcher: ddpg, overrides: [agent.candidates=4, agent.screen_after=2]}, "
+                "random_gp: {searcher: ddpg, baseline: true, overrides: [agent.warmup_episodes=6, agent.candidates=4]}}")
+    config.write_text(TINY_BENCH.replace("methods: [uniform, ddpg]", "methods: [uniform, random_gp, ddpg, ddpg_gp]")
+                      .replace("seeds: [0, 1]", "seeds: [0]").replace("macs_targets: [0.6, 0.4]", "macs_targets: [0.4]")
+                      .replace("zoo: [", f"final_pass: false\n  variants: {variants}\n  zoo: ["))
+    out = tmp_path / "out"
+    assert main(["bench", str(config), "--out", str(out), "--quiet", "--parts", "comparison"]) == 0
+    runs = pd.read_csv(out / "runs.csv").set_index("method")
+    assert list(runs.index) == ["uniform", "random_gp", "ddpg", "ddpg_gp"]
+    screened = pd.read_csv(out / "evaluations" / "ddpg_gp-m40-s0.csv")
+    plain = pd.read_csv(out / "evaluations" / "ddpg-m40-s0.csv")
+    assert screened["predicted_reward"].notna().sum() == len(screened) - 2  # after the first 2 scored policies
+    assert "predicted_reward" not in plain
+    assert json.loads((out / "runs" / "ddpg_gp-m40-s0" / "search.json").read_text())["overrides"][-2:] == [
+        "agent.candidates=4", "agent.screen_after=2"]
+    summary = (out / "summary.md").read_text()
+    for rl in ("ddpg", "ddpg_gp"):
+        line = next(l for l in summary.splitlines() if l.startswith(f"- 40% MACs, search reward: {rl} "))
+        assert "best baseline uniform" in line or "best baseline random_gp" in line  # never the other RL method
+    assert "search reward: random_gp " not in summary  # a baseline, although it runs the ddpg searcher
+
+
 @pytest.mark.parametrize("args, message", [
     (["bench.methods=[uniform, gridsearch]"], "bench.methods: unknown searcher 'gridsearch'"),
+    (["bench.methods=[ddpg_x]", "bench.variants={ddpg_x: {searcher: ddpq}}"],
+     "bench.variants.ddpg_x.searcher: unknown searcher 'ddpq'"),
+    (["bench.methods=[tpe]", "bench.variants={tpe: {searcher: ddpg}}"], "bench.variants.tpe: a variant needs a name"),
+    (["bench.methods=[ddpg_x]", "bench.variants={ddpg_x: {searcher: ddpg, overrides: [agent.candidates=0]}}"],
+     "bench.variants.ddpg_x.overrides: field `agent.candidates`"),
+    (["bench.methods=[ddpg_x]", "bench.variants={ddpg_x: {searcher: ddpg, overrides: [candidates]}}"],
+     "bench.variants.ddpg_x.overrides: override 'candidates': expected dotted.key=value"),
     (["bench.macs_targets=[1.5]"], "field `bench.macs_targets`"),
     (["--parts", "comparison,speed"], "--parts: unknown part(s) ['speed']"),
     (["--collect-only"], "--collect-only: applies to the comparison part alone"),
