@@ -187,10 +187,14 @@ def write_report(folder: Path, target: float, label: str, frame: pd.DataFrame, r
                           "best surrogate val acc %": [f"{100 * m:.2f}" + ("" if pd.isna(s) else f" ± {100 * s:.2f}")
                                                        for m, s in zip(stats["mean"], stats["std"])]})
     settings = "; ".join(f"{name}: {json.dumps(v)}" for name, v in variants.items()) or "none"
+    screened = [name for name, v in variants.items() if int(v.get("candidates", 1)) > 1]
+    caveat = (f" **{', '.join(screened)} screen(s) proposals with a Gaussian process of their own: on a surrogate "
+              f"that is itself a Gaussian process, the screen models the truth's own kind of function, so these "
+              f"figures flatter it; judge it on the real evaluator.**" if screened else "")
     md = (f"# Searchers on a surrogate of `{folder}` at {100 * target:.0f}% MACs\n\n"
           f"A Gaussian process fitted to {fitted} recorded evaluations (5-fold CV R² **{r2:.3f}**) stands in for "
           f"adaptive-BN validation accuracy; each searcher has the benchmark's budget. Surrogate figures, for "
-          f"screening only. Variants: {settings}.\n\n{markdown_table(table)}\n\nRegenerate: `{command}`\n")
+          f"screening only. Variants: {settings}.{caveat}\n\n{markdown_table(table)}\n\nRegenerate: `{command}`\n")
     tag = target_tag(target) + (f"-{label}" if label else "")
     frame.to_csv(folder / f"surrogate-{tag}.csv", index=False)
     (folder / f"surrogate-{tag}.md").write_text(md)

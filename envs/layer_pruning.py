@@ -121,6 +121,8 @@ class LayerPruningEnv(gym.Env):
         self.action_space = spaces.Box(-1.0, 1.0, (1,), dtype=np.float32)
         self.observation_space = spaces.Box(0.0, 1.0, (len(FEATURES),), dtype=np.float32)
         self._ratios: list[float] = []
+        self._kept_around: dict[tuple[int, float], dict[str, int]] = {}
+        """Kept counts of the other units, by (unit index, ratio of the later units), for `_macs_with`."""
 
     # ---------------------------------------------------------------------------- features
     def _static_features(self) -> np.ndarray:
@@ -173,7 +175,15 @@ class LayerPruningEnv(gym.Env):
         return self._action_from(*self.ratio_bounds(), ratio)
 
     def _macs_with(self, ratio: float, rest: float) -> float:
-        return self.graph.macs(self._kept(self._ratios + [ratio], rest=rest))
+        """MACs with the current unit at `ratio` and every later one at `rest` (the budget clamp's bisection)."""
+        t = len(self._ratios)
+        key = (t, rest)
+        if key not in self._kept_around:  # earlier and later units are fixed during one step's bisections
+            self._kept_around[key] = self._kept(self._ratios + [0.0], rest=rest)
+        unit = self.units[t]
+        kept = dict(self._kept_around[key])
+        kept[unit.name] = kept_count(unit.channels, ratio, self.round_to)
+        return self.graph.macs(kept)
 
     def least_feasible_ratio(self) -> float:
         """Smallest ratio for the current unit such that the budget stays reachable with later units at r_max."""
@@ -209,6 +219,7 @@ class LayerPruningEnv(gym.Env):
     def reset(self, *, seed: int | None = None, options: dict | None = None) -> tuple[np.ndarray, dict]:
         super().reset(seed=seed)
         self._ratios = []
+        self._kept_around = {}
         return self._observation(), {}
 
     def step(self, action: np.ndarray) -> tuple[np.ndarray, float, bool, bool, dict]:

@@ -130,8 +130,9 @@ def two_node_cluster(ray_env, tmp_path):
 def test_search_runs_trials_on_both_nodes_of_a_cluster(two_node_cluster, ray_env, config, tmp_path):
     out = tmp_path / "run"
     # evaluations long enough (~1 s) that two are in flight: with 0.1 s trials one reused actor could run them all
-    result = subprocess.run(search_cmd(config, out, "--address", two_node_cluster, *HEAVIER, *LATENCY), env=ray_env,
-                            cwd=tmp_path, capture_output=True, text=True, timeout=600)
+    screened = ["agent.candidates=4", "agent.screen_after=3"]  # model-based exploration through the Tune searcher
+    result = subprocess.run(search_cmd(config, out, "--address", two_node_cluster, *HEAVIER, *LATENCY, *screened),
+                            env=ray_env, cwd=tmp_path, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
     frame = assert_complete_once(out, 8)
     assert frame["node_id"].nunique() == 2  # nodes share 127.0.0.1: told apart by node id
@@ -140,6 +141,11 @@ def test_search_runs_trials_on_both_nodes_of_a_cluster(two_node_cluster, ray_env
     table = pd.read_csv(out / "evaluations.csv")
     assert table["latency_ratio"].notna().all()
     assert np.allclose(table["reward"], table["accuracy"] - 0.5 * table["macs_ratio"] - table["latency_ratio"])
+    # the first 4 trials go out before 3 policies are scored, unscreened; from the 5th on (2 in flight, so at least
+    # 3 scored) each carries the reward model's prediction beside its result
+    by_creation = table.set_index(table["evaluation_id"].str.lstrip("#").astype(int)).sort_index()
+    assert by_creation["predicted_reward"].iloc[:4].isna().all() and by_creation["predicted_reward"].iloc[4:].notna().all()
+    assert (by_creation["candidates"].iloc[4:] >= 1).all()
     assert (out / "agent.zip").is_file() and (out / "best_policy.json").is_file()
     assert "2 node(s)" in (out / "report.md").read_text()
 

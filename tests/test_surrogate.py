@@ -76,6 +76,10 @@ def test_the_command_writes_its_table_and_how_to_rerun_it(recorded, capsys):
     main([str(folder), "--target", "0.5", "--methods", "tpe", "--seeds", "1", "--label", "tpe-only"])
     assert "| tpe | 1 |" in (folder / "surrogate-m50-tpe-only.md").read_text()
     assert "| random | 2 |" in (folder / "surrogate-m50.md").read_text()  # a labelled screen leaves the other alone
+    assert "flatter" not in (folder / "surrogate-m50.md").read_text()
+    main([str(folder), "--target", "0.5", "--methods", "gp", "--seeds", "1", "--variant", "gp=candidates:4",
+          "--label", "gp"])
+    assert "gp screen(s) proposals with a Gaussian process" in (folder / "surrogate-m50-gp.md").read_text()
 
 
 @pytest.mark.parametrize("args, message", [
