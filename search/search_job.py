@@ -116,6 +116,8 @@ def load_warm_agent(args: argparse.Namespace, cfg, graph) -> PruningAgent | None
     env = LayerPruningEnv(graph, deferred=True, **env_kwargs(cfg))
     agent = PruningAgent.load(args.agent, env)
     agent.warm_start(seed=cfg.search_seed)
+    # how proposals are screened belongs to this search, not to the learned agent: taken from this run's config
+    agent.cfg = agent.cfg.model_copy(update={k: getattr(cfg.agent, k) for k in ("candidates", "screen_after")})
     return agent
 
 

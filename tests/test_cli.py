@@ -134,6 +134,12 @@ def test_policy_reuse_zero_shot_and_warm_start(tmp_path, tiny_config):
     candidates = {c["source"]: c for c in summary["candidates"]}
     assert evaluations["accuracy"].iloc[0] == pytest.approx(candidates[f"policy {best}"]["accuracy"])
     assert evaluations["accuracy"].iloc[1] == pytest.approx(candidates[f"agent {agent}"]["accuracy"])
+    assert "predicted_reward" not in evaluations
+    # a warm start screens when this run asks for it, whatever the saved agent's own search did
+    assert main(["search", str(tiny_config), "--out", str(tmp_path / "ws"), "--agent", str(agent), "--policy", str(best),
+                 *common, *other_model, "agent.candidates=4", "agent.screen_after=2"]) == 0
+    screened = pd.read_csv(tmp_path / "ws" / "evaluations.csv")
+    assert screened["predicted_reward"].iloc[:2].isna().all() and screened["predicted_reward"].iloc[2:].notna().all()
     assert main(["transfer", str(tiny_config), "--agent", str(tmp_path / "none.zip"), "--out", str(tmp_path / "x"),
                  "--quiet"]) == 2
 
