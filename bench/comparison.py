@@ -26,6 +26,7 @@ import pandas as pd  # noqa: E402
 from agents.baselines import RULES  # noqa: E402
 from bench.grid import Run  # noqa: E402
 from pruning.config import RunConfig  # noqa: E402
+from pruning.errors import UserError  # noqa: E402
 
 def target_tag(target: float) -> str:
     return f"m{round(100 * target):02d}"
@@ -71,7 +72,8 @@ def run_row(run: Run, method: str, target: float, seed: int) -> dict | None:
     meta = search["best"]["meta"]
     row = {"run": run.name, "method": method, "macs_target": target, "seed": seed, "evaluations": search["evaluations"],
            "search_seconds": search["wall_seconds"], "reward": meta["reward"], "val_accuracy": meta["accuracy"],
-           "policy_macs_ratio": meta.get("macs_ratio")}
+           "policy_macs_ratio": meta.get("macs_ratio"), "dense_digest": search.get("baseline", {}).get("digest"),
+           "dense_val_accuracy": search.get("baseline", {}).get("val_accuracy")}
     final_file = run.out / "summary.json"
     if final_file.is_file():
         final = json.loads(final_file.read_text())
@@ -132,6 +134,26 @@ def collect(cfg: RunConfig, runs: list[Run], recorded: pd.DataFrame | None = Non
         return frame
     order = {run.name: i for i, run in enumerate(runs)}
     return frame.sort_values("run", key=lambda names: names.map(order), kind="stable").reset_index(drop=True)
+
+
+def check_one_dense_model(frame: pd.DataFrame, expected: str | None, folder: Path) -> None:
+    """Refuse a table of runs made on different dense models (`dense_digest`), or on another than `expected`.
+
+    Runs recorded before digests were kept have none and are not checked here; `dense_test_accuracy` (runs with a
+    final pass) still tells some of them apart.
+    """
+    if frame.empty:
+        return
+    digests = frame["dense_digest"].dropna().unique().tolist() if "dense_digest" in frame else []
+    if expected is not None and digests and digests != [expected]:
+        others = frame.loc[frame["dense_digest"].notna() & (frame["dense_digest"] != expected), "run"].tolist()
+        raise UserError(f"{folder}: {len(others)} run(s) were made on another dense model (digest "
+                        f"{', '.join(d for d in digests if d != expected)}) than this config's ({expected}): "
+                        f"{', '.join(others[:6])}{' ...' if len(others) > 6 else ''}. Runs on two dense models cannot "
+                        f"share one table: give a new --out folder, or set model.checkpoint to the model they used")
+    if len(digests) > 1:
+        raise UserError(f"{folder}: its runs were made on {len(digests)} different dense models ({', '.join(digests)}); "
+                        f"they cannot share one table")
 
 
 def missing_runs(runs: list[Run], frame: pd.DataFrame) -> list[str]:

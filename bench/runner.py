@@ -18,8 +18,9 @@ from pathlib import Path
 import pandas as pd
 from pydantic import ValidationError
 
-from bench.comparison import (aggregate, best_reward_curves, collect, comparison_runs, display_table, is_rule,
-                              keep_run_files, method_searcher, missing_runs, plot_best_reward, recorded_rows)
+from bench.comparison import (aggregate, best_reward_curves, check_one_dense_model, collect, comparison_runs,
+                              display_table, is_rule, keep_run_files, method_searcher, missing_runs, plot_best_reward,
+                              recorded_rows)
 from bench.grid import GridOutcome, require, run_grid
 from bench.latency import quiet_latency
 from bench.resume_guard import check_same_settings
@@ -28,6 +29,7 @@ from bench.transfer import source_files, transfer_runs, transfer_table
 from agents.sb3_agents import BUILDERS
 from bench.zoo import display_zoo, zoo_rows
 from envs.rewards import describe_latency_penalty
+from pruning.baseline import known_digest
 from pruning.config import RunConfig, apply_overrides, format_errors, load_config
 from pruning.data import load_data
 from pruning.errors import UserError
@@ -81,12 +83,16 @@ def comparison_part(cfg: RunConfig, config: str, folder: Path, overrides: list[s
     runs = comparison_runs(cfg, config, folder, overrides)
     recorded = recorded_rows(folder, runs)  # finished in an earlier call whose folders are gone: not run again
     recorded_names = set(recorded.get("run", []))
+    data = load_data(cfg.data.name, cfg.data.path, cfg.data.val_fraction, cfg.data.val_size, **cfg.data.options)
+    # runs of another dense model (another machine retrained the baseline) are refused before anything runs
+    check_one_dense_model(collect(cfg, runs, recorded), known_digest(cfg, data), folder)
     if collect_only:  # a protocol split across machines: the runs were copied in, nothing is started here
         outcome = GridOutcome(skipped=[r.name for r in runs if r.done])
     else:
         outcome = run_grid([r for r in runs if r.name not in recorded_names], cfg.bench.parallel, "comparison runs", show)
     keep_run_files(folder, runs)
     frame = collect(cfg, runs, recorded)
+    check_one_dense_model(frame, known_digest(cfg, data), folder)
     if not frame.empty and cfg.bench.final_pass:
         set_threads(cfg.threads)
         frame = quiet_latency(frame, {r.name: r.out for r in runs}, cfg.eval.latency_repeats)

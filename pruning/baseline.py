@@ -9,7 +9,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from pruning.checkpoint import cache_dir, load_checkpoint, save_checkpoint, stable_hash
+from pruning.checkpoint import cache_dir, load_checkpoint, save_checkpoint, stable_hash, weights_digest
 from pruning.config import RunConfig
 from pruning.data import DataBundle
 from pruning.errors import UserError
@@ -27,6 +27,16 @@ class Baseline:
     val_accuracy: float
     test_accuracy: float
     trained_now: bool
+
+    @property
+    def digest(self) -> str:
+        """The identity of these dense weights (`weights_digest`)."""
+        return weights_digest(self.model.state_dict())
+
+    def identity(self) -> dict:
+        """What a run records of the dense model it pruned, so runs on different ones are never tabled together."""
+        return {"digest": self.digest, "val_accuracy": self.val_accuracy, "test_accuracy": self.test_accuracy,
+                "checkpoint": str(self.checkpoint)}
 
 
 def train_recipe(cfg: RunConfig) -> Recipe:
@@ -48,6 +58,14 @@ def baseline_path(cfg: RunConfig, data: DataBundle) -> Path:
     key = stable_hash({"arch": architecture(cfg, data), "data": data.fingerprint,
                        "recipe": train_recipe(cfg).__dict__, "seed": cfg.seed})
     return cache_dir() / "baselines" / f"{cfg.model.name.replace(':', '_')}-{key}.pt"
+
+
+def known_digest(cfg: RunConfig, data: DataBundle) -> str | None:
+    """The digest of the dense model a run of `cfg` would use, if it exists yet (None: it would be trained)."""
+    path = Path(cfg.model.checkpoint) if cfg.model.checkpoint else baseline_path(cfg, data)
+    if not cfg.model.checkpoint and not path.is_file():
+        return None
+    return weights_digest(load_checkpoint(path)["state_dict"])
 
 
 def get_baseline(cfg: RunConfig, data: DataBundle, device: torch.device, generator: torch.Generator,

@@ -33,6 +33,20 @@ def stable_hash(payload: Any, length: int = 16) -> str:
     return hashlib.sha1(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:length]
 
 
+def weights_digest(state_dict: dict[str, torch.Tensor], length: int = 16) -> str:
+    """A digest of a model's weights (names, shapes, dtypes, values): the identity of a dense model.
+
+    The cache key of a baseline names its recipe, not its weights: the same recipe trained on another machine
+    can give other weights, and runs on two dense models must not share one table.
+    """
+    digest = hashlib.sha256()
+    for name in sorted(state_dict):
+        tensor = state_dict[name].detach().cpu().contiguous()
+        digest.update(f"{name}:{tuple(tensor.shape)}:{tensor.dtype}".encode())
+        digest.update(tensor.reshape(-1).view(torch.uint8).numpy().tobytes() if tensor.numel() else b"")
+    return digest.hexdigest()[:length]
+
+
 def atomic_write_text(path: Path, text: str) -> None:
     """Write text through a temporary file in the same folder, then rename: a crash never leaves half a file."""
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -274,7 +274,8 @@ def search_job(args: argparse.Namespace) -> int:
         "![reward](reward.png) ![accuracy vs MACs](accuracy_vs_macs.png) ![best vs uniform](best_vs_uniform.png)", ""])
     write_json({"evaluations": len(frame), "failed": int((frame["state"] != "COMPLETE").sum()), "wall_seconds": wall,
                 "nodes": int(nodes), "best": best.to_dict(), "uniform_accuracy": uniform_result.accuracy,
-                "backend": backend, "tune_seconds": tune_seconds, "concurrency": cfg.search.concurrency}, out / "search_summary.json")
+                "backend": backend, "tune_seconds": tune_seconds, "concurrency": cfg.search.concurrency,
+                "baseline": base.identity()}, out / "search_summary.json")
     if cfg.search.final_pass:
         if cfg.search.seed is not None:  # repeats differ in fine-tuning order too, not only in the search
             ctx.generator = seed_everything(cfg.search.seed)

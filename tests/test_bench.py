@@ -140,6 +140,36 @@ def test_a_fresh_clone_goes_on_from_the_committed_tables(bench_run, tmp_path, ca
     assert "**Recorded runs:** 7 run(s)" in summary and "Partial protocol" not in summary
 
 
+def test_runs_on_another_dense_model_are_never_tabled_together(bench_run, tmp_path, capsys):
+    """Another machine retrains the same recipe into other weights under the same cache key: refused, not mixed."""
+    import shutil
+
+    import torch
+
+    from pruning.checkpoint import cache_dir, load_checkpoint
+
+    config, out = bench_run
+    runs = pd.read_csv(out / "runs.csv")
+    assert runs["dense_digest"].nunique() == 1 and runs["dense_val_accuracy"].notna().all()
+    clone = tmp_path / "clone"
+    shutil.copytree(out, clone, ignore=shutil.ignore_patterns("runs", "transfer"))
+    runs[runs["run"] != "ddpg-m40-s1"].to_csv(clone / "runs.csv", index=False)  # one run left to run
+    (cached,) = (cache_dir() / "baselines").glob("tests.fixtures_tiny_cnn-*.pt")
+    original = cached.read_bytes()
+    payload = load_checkpoint(cached)
+    payload["state_dict"] = {k: v + 1e-3 if v.is_floating_point() else v for k, v in payload["state_dict"].items()}
+    try:
+        torch.save(payload, cached)
+        assert main(["bench", str(config), "--out", str(clone), "--quiet", "--parts", "comparison"]) == 2
+        err = capsys.readouterr().err
+        assert "7 run(s) were made on another dense model" in err and "new --out folder" in err
+        assert not (clone / "runs").exists()  # refused before anything ran
+    finally:
+        cached.write_bytes(original)
+    assert main(["bench", str(config), "--out", str(clone), "--quiet", "--parts", "comparison"]) == 0
+    assert pd.read_csv(clone / "runs.csv")["dense_digest"].nunique() == 1
+
+
 def test_a_folder_continues_only_with_the_settings_of_its_runs(bench_run, tmp_path, capsys):
     import shutil
 
