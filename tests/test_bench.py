@@ -277,6 +277,18 @@ def test_transfer_from_an_earlier_benchmark_source(bench_run, tmp_path):
     assert transfer["warm_evaluations"] == 2
 
 
+def test_a_pinned_source_checkpoint_does_not_follow_the_transfer_to_another_model(bench_run, tmp_path):
+    config, out = bench_run
+    source = out / "runs" / "ddpg-m60-s0"
+    pinned = json.loads((source / "search_summary.json").read_text())["baseline"]["checkpoint"]
+    # the bench configs pin their dense model: the transfer model (vgg_small) must train its own, not load this one
+    args = ["bench", str(config), "--parts", "transfer", "--quiet", "bench.methods=[uniform]", "--out",
+            str(tmp_path / "pinned"), f"bench.transfer_source={source}", f"model.checkpoint={pinned}"]
+    assert main(args) == 0
+    zero = json.loads((tmp_path / "pinned" / "transfer" / "vgg_small-m60" / "zero-shot" / "transfer.json").read_text())
+    assert zero["candidates"] and all(c["macs_ratio"] <= 0.6 + 1e-9 for c in zero["candidates"])
+
+
 def test_resampling_moves_every_run_policy_to_another_model(bench_run):
     from bench.resampling import main as resampling
 
