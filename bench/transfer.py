@@ -49,8 +49,8 @@ def transfer_runs(cfg: RunConfig, config: str, folder: Path, overrides: list[str
     agent, policy = map(str, source_files(cfg, folder))
     target, seed = b.macs_targets[0], b.seeds[0]
     # the source model's checkpoint does not fit the target model: the target trains (or loads its cached) baseline
-    common = (*overrides, f"model.name={b.transfer_model}", "model.checkpoint=null", *b.transfer_overrides, f"env.macs_target={target}",
-              f"search.seed={seed}", "sweep.accuracy_floor=null")
+    common = (*overrides, f"model.name={b.transfer_model}", "model.checkpoint=null", *b.transfer_overrides,
+              f"env.macs_target={target}", f"search.seed={seed}", "sweep.accuracy_floor=null")
     # the zero-shot run goes first and alone (it trains the target's baseline): it keeps the config's threads
     search = (*common, "threads=1", "search.searcher=ddpg", "search.backend=local", "search.final_pass=false")
     base = folder / "transfer" / f"{b.transfer_model}-{target_tag(target)}"
