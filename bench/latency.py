@@ -14,7 +14,7 @@ import pandas as pd
 import torch
 
 from pruning.checkpoint import load_checkpoint
-from pruning.cost import paired_latency
+from pruning.cost import compare_latency
 from pruning.export import load_pruned
 
 
@@ -41,10 +41,12 @@ def quiet_latency(frame: pd.DataFrame, folders: dict[str, Path], repeats: int) -
             continue
         dense, pruned, shape = models
         for batch in (1, 64):
-            dense_ms, pruned_ms = paired_latency(dense, pruned, shape, batch, repeats)
-            frame.loc[index, f"dense_latency_b{batch}_ms"] = dense_ms
-            frame.loc[index, f"latency_b{batch}_ms"] = pruned_ms
-            frame.loc[index, f"speedup_b{batch}"] = dense_ms / pruned_ms
+            timed = compare_latency(dense, pruned, shape, batch, repeats)
+            frame.loc[index, f"dense_latency_b{batch}_ms"] = timed.dense_ms
+            frame.loc[index, f"latency_b{batch}_ms"] = timed.pruned_ms
+            frame.loc[index, f"speedup_b{batch}"] = timed.speedup
+            frame.loc[index, f"speedup_b{batch}_low"] = timed.speedup_low
+            frame.loc[index, f"speedup_b{batch}_high"] = timed.speedup_high
         frame.loc[index, "latency_threads"] = torch.get_num_threads()
     if "speedup_b64" in frame and "macs_ratio" in frame:
         frame["speedup_over_macs_reduction_b64"] = frame["speedup_b64"] * frame["macs_ratio"]

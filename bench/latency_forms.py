@@ -59,7 +59,10 @@ whether onnxruntime in the process or the machine did that is not settled, so th
 
 def compare_forms(folder: Path, repeats: int, rounds: int, forms: dict = FORMS) -> pd.DataFrame:
     """One row per (run, batch): median ms of dense and pruned in each form, and each form's speed-up."""
-    runs = sorted(p for p in (folder / "runs").iterdir() if p.is_dir()) if (folder / "runs").is_dir() else []
+    if (folder / "model.pt").is_file():  # one `prunepilot prune` output folder
+        runs = [folder]
+    else:
+        runs = sorted(p for p in (folder / "runs").iterdir() if p.is_dir()) if (folder / "runs").is_dir() else []
     targets = {}
     if (folder / "runs.csv").is_file():
         targets = pd.read_csv(folder / "runs.csv").set_index("run")["macs_target"].to_dict()
@@ -82,8 +85,10 @@ def compare_forms(folder: Path, repeats: int, rounds: int, forms: dict = FORMS) 
             row = {"run": run.name, "macs_target": targets.get(run.name), "batch": batch, "macs_reduction": reduction}
             for form in forms:
                 dense_ms, pruned_ms = (statistics.median(times[(form, w)]) for w in ("dense", "pruned"))
+                ratios = [d / q for d, q in zip(times[(form, "dense")], times[(form, "pruned")])]
                 row.update({f"{form}_dense_ms": dense_ms, f"{form}_pruned_ms": pruned_ms,
                             f"{form}_speedup": dense_ms / pruned_ms,
+                            f"{form}_speedup_low": min(ratios), f"{form}_speedup_high": max(ratios),
                             f"{form}_speedup_over_macs_reduction": dense_ms / pruned_ms / reduction})
             rows.append(row)
     if not rows:
@@ -101,7 +106,8 @@ def summary_table(frame: pd.DataFrame) -> pd.DataFrame:
 
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(prog="python -m bench.latency_forms", description=__doc__.split("\n\n")[0])
-    p.add_argument("folder", type=Path, help="a bench results folder with finished runs, e.g. results/bench/resnet20")
+    p.add_argument("folder", type=Path, help="a bench results folder with finished runs (e.g. results/bench/resnet20), "
+                                             "or the output folder of one `prunepilot prune`")
     p.add_argument("--repeats", type=int, default=40, help="timed forward passes per model, form and batch (>= 3)")
     p.add_argument("--rounds", type=int, default=8, help="alternation rounds the repeats are split into (>= 1)")
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: all)")

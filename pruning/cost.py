@@ -96,17 +96,46 @@ def measure_latency(model: nn.Module, input_shape: tuple[int, ...], batch_size: 
     return time_forward(timing_form(model), input_shape, batch_size, repeats, warmup)
 
 
-def paired_latency(dense: nn.Module, pruned: nn.Module, input_shape: tuple[int, ...], batch_size: int,
-                   repeats: int = 30, rounds: int = 5) -> tuple[float, float]:
-    """Median latency (ms) of two models as deployed (`timing_form`), timed in alternating rounds so that
-    drifting machine load (other tenants, frequency changes) falls on both alike; returns (first, second)."""
+@dataclass(frozen=True)
+class PairedLatency:
+    """Two models timed in alternating rounds at one batch size: medians, and the speed-up's spread over rounds."""
+
+    batch_size: int
+    dense_ms: float
+    pruned_ms: float
+    speedup_low: float
+    """The smallest of the per-round speed-ups (dense ms / pruned ms of one round)."""
+    speedup_high: float
+    rounds: int
+    threads: int
+
+    @property
+    def speedup(self) -> float:
+        """Median dense ms over median pruned ms."""
+        return self.dense_ms / self.pruned_ms
+
+
+def compare_latency(dense: nn.Module, pruned: nn.Module, input_shape: tuple[int, ...], batch_size: int,
+                    repeats: int = 30, rounds: int = 5) -> PairedLatency:
+    """Two models as deployed (`timing_form`), timed in alternating rounds so that drifting machine load (other
+    tenants, frequency changes) falls on both alike; the per-round speed-ups show how far one figure can be trusted."""
     dense, pruned = timing_form(dense), timing_form(pruned)
     per_round = max(3, repeats // rounds)
     first, second = [], []
     for _ in range(rounds):
         first.append(time_forward(dense, input_shape, batch_size, per_round).median_ms)
         second.append(time_forward(pruned, input_shape, batch_size, per_round).median_ms)
-    return statistics.median(first), statistics.median(second)
+    ratios = [a / b for a, b in zip(first, second)]
+    return PairedLatency(batch_size, statistics.median(first), statistics.median(second), min(ratios), max(ratios),
+                         rounds, torch.get_num_threads())
+
+
+def paired_latency(dense: nn.Module, pruned: nn.Module, input_shape: tuple[int, ...], batch_size: int,
+                   repeats: int = 30, rounds: int = 5) -> tuple[float, float]:
+    """Median latency (ms) of two models as deployed, timed in alternating rounds (`compare_latency`);
+    returns (first, second)."""
+    timed = compare_latency(dense, pruned, input_shape, batch_size, repeats, rounds)
+    return timed.dense_ms, timed.pruned_ms
 
 
 @torch.no_grad()

@@ -15,7 +15,7 @@ from pruning.analysis import largest_ratio_above, sensitivity, uniform_sweep
 from pruning.baseline import Baseline, architecture, build_from_arch, get_baseline
 from pruning.bn import recalibrate_batchnorm
 from pruning.config import RunConfig, load_config
-from pruning.cost import count_macs, count_params, measure_latency
+from pruning.cost import compare_latency, count_macs, count_params
 from pruning.data import DataBundle, load_data
 from pruning.errors import UserError
 from pruning.evaluate import EvalSettings, Evaluator
@@ -106,14 +106,25 @@ def policy_from_args(ctx: Context, graph: UnitGraph, policy_path: str | None) ->
 
 
 def measure_model(model: torch.nn.Module, ctx: Context, sparse: bool) -> dict[str, float]:
-    """Test accuracy, MACs, params and latency at batch 1 and 64, for the side-by-side report."""
+    """Test and validation accuracy, MACs and params, for the side-by-side report."""
     shape = ctx.data.input_shape
-    row = {"test_accuracy": evaluate_accuracy(model, ctx.data.x_test, ctx.data.y_test),
-           "val_accuracy": evaluate_accuracy(model, ctx.data.x_val, ctx.data.y_val),
-           "macs": count_macs(model, shape, dense=not sparse), "params": count_params(model, nonzero=sparse)}
+    return {"test_accuracy": evaluate_accuracy(model, ctx.data.x_test, ctx.data.y_test),
+            "val_accuracy": evaluate_accuracy(model, ctx.data.x_val, ctx.data.y_val),
+            "macs": count_macs(model, shape, dense=not sparse), "params": count_params(model, nonzero=sparse)}
+
+
+def measure_speedups(dense: torch.nn.Module, pruned: torch.nn.Module, ctx: Context, dense_row: dict,
+                     pruned_row: dict) -> dict[str, float | list[float]]:
+    """Latency at batch 1 and 64 into both rows, dense and pruned alternated in rounds (`compare_latency`), so that
+    drift in the machine's speed falls on both alike. Returns each speed-up and its range over the rounds."""
+    speedups: dict[str, float | list[float]] = {}
     for batch in (1, 64):
-        row[f"latency_b{batch}_ms"] = measure_latency(model, shape, batch, ctx.cfg.eval.latency_repeats).median_ms
-    return row
+        timed = compare_latency(dense, pruned, ctx.data.input_shape, batch, ctx.cfg.eval.latency_repeats)
+        dense_row[f"latency_b{batch}_ms"], pruned_row[f"latency_b{batch}_ms"] = timed.dense_ms, timed.pruned_ms
+        speedups[f"speedup_b{batch}"] = timed.speedup
+        speedups[f"speedup_b{batch}_range"] = [timed.speedup_low, timed.speedup_high]
+    speedups["latency_rounds"] = timed.rounds
+    return speedups
 
 
 def final_pass(ctx: Context, base: Baseline, graph: UnitGraph, policy: SparsityPolicy, out: Path,
@@ -143,6 +154,7 @@ def final_pass(ctx: Context, base: Baseline, graph: UnitGraph, policy: SparsityP
     sparse = graph.mode == "unstructured"
     dense_row = measure_model(base.model, ctx, sparse=False)
     pruned_row = measure_model(model, ctx, sparse=sparse)
+    speedups = measure_speedups(base.model, model, ctx, dense_row, pruned_row)
     save_pruned(out / "model.pt", model, graph, base.arch, ctx.data.fingerprint,
                 metrics={k: float(v) for k, v in pruned_row.items()})
     reloaded = load_pruned(out / "model.pt").to(ctx.device)
@@ -161,8 +173,7 @@ def final_pass(ctx: Context, base: Baseline, graph: UnitGraph, policy: SparsityP
         "macs_ratio": pruned_row["macs"] / dense_row["macs"],
         "params_ratio": pruned_row["params"] / dense_row["params"],
         "compression_ratio": dense_row["params"] / max(1, pruned_row["params"]),
-        "speedup_b1": dense_row["latency_b1_ms"] / pruned_row["latency_b1_ms"],
-        "speedup_b64": dense_row["latency_b64_ms"] / pruned_row["latency_b64_ms"],
+        **speedups,
         "accuracy_drop_pp": 100 * (dense_row["test_accuracy"] - pruned_row["test_accuracy"]),
         "threads": torch.get_num_threads(), "device": str(ctx.device),
         "export_max_abs_diff": {"checkpoint": reload_diff, "torchscript": ts_diff, "onnx": onnx_diff},
@@ -177,6 +188,15 @@ def final_pass(ctx: Context, base: Baseline, graph: UnitGraph, policy: SparsityP
              summary["accuracy_drop_pp"], 100 * summary["macs_ratio"], summary["compression_ratio"],
              summary["speedup_b64"], out / "report.md")
     return summary
+
+
+def _speedup_spread(summary: dict) -> str:
+    """How far the speed-ups moved between the timing rounds, or why there is no range (older summaries)."""
+    if "speedup_b64_range" not in summary:
+        return "dense and pruned timed one after the other"
+    (l1, h1), (l64, h64) = summary["speedup_b1_range"], summary["speedup_b64_range"]
+    return (f"dense and pruned alternated over {summary['latency_rounds']} rounds; per-round speed-ups "
+            f"x{l1:.2f}-x{h1:.2f} at batch 1, x{l64:.2f}-x{h64:.2f} at batch 64")
 
 
 def render_prune_report(summary: dict, steps: pd.DataFrame, policy: SparsityPolicy, graph: UnitGraph) -> str:
@@ -201,7 +221,8 @@ def render_prune_report(summary: dict, steps: pd.DataFrame, policy: SparsityPoli
         f"- MACs: **{100 * summary['macs_ratio']:.1f}%** of dense; parameters {100 * summary['params_ratio']:.1f}% "
         f"(compression ratio **{summary['compression_ratio']:.2f}x**)",
         f"- accuracy drop: **{summary['accuracy_drop_pp']:.2f} pp** (test)",
-        f"- measured speed-up: x{summary['speedup_b1']:.2f} at batch 1, **x{summary['speedup_b64']:.2f}** at batch 64",
+        f"- measured speed-up: x{summary['speedup_b1']:.2f} at batch 1, **x{summary['speedup_b64']:.2f}** at batch 64 "
+        f"({_speedup_spread(summary)})",
         f"- exports (max |Δlogit| vs eager): checkpoint {exports['checkpoint']:.1e}, TorchScript "
         f"{exports['torchscript']:.1e}, ONNX/onnxruntime {exports['onnx']:.1e}", "",
         "## Progressive steps", "", markdown_table(steps), "",

@@ -5,6 +5,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 
 from search.cli import main
@@ -69,7 +70,22 @@ def test_prune_writes_a_complete_run_folder(tmp_path, tiny_config):
     summary = json.loads((out / "summary.json").read_text())
     assert summary["macs_ratio"] <= 0.5 + 1e-9
     assert summary["export_max_abs_diff"]["onnx"] < 1e-4
-    assert "Progressive steps" in (out / "report.md").read_text()
+    report = (out / "report.md").read_text()
+    assert "Progressive steps" in report
+    for batch in (1, 64):  # dense and pruned alternated in rounds: the speed-up comes with its spread
+        low, high = summary[f"speedup_b{batch}_range"]
+        assert 0 < low <= high
+        assert summary[f"speedup_b{batch}"] == summary["dense"][f"latency_b{batch}_ms"] / summary["pruned"][
+            f"latency_b{batch}_ms"]
+    assert f"alternated over {summary['latency_rounds']} rounds; per-round speed-ups" in report
+    assert f"x{low:.2f}-x{high:.2f} at batch 64" in report
+    # the tool that re-times finished runs on a quiet machine takes a prune output folder as well
+    from bench.latency_forms import main as forms_main
+
+    forms_main([str(out), "--repeats", "3", "--rounds", "2", "--threads", "1"])
+    forms = pd.read_csv(out / "latency_forms-t1.csv")
+    assert list(forms["run"]) == ["run", "run"] and list(forms["batch"]) == [1, 64]
+    assert (forms["deployed_speedup_low"] <= forms["deployed_speedup_high"]).all()
     # the baseline is cached: a second run loads it instead of training
     assert main(["prune", str(tiny_config), "--out", str(tmp_path / "again"), "--quiet"]) == 0
     again = json.loads((tmp_path / "again" / "summary.json").read_text())
@@ -94,7 +110,6 @@ def test_local_search_writes_the_run_folder(tmp_path, tiny_config, searcher):
             "search.final_pass=false", "sweep.accuracy_floor=null",
             "env.budget=cap"]  # the tiny CNN has fewer than 6 policies exactly on the target; below it, plenty
     assert main(args) == 0
-    import pandas as pd
 
     table = pd.read_csv(out / "evaluations.csv")
     assert len(table) == (1 if searcher == "lamp" else 6)
@@ -110,7 +125,6 @@ def test_unknown_searcher_is_a_user_error(tmp_path, tiny_config):
 
 
 def test_policy_reuse_zero_shot_and_warm_start(tmp_path, tiny_config):
-    import pandas as pd
 
     common = ["--backend", "local", "--quiet", "search.evaluations=6", "agent.warmup_episodes=2", "agent.net_arch=[16]",
               "env.macs_target=0.6", "search.final_pass=false", "sweep.accuracy_floor=null"]
@@ -167,7 +181,6 @@ def test_reuse_input_errors_exit_2_and_write_nothing(tmp_path, tiny_config, args
 
 
 def test_same_config_and_seed_give_the_same_search(tmp_path, tiny_config):
-    import pandas as pd
 
     args = ["--backend", "local", "--quiet", "search.evaluations=8", "agent.warmup_episodes=3", "agent.net_arch=[16]",
             "agent.batch_size=8", "search.final_pass=false", "sweep.accuracy_floor=null"]
@@ -203,7 +216,6 @@ def test_latency_table_command_and_a_latency_aware_local_search(tmp_path, tiny_c
             "search.evaluations=6", "env.macs_target=0.6", "env.budget=cap", "search.final_pass=false",
             "sweep.accuracy_floor=null", "env.latency_weight=1", "env.latency_target=0.5", "env.latency_batch=8"]
     assert main(args) == 0
-    import pandas as pd
 
     frame = pd.read_csv(out / "evaluations.csv")
     assert (out / "latency_table.json").is_file()  # measured by the search, kept beside its evaluations

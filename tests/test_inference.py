@@ -91,3 +91,21 @@ def test_the_timing_form_on_a_cpu_is_folded_and_channels_last_with_the_same_outp
     x = torch.randn(4, *shape)  # a plain NCHW batch, as a caller gives it
     with torch.no_grad():
         assert torch.allclose(form(x), model.eval()(x), atol=1e-4, rtol=1e-4)
+
+
+def test_paired_timing_gives_the_speedup_with_its_spread_over_rounds() -> None:
+    from pruning.cost import compare_latency
+
+    def net(width: int) -> nn.Module:
+        return nn.Sequential(nn.Conv2d(3, width, 3, padding=1), nn.BatchNorm2d(width), nn.ReLU(),
+                             nn.Conv2d(width, width, 3, padding=1), nn.ReLU(), nn.Flatten(), nn.LazyLinear(10))
+
+    torch.manual_seed(0)
+    wide, narrow = net(96), net(12)
+    for model in (wide, narrow):
+        model(torch.zeros(1, 3, 32, 32))  # materialise the lazy layer
+    timed = compare_latency(wide, narrow, (3, 32, 32), batch_size=16, repeats=12, rounds=4)
+    assert (timed.batch_size, timed.rounds, timed.threads) == (16, 4, torch.get_num_threads())
+    # a ratio of medians lies between the smallest and the largest of the per-round ratios
+    assert 0 < timed.speedup_low <= timed.speedup <= timed.speedup_high
+    assert timed.speedup > 2  # 64x fewer MACs in the second conv: no machine noise hides that
