@@ -76,18 +76,22 @@ def run_row(run: Run, method: str, target: float, seed: int) -> dict | None:
            "dense_val_accuracy": search.get("baseline", {}).get("val_accuracy")}
     final_file = run.out / "summary.json"
     if final_file.is_file():
-        final = json.loads(final_file.read_text())
-        dense, pruned = final["dense"], final["pruned"]
-        row.update({
-            "test_accuracy_oneshot": final["oneshot"]["test_accuracy"], "test_accuracy": pruned["test_accuracy"],
-            "dense_test_accuracy": dense["test_accuracy"], "drop_pp": final["accuracy_drop_pp"],
-            "macs_ratio": final["macs_ratio"], "params_ratio": final["params_ratio"],
-            "dense_latency_b1_ms": dense["latency_b1_ms"], "latency_b1_ms": pruned["latency_b1_ms"],
-            "dense_latency_b64_ms": dense["latency_b64_ms"], "latency_b64_ms": pruned["latency_b64_ms"],
-            "speedup_b1": final["speedup_b1"], "speedup_b64": final["speedup_b64"],
-            "speedup_over_macs_reduction_b64": final["speedup_b64"] * final["macs_ratio"],
-            "device": final.get("device", "")})
+        row.update(final_pass_row(json.loads(final_file.read_text())))
     return row
+
+
+def final_pass_row(final: dict) -> dict:
+    """The table columns of one final pass, from its `summary.json`."""
+    dense, pruned = final["dense"], final["pruned"]
+    return {
+        "test_accuracy_oneshot": final["oneshot"]["test_accuracy"], "test_accuracy": pruned["test_accuracy"],
+        "dense_test_accuracy": dense["test_accuracy"], "drop_pp": final["accuracy_drop_pp"],
+        "macs_ratio": final["macs_ratio"], "params_ratio": final["params_ratio"],
+        "dense_latency_b1_ms": dense["latency_b1_ms"], "latency_b1_ms": pruned["latency_b1_ms"],
+        "dense_latency_b64_ms": dense["latency_b64_ms"], "latency_b64_ms": pruned["latency_b64_ms"],
+        "speedup_b1": final["speedup_b1"], "speedup_b64": final["speedup_b64"],
+        "speedup_over_macs_reduction_b64": final["speedup_b64"] * final["macs_ratio"],
+        "device": final.get("device", "")}
 
 
 KEPT_FILES = {"evaluations.csv": ("evaluations", ".csv"), "best_policy.json": ("policies", ".json")}

@@ -11,6 +11,7 @@ all graph optimisations and as many threads as torch: the runtime a user who shi
 from __future__ import annotations
 
 import argparse
+import json
 import statistics
 import sys
 import tempfile
@@ -57,12 +58,27 @@ ONNXRUNTIME = {"onnxruntime": OnnxRuntimeForm}
 whether onnxruntime in the process or the machine did that is not settled, so the default leaves it out."""
 
 
+def finished_runs(folder: Path) -> list[Path]:
+    """The run folders under `folder`: a bench folder's `runs/*`, `folder` itself if it is one `prunepilot prune`
+    output, or its sub-folders that are (`results/bench/<name>/final/` holds one prune output per policy)."""
+    if (folder / "runs").is_dir():
+        return sorted(p for p in (folder / "runs").iterdir() if p.is_dir())
+    if (folder / "model.pt").is_file():
+        return [folder]
+    return sorted(p for p in folder.iterdir() if (p / "model.pt").is_file()) if folder.is_dir() else []
+
+
+def macs_target(run: Path, recorded: dict[str, float]) -> float | None:
+    """The run's MACs target: as the bench's `runs.csv` recorded it, else from the policy the pass applied."""
+    if run.name in recorded:
+        return recorded[run.name]
+    policy = run / "policy.json"
+    return json.loads(policy.read_text()).get("meta", {}).get("macs_target") if policy.is_file() else None
+
+
 def compare_forms(folder: Path, repeats: int, rounds: int, forms: dict = FORMS) -> pd.DataFrame:
     """One row per (run, batch): median ms of dense and pruned in each form, and each form's speed-up."""
-    if (folder / "model.pt").is_file():  # one `prunepilot prune` output folder
-        runs = [folder]
-    else:
-        runs = sorted(p for p in (folder / "runs").iterdir() if p.is_dir()) if (folder / "runs").is_dir() else []
+    runs = finished_runs(folder)
     targets = {}
     if (folder / "runs.csv").is_file():
         targets = pd.read_csv(folder / "runs.csv").set_index("run")["macs_target"].to_dict()
@@ -82,7 +98,7 @@ def compare_forms(folder: Path, repeats: int, rounds: int, forms: dict = FORMS) 
                     for which, model in zip(("dense", "pruned"), pair):
                         times.setdefault((form, which), []).append(
                             time_forward(model, shape, batch, max(3, repeats // rounds)).median_ms)
-            row = {"run": run.name, "macs_target": targets.get(run.name), "batch": batch, "macs_reduction": reduction}
+            row = {"run": run.name, "macs_target": macs_target(run, targets), "batch": batch, "macs_reduction": reduction}
             for form in forms:
                 dense_ms, pruned_ms = (statistics.median(times[(form, w)]) for w in ("dense", "pruned"))
                 ratios = [d / q for d, q in zip(times[(form, "dense")], times[(form, "pruned")])]
@@ -107,7 +123,7 @@ def summary_table(frame: pd.DataFrame) -> pd.DataFrame:
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(prog="python -m bench.latency_forms", description=__doc__.split("\n\n")[0])
     p.add_argument("folder", type=Path, help="a bench results folder with finished runs (e.g. results/bench/resnet20), "
-                                             "or the output folder of one `prunepilot prune`")
+                                             "the output folder of one `prunepilot prune`, or a folder of them")
     p.add_argument("--repeats", type=int, default=40, help="timed forward passes per model, form and batch (>= 3)")
     p.add_argument("--rounds", type=int, default=8, help="alternation rounds the repeats are split into (>= 1)")
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: all)")

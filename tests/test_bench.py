@@ -1,6 +1,7 @@
 """`prunepilot bench` end to end on a tiny model: every part, the tables, the targets and the resume."""
 
 import json
+import shutil
 
 import pandas as pd
 import pytest
@@ -334,6 +335,36 @@ def test_latency_forms_times_every_finished_run_in_each_form(bench_run, tmp_path
         forms_main([str(tmp_path)])
     with pytest.raises(SystemExit, match="--threads >= 1"):
         forms_main([str(out), "--threads", "0"])
+
+
+def test_final_passes_of_chosen_policies_are_tabled_with_their_retimed_speedups(bench_run, tmp_path):
+    from bench.final_passes import main as final_main
+    from bench.latency_forms import main as forms_main
+
+    _, out = bench_run
+    final = tmp_path / "final"  # laid out as `prunepilot prune --out <bench>/final/<run>` leaves it
+    for name in ("ddpg-m60-s0", "uniform-m40-s1"):
+        shutil.copytree(out / "runs" / name, final / name)
+    (final / "notes").mkdir()  # a folder that is no pass is passed over
+    forms_main([str(final), "--repeats", "3", "--rounds", "1", "--threads", "1"])
+    final_main([str(final)])
+    table = pd.read_csv(final / "table.csv").set_index("run")
+    assert list(table.index) == ["uniform-m40-s1", "ddpg-m60-s0"]  # by MACs target, not by name
+    assert table.loc["ddpg-m60-s0", "method"] == "ddpg" and table.loc["uniform-m40-s1", "seed"] == 1
+    assert table["macs_target"].tolist() == [0.4, 0.6]  # read from each pass's policy
+    for name in table.index:
+        summary = json.loads((final / name / "summary.json").read_text())
+        row = table.loc[name]
+        assert row["test_accuracy"] == pytest.approx(summary["pruned"]["test_accuracy"])
+        assert row["drop_pp"] == pytest.approx(summary["accuracy_drop_pp"])
+        assert row["latency_timing"] == "alternated"
+        assert row["retimed_t1_speedup_b64"] > 0
+    md = (final / "table.md").read_text()
+    assert "retimed_t1_speedup_b64" in md and f"python -m bench.final_passes {final}" in md
+    with pytest.raises(SystemExit, match="no finished final pass"):
+        final_main([str(tmp_path / "final" / "notes")])
+    with pytest.raises(SystemExit, match="not a folder"):
+        final_main([str(tmp_path / "nope")])
 
 
 def test_conv_layouts_sweeps_both_layouts_and_names_bad_input(tmp_path, capsys):
