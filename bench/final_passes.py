@@ -36,10 +36,11 @@ def pass_row(run: Path) -> dict:
     final = json.loads((run / "summary.json").read_text())
     row.update(final_pass_row(final))
     row["latency_timing"] = "alternated" if "speedup_b64_range" in final else "one after the other"
+    row["latency_threads"] = final.get("threads")
     return row
 
 
-def quiet_speedups(folder: Path) -> pd.DataFrame | None:
+def retimed_speedups(folder: Path) -> pd.DataFrame | None:
     """Batch-64 as-deployed speed-ups re-timed by `bench.latency_forms`, one column pair per thread count."""
     frames = []
     for path in sorted(folder.glob("latency_forms-t*.csv")):
@@ -57,12 +58,13 @@ def final_table(folder: Path) -> pd.DataFrame:
     if not runs:
         raise FileNotFoundError(f"{folder}: no finished final pass (*/summary.json with its policy.json)")
     frame = pd.DataFrame([pass_row(run) for run in runs]).sort_values(["macs_target", "method", "seed"])
-    retimed = quiet_speedups(folder)
+    retimed = retimed_speedups(folder)
     return frame.join(retimed, on="run") if retimed is not None else frame
 
 
 DISPLAY = ["run", "search_val_accuracy", "test_accuracy_oneshot", "test_accuracy", "drop_pp", "macs_ratio",
-           "params_ratio", "speedup_b1", "speedup_b64", "speedup_over_macs_reduction_b64", "latency_timing"]
+           "params_ratio", "speedup_b1", "speedup_b64", "speedup_over_macs_reduction_b64", "latency_timing",
+           "latency_threads"]
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -78,12 +80,12 @@ def main(argv: list[str] | None = None) -> None:
     frame.to_csv(args.folder / "table.csv", index=False)
     shown = frame[DISPLAY + [c for c in frame.columns if c.startswith("retimed_")]]
     md = (f"# Final passes in `{args.folder}`\n\n"
-          f"Each row is one `prunepilot prune --policy` of a chosen policy: its adaptive-BN validation accuracy in the "
-          f"search, then the pass's test accuracy (one-shot + adaptive BN, and after the progressive pass), the drop "
-          f"from the dense model, MACs and params as fractions of dense, and speed-ups as deployed as each pass timed "
-          f"them (`latency_timing`), and as `bench.latency_forms` re-timed them all in one process (`retimed_t<threads>`"
-          f"), where it has. Targets: drop ≤ 0.3 pp at 50% MACs and ≤ 1.5 pp at 25%; speed-up ≥ 0.8 x the MACs "
-          f"reduction at batch 64.\n\n{markdown_table(shown, '.4g')}\n\n"
+          f"Each row is one `prunepilot prune --policy` of a chosen policy: its adaptive-BN validation accuracy in "
+          f"the search, then the pass's test accuracy (one-shot + adaptive BN, and after the progressive pass), the "
+          f"drop from the dense model, MACs and params as fractions of dense, and speed-ups as deployed: as each pass "
+          f"timed them (`latency_timing`, at `latency_threads` torch threads), and as `bench.latency_forms` re-timed "
+          f"them all in one process (`retimed_t<threads>`), where it has. Targets: drop ≤ 0.3 pp at 50% MACs and "
+          f"≤ 1.5 pp at 25%; speed-up ≥ 0.8 x the MACs reduction at batch 64.\n\n{markdown_table(shown, '.4g')}\n\n"
           f"Regenerate: `python -m bench.final_passes {args.folder}`\n")
     (args.folder / "table.md").write_text(md)
     print(md)

@@ -98,7 +98,8 @@ def compare_forms(folder: Path, repeats: int, rounds: int, forms: dict = FORMS) 
                     for which, model in zip(("dense", "pruned"), pair):
                         times.setdefault((form, which), []).append(
                             time_forward(model, shape, batch, max(3, repeats // rounds)).median_ms)
-            row = {"run": run.name, "macs_target": macs_target(run, targets), "batch": batch, "macs_reduction": reduction}
+            row = {"run": run.name, "macs_target": macs_target(run, targets), "batch": batch,
+                   "macs_reduction": reduction}
             for form in forms:
                 dense_ms, pruned_ms = (statistics.median(times[(form, w)]) for w in ("dense", "pruned"))
                 ratios = [d / q for d, q in zip(times[(form, "dense")], times[(form, "pruned")])]
