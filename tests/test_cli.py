@@ -110,7 +110,6 @@ def test_local_search_writes_the_run_folder(tmp_path, tiny_config, searcher):
             "search.final_pass=false", "sweep.accuracy_floor=null",
             "env.budget=cap"]  # the tiny CNN has fewer than 6 policies exactly on the target; below it, plenty
     assert main(args) == 0
-
     table = pd.read_csv(out / "evaluations.csv")
     assert len(table) == (1 if searcher == "lamp" else 6)
     assert (table["macs_ratio"] <= 0.6 + 1e-9).all()
@@ -125,7 +124,6 @@ def test_unknown_searcher_is_a_user_error(tmp_path, tiny_config):
 
 
 def test_policy_reuse_zero_shot_and_warm_start(tmp_path, tiny_config):
-
     common = ["--backend", "local", "--quiet", "search.evaluations=6", "agent.warmup_episodes=2", "agent.net_arch=[16]",
               "env.macs_target=0.6", "search.final_pass=false", "sweep.accuracy_floor=null"]
     assert main(["search", str(tiny_config), "--out", str(tmp_path / "a"), *common]) == 0
@@ -181,7 +179,6 @@ def test_reuse_input_errors_exit_2_and_write_nothing(tmp_path, tiny_config, args
 
 
 def test_same_config_and_seed_give_the_same_search(tmp_path, tiny_config):
-
     args = ["--backend", "local", "--quiet", "search.evaluations=8", "agent.warmup_episodes=3", "agent.net_arch=[16]",
             "agent.batch_size=8", "search.final_pass=false", "sweep.accuracy_floor=null"]
     tables = []
@@ -216,7 +213,6 @@ def test_latency_table_command_and_a_latency_aware_local_search(tmp_path, tiny_c
             "search.evaluations=6", "env.macs_target=0.6", "env.budget=cap", "search.final_pass=false",
             "sweep.accuracy_floor=null", "env.latency_weight=1", "env.latency_target=0.5", "env.latency_batch=8"]
     assert main(args) == 0
-
     frame = pd.read_csv(out / "evaluations.csv")
     assert (out / "latency_table.json").is_file()  # measured by the search, kept beside its evaluations
     assert frame["latency_ratio"].between(0, 2).all()
