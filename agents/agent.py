@@ -95,8 +95,9 @@ class PruningAgent:
         return cls(model, cfg)
 
     # ------------------------------------------------------------------------- acting
-    def act(self, observation: np.ndarray, deterministic: bool = True) -> np.ndarray:
-        """The actor's action; with deterministic=False, AMC's exploration (warm-up, then decaying noise)."""
+    def act(self, observation: np.ndarray, deterministic: bool = True, noise_scale: float = 1.0) -> np.ndarray:
+        """The actor's action; with deterministic=False, AMC's exploration (warm-up, then decaying noise, its std
+        times `noise_scale`)."""
         if deterministic:
             action, _ = self.model.predict(observation, deterministic=True)
             return np.asarray(action, dtype=np.float32).reshape(-1)
@@ -110,7 +111,8 @@ class PruningAgent:
             action, _ = self.model.predict(observation, deterministic=False)
             return np.asarray(action, dtype=np.float32).reshape(-1)
         mean, _ = self.model.predict(observation, deterministic=True)
-        return truncated_normal(np.asarray(mean).reshape(-1), 2.0 * schedule.sigma_at(self.model._episode_num), rng)
+        std = 2.0 * schedule.sigma_at(self.model._episode_num) * noise_scale
+        return truncated_normal(np.asarray(mean).reshape(-1), std, rng)
 
     def use(self, env: LayerPruningEnv) -> LayerPruningEnv:
         """`env`, set to read actions the way this agent chooses them (`agent.action_range`)."""
@@ -128,14 +130,14 @@ class PruningAgent:
         self.use(env)
         self.last_screen = {}
 
-        def episode() -> tuple[SparsityPolicy, list[Step]]:
-            return env.rollout(lambda obs, _t: self.act(obs, deterministic))
+        def episode(noise_scale: float = 1.0) -> tuple[SparsityPolicy, list[Step]]:
+            return env.rollout(lambda obs, _t: self.act(obs, deterministic, noise_scale))
 
         model = self.screening_model(env)
         if deterministic or model is None or not model.ready:
             policy, steps = episode()
             return policy, self._transitions(steps)
-        candidates = [episode() for _ in range(self.cfg.candidates)]
+        candidates = [episode(scale) for scale in self.candidate_noise_scales()]
         fresh: dict[str, tuple[SparsityPolicy, list[Step]]] = {}
         for policy, steps in candidates:
             key = policy.key(env.graph, env.round_to)
@@ -149,6 +151,17 @@ class PruningAgent:
         self.last_screen = {"candidates": len(options), "predicted_reward": float(mean[best]),
                             "predicted_std": float(std[best])}
         return options[best][0], self._transitions(options[best][1])
+
+    def candidate_noise_scales(self) -> list[float]:
+        """Each screened candidate's noise std as a multiple of the schedule's now (`agent.candidate_noise`)."""
+        count = self.cfg.candidates
+        schedule = getattr(self.model, "noise_schedule", None)
+        if self.cfg.candidate_noise == "schedule" or schedule is None or count == 1:
+            return [1.0] * count
+        now = schedule.sigma_at(self.model._episode_num)
+        if now <= 0 or now >= schedule.sigma:  # a warm start's exact episode, or no decay yet
+            return [1.0] * count
+        return [(schedule.sigma / now) ** (k / (count - 1)) for k in range(count)]
 
     def screening_model(self, env: LayerPruningEnv) -> RewardModel | None:
         """The reward model of env's model (a new one for another model); None without screening."""

@@ -181,6 +181,11 @@ class AgentConfig(Section):
     (agents/screening.py): episodes cost milliseconds, evaluations seconds. 1 = AMC: every episode is evaluated."""
     screen_after: int = Field(10, ge=2)
     """Policies scored before the reward model screens candidates; until then the first candidate is sent."""
+    candidate_noise: Literal["schedule", "spread"] = "schedule"
+    """How far a screening agent's candidates explore. schedule: each with the noise schedule's std (AMC's). spread:
+    candidate k of K with a std spaced geometrically from the schedule's (k = 0) to noise_sigma (k = K - 1), so that
+    the reward model chooses how far to explore: once AMC's std has decayed, K candidates at that std are nearly one
+    policy, and screening has nothing left to choose from (ddpg, td3)."""
     kwargs: dict[str, Any] = Field(default_factory=dict)
     """Extra keywords passed to the stable-baselines3 constructor."""
 
@@ -200,6 +205,17 @@ class AgentConfig(Section):
             raise ValueError("expected 1 with ppo: ppo learns on-policy, and an episode picked from several is not "
                              "a sample of its policy; screening needs ddpg, td3 or sac")
         return candidates
+
+    @field_validator("candidate_noise")
+    @classmethod
+    def _spread_needs_screened_amc_noise(cls, mode: str, info: ValidationInfo) -> str:
+        if mode == "spread" and info.data.get("name") in ("sac", "ppo"):
+            raise ValueError(f"expected 'schedule' with {info.data.get('name')}: 'spread' widens AMC's exploration "
+                             f"noise (ddpg, td3), and {info.data.get('name')} explores through its stochastic policy")
+        if mode == "spread" and info.data.get("candidates", 1) <= 1:
+            raise ValueError("expected 'schedule' with candidates 1: 'spread' spaces the noise of screened "
+                             "candidates; set agent.candidates > 1")
+        return mode
 
 
 class SearchConfig(Section):

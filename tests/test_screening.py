@@ -157,3 +157,41 @@ def test_the_tune_searcher_screens_leaves_flights_alone_and_keeps_its_model_acro
     assert len(s.agent.reward_model) == 4  # a failed trial gives the model nothing
     assert s.suggest("t6") == second  # and is sent again as it was
     assert s.suggest("t7") not in (None, Searcher.FINISHED)
+
+
+def test_spread_candidates_explore_from_the_decayed_std_up_to_the_initial_one(graph):
+    env, _ = synthetic_env(graph)
+    cfg = AgentConfig(**SMALL, candidates=8, screen_after=3, candidate_noise="spread")
+    agent = PruningAgent.create(cfg, env, seed=0)
+    schedule = agent.model.noise_schedule
+    agent.model._episode_num = SMALL["warmup_episodes"]  # no decay yet: every candidate at the schedule's std
+    assert agent.candidate_noise_scales() == [1.0] * 8
+    agent.model._episode_num = SMALL["warmup_episodes"] + 60  # AMC's std has decayed to 0.5 * 0.95^60 = 0.023
+    scales = agent.candidate_noise_scales()
+    now = schedule.sigma_at(agent.model._episode_num)
+    assert scales[0] == 1.0 and now * scales[-1] == pytest.approx(schedule.sigma)
+    assert np.allclose(np.diff(np.log(scales)), np.log(scales[1]))  # geometric spacing
+    plain = PruningAgent.create(cfg.model_copy(update={"candidate_noise": "schedule"}), env, seed=0)
+    assert plain.candidate_noise_scales() == [1.0] * 8
+
+    def farthest_candidate(agent: PruningAgent) -> float:
+        """How far the farthest of the agent's candidates prunes from its noiseless policy (max over units)."""
+        agent.model._episode_num = SMALL["warmup_episodes"] + 60
+        agent.model._noise_rng = np.random.default_rng(5)
+        exact = np.array(env.rollout(lambda obs, _t: agent.act(obs))[0].vector(graph))
+        farthest = 0.0
+        for scale in agent.candidate_noise_scales():
+            policy, _ = env.rollout(lambda obs, _t: agent.act(obs, deterministic=False, noise_scale=scale))
+            farthest = max(farthest, float(np.abs(np.array(policy.vector(graph)) - exact).max()))
+        return farthest
+
+    # late in a search the schedule's candidates are nearly the actor's own policy; spread ones reach far from it
+    assert farthest_candidate(plain) < 0.15 < farthest_candidate(agent)
+
+
+def test_spread_candidate_noise_needs_screening_and_amc_noise():
+    with pytest.raises(ValidationError, match="set agent.candidates > 1"):
+        AgentConfig(candidate_noise="spread")
+    with pytest.raises(ValidationError, match="sac explores through its stochastic policy"):
+        AgentConfig(name="sac", candidates=4, candidate_noise="spread")
+    assert AgentConfig(name="td3", candidates=4, candidate_noise="spread").candidate_noise == "spread"
