@@ -41,15 +41,19 @@ def pass_row(run: Path) -> dict:
 
 
 def retimed_speedups(folder: Path) -> pd.DataFrame | None:
-    """Batch-64 as-deployed speed-ups re-timed by `bench.latency_forms`, one column pair per thread count."""
+    """Batch-64 as-deployed speed-ups re-timed by `bench.latency_forms`, per thread count: of the medians and, where
+    the file has it, of the fastest passes, each with its fraction of the MACs reduction."""
     frames = []
     for path in sorted(folder.glob("latency_forms-t*.csv")):
         threads = LATENCY_FORMS.match(path.name)["threads"]
         forms = pd.read_csv(path)
         forms = forms[forms["batch"] == 64].set_index("run")
-        frames.append(pd.DataFrame({f"retimed_t{threads}_speedup_b64": forms["deployed_speedup"],
-                                    f"retimed_t{threads}_speedup_over_macs_reduction_b64":
-                                        forms["deployed_speedup_over_macs_reduction"]}))
+        columns = {f"retimed_t{threads}_speedup_b64": forms["deployed_speedup"],
+                   f"retimed_t{threads}_speedup_over_macs_reduction_b64": forms["deployed_speedup_over_macs_reduction"]}
+        if "deployed_speedup_fastest" in forms:  # files written before the fastest passes were recorded lack them
+            columns[f"retimed_t{threads}_fastest_over_macs_reduction_b64"] = \
+                forms["deployed_speedup_fastest_over_macs_reduction"]
+        frames.append(pd.DataFrame(columns))
     return pd.concat(frames, axis=1) if frames else None
 
 

@@ -47,6 +47,7 @@ def quiet_latency(frame: pd.DataFrame, folders: dict[str, Path], repeats: int) -
             frame.loc[index, f"speedup_b{batch}"] = timed.speedup
             frame.loc[index, f"speedup_b{batch}_low"] = timed.speedup_low
             frame.loc[index, f"speedup_b{batch}_high"] = timed.speedup_high
+            frame.loc[index, f"speedup_b{batch}_fastest"] = timed.speedup_fastest
         frame.loc[index, "latency_threads"] = torch.get_num_threads()
     if "speedup_b64" in frame and "macs_ratio" in frame:
         frame["speedup_over_macs_reduction_b64"] = frame["speedup_b64"] * frame["macs_ratio"]

@@ -87,6 +87,9 @@ class Latency:
     p90_ms: float
     threads: int
     repeats: int
+    min_ms: float = float("nan")
+    """The fastest pass: other load on the machine only ever slows a pass down, so this is the most repeatable
+    figure on a shared machine (the median is what a loaded one gives)."""
 
 
 def measure_latency(model: nn.Module, input_shape: tuple[int, ...], batch_size: int, repeats: int = 30,
@@ -108,11 +111,19 @@ class PairedLatency:
     speedup_high: float
     rounds: int
     threads: int
+    dense_min_ms: float = float("nan")
+    """The fastest pass of each model over all rounds (`Latency.min_ms`)."""
+    pruned_min_ms: float = float("nan")
 
     @property
     def speedup(self) -> float:
         """Median dense ms over median pruned ms."""
         return self.dense_ms / self.pruned_ms
+
+    @property
+    def speedup_fastest(self) -> float:
+        """Fastest dense pass over fastest pruned pass: the speed-up with the machine's interference taken out."""
+        return self.dense_min_ms / self.pruned_min_ms
 
 
 def compare_latency(dense: nn.Module, pruned: nn.Module, input_shape: tuple[int, ...], batch_size: int,
@@ -121,13 +132,15 @@ def compare_latency(dense: nn.Module, pruned: nn.Module, input_shape: tuple[int,
     tenants, frequency changes) falls on both alike; the per-round speed-ups show how far one figure can be trusted."""
     dense, pruned = timing_form(dense), timing_form(pruned)
     per_round = max(3, repeats // rounds)
-    first, second = [], []
+    first: list[Latency] = []
+    second: list[Latency] = []
     for _ in range(rounds):
-        first.append(time_forward(dense, input_shape, batch_size, per_round).median_ms)
-        second.append(time_forward(pruned, input_shape, batch_size, per_round).median_ms)
-    ratios = [a / b for a, b in zip(first, second)]
-    return PairedLatency(batch_size, statistics.median(first), statistics.median(second), min(ratios), max(ratios),
-                         rounds, torch.get_num_threads())
+        first.append(time_forward(dense, input_shape, batch_size, per_round))
+        second.append(time_forward(pruned, input_shape, batch_size, per_round))
+    ratios = [a.median_ms / b.median_ms for a, b in zip(first, second)]
+    return PairedLatency(batch_size, statistics.median(t.median_ms for t in first),
+                         statistics.median(t.median_ms for t in second), min(ratios), max(ratios), rounds,
+                         torch.get_num_threads(), min(t.min_ms for t in first), min(t.min_ms for t in second))
 
 
 def paired_latency(dense: nn.Module, pruned: nn.Module, input_shape: tuple[int, ...], batch_size: int,
@@ -156,4 +169,4 @@ def time_forward(model: nn.Module, input_shape: tuple[int, ...], batch_size: int
         times.append((time.perf_counter() - start) * 1000)
     times.sort()
     return Latency(batch_size, statistics.median(times), times[int(0.9 * (len(times) - 1))], torch.get_num_threads(),
-                   repeats)
+                   repeats, times[0])

@@ -74,7 +74,7 @@ def test_prune_writes_a_complete_run_folder(tmp_path, tiny_config):
     assert "Progressive steps" in report
     for batch in (1, 64):  # dense and pruned alternated in rounds: the speed-up comes with its spread
         low, high = summary[f"speedup_b{batch}_range"]
-        assert 0 < low <= high
+        assert 0 < low <= high and summary[f"speedup_b{batch}_fastest"] > 0
         assert summary[f"speedup_b{batch}"] == summary["dense"][f"latency_b{batch}_ms"] / summary["pruned"][
             f"latency_b{batch}_ms"]
     assert f"alternated over {summary['latency_rounds']} rounds; per-round speed-ups" in report
@@ -86,6 +86,8 @@ def test_prune_writes_a_complete_run_folder(tmp_path, tiny_config):
     forms = pd.read_csv(out / "latency_forms-t1.csv")
     assert list(forms["run"]) == ["run", "run"] and list(forms["batch"]) == [1, 64]
     assert (forms["deployed_speedup_low"] <= forms["deployed_speedup_high"]).all()
+    assert (forms["deployed_speedup_fastest_over_macs_reduction"] ==
+            forms["deployed_speedup_fastest"] / forms["macs_reduction"]).all()
     # the baseline is cached: a second run loads it instead of training
     assert main(["prune", str(tiny_config), "--out", str(tmp_path / "again"), "--quiet"]) == 0
     again = json.loads((tmp_path / "again" / "summary.json").read_text())

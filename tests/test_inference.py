@@ -109,3 +109,6 @@ def test_paired_timing_gives_the_speedup_with_its_spread_over_rounds() -> None:
     # a ratio of medians lies between the smallest and the largest of the per-round ratios
     assert 0 < timed.speedup_low <= timed.speedup <= timed.speedup_high
     assert timed.speedup > 2  # 64x fewer MACs in the second conv: no machine noise hides that
+    # the fastest pass of each model is no slower than its median, and its speed-up tells the same story
+    assert 0 < timed.dense_min_ms <= timed.dense_ms and 0 < timed.pruned_min_ms <= timed.pruned_ms
+    assert timed.speedup_fastest == timed.dense_min_ms / timed.pruned_min_ms > 2
