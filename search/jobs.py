@@ -197,8 +197,10 @@ def _speedup_spread(summary: dict) -> str:
     if "speedup_b64_range" not in summary:
         return "dense and pruned timed one after the other"
     (l1, h1), (l64, h64) = summary["speedup_b1_range"], summary["speedup_b64_range"]
+    fastest = (f"; fastest passes x{summary['speedup_b1_fastest']:.2f} at batch 1, "
+               f"x{summary['speedup_b64_fastest']:.2f} at batch 64" if "speedup_b64_fastest" in summary else "")
     return (f"dense and pruned alternated over {summary['latency_rounds']} rounds; per-round speed-ups "
-            f"x{l1:.2f}-x{h1:.2f} at batch 1, x{l64:.2f}-x{h64:.2f} at batch 64")
+            f"x{l1:.2f}-x{h1:.2f} at batch 1, x{l64:.2f}-x{h64:.2f} at batch 64{fastest}")
 
 
 def render_prune_report(summary: dict, steps: pd.DataFrame, policy: SparsityPolicy, graph: UnitGraph) -> str:
