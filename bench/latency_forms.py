@@ -154,8 +154,8 @@ def main(argv: list[str] | None = None) -> None:
           f"`{args.folder}`\n\n"
           f"Each run's dense baseline and final pruned model, timed in each form, interleaved over {args.rounds} rounds "
           f"({args.repeats} passes each), {threads} torch thread(s), {len(frame) // 2} run(s). Speed-up = dense ms / "
-          f"pruned ms in the same form, of the medians over rounds; `fastest`: of the fastest passes (interference only ever "
-          f"slows a pass, so on a shared machine this is the most repeatable figure). The target is a speed-up of at "
+          f"pruned ms in the same form, of the medians over rounds; `fastest`: of the fastest passes (other load only ever "
+          f"slows a pass down). The target is a speed-up of at "
           f"least 0.8 x the MACs reduction at batch 64.\n\n"
           f"## Mean over runs\n\n{markdown_table(summary_table(frame), '.3g')}\n\n"
           f"## Per run\n\n{markdown_table(frame, '.3g')}\n\nRegenerate: `{command}`\n")

@@ -88,8 +88,9 @@ class Latency:
     threads: int
     repeats: int
     min_ms: float = float("nan")
-    """The fastest pass: other load on the machine only ever slows a pass down, so this is the most repeatable
-    figure on a shared machine (the median is what a loaded one gives)."""
+    """The fastest pass: other load on the machine only ever slows a pass down, so this estimates the uncontended
+    cost where the median gives what a loaded machine does. Neither is steady where the CPU's own speed drifts
+    (this project's 2-core VM moved both by up to 40% between two re-timings)."""
 
 
 def measure_latency(model: nn.Module, input_shape: tuple[int, ...], batch_size: int, repeats: int = 30,
@@ -122,7 +123,7 @@ class PairedLatency:
 
     @property
     def speedup_fastest(self) -> float:
-        """Fastest dense pass over fastest pruned pass: the speed-up with the machine's interference taken out."""
+        """Fastest dense pass over fastest pruned pass: the speed-up without the slow passes other load causes."""
         return self.dense_min_ms / self.pruned_min_ms
 
 
