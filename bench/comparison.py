@@ -127,6 +127,19 @@ def recorded_rows(folder: Path, runs: list[Run]) -> pd.DataFrame:
     return rows
 
 
+def rows_outside_grid(folder: Path, runs: list[Run]) -> pd.DataFrame:
+    """Rows of the folder's runs.csv for runs this grid does not name (a call with fewer methods, seeds or targets).
+
+    runs.csv is the folder's record of every finished run: a narrower call keeps them, so that a later call (or a
+    clone without the run folders) still tables them as recorded.
+    """
+    path = folder / "runs.csv"
+    if not path.is_file():
+        return pd.DataFrame()
+    table = pd.read_csv(path)
+    return table[~table["run"].isin([run.name for run in runs])].reset_index(drop=True)
+
+
 def collect(cfg: RunConfig, runs: list[Run], recorded: pd.DataFrame | None = None) -> pd.DataFrame:
     """One row per finished run, in grid order: from its folder here, else from `recorded` (`recorded_rows`)."""
     here = [row | {"source": "here"} for run, key in zip(runs, grid_keys(cfg))

@@ -20,7 +20,7 @@ from pydantic import ValidationError
 
 from bench.comparison import (aggregate, best_reward_curves, check_one_dense_model, collect, comparison_runs,
                               display_table, is_rule, keep_run_files, method_searcher, missing_runs, plot_best_reward,
-                              recorded_rows)
+                              recorded_rows, rows_outside_grid)
 from bench.grid import GridOutcome, require, run_grid
 from bench.latency import quiet_latency
 from bench.resume_guard import check_same_settings
@@ -83,6 +83,7 @@ def comparison_part(cfg: RunConfig, config: str, folder: Path, overrides: list[s
     runs = comparison_runs(cfg, config, folder, overrides)
     recorded = recorded_rows(folder, runs)  # finished in an earlier call whose folders are gone: not run again
     recorded_names = set(recorded.get("run", []))
+    outside = rows_outside_grid(folder, runs)  # read before runs.csv is rewritten: kept in it, left out of the table
     data = load_data(cfg.data.name, cfg.data.path, cfg.data.val_fraction, cfg.data.val_size, **cfg.data.options)
     # runs of another dense model (another machine retrained the baseline) are refused before anything runs
     check_one_dense_model(collect(cfg, runs, recorded), known_digest(cfg, data), folder)
@@ -102,7 +103,7 @@ def comparison_part(cfg: RunConfig, config: str, folder: Path, overrides: list[s
     else:
         (folder / "missing.json").unlink(missing_ok=True)
     if not frame.empty:
-        write_table(frame, folder, "runs")
+        write_table(pd.concat([frame, outside], ignore_index=True) if not outside.empty else frame, folder, "runs")
         stats = write_table(aggregate(frame), folder, "table")
         (folder / "table.md").write_text(markdown_table(display_table(stats)) + "\n")
         plot_best_reward(best_reward_curves(cfg, runs, recorded_names, folder), cfg.bench.evaluations,

@@ -140,6 +140,16 @@ def test_a_fresh_clone_goes_on_from_the_committed_tables(bench_run, tmp_path, ca
     summary = (clone / "summary.md").read_text()
     assert "**Recorded runs:** 7 run(s)" in summary and "Partial protocol" not in summary
 
+    # a narrower call (one method) tables that method alone, and keeps every other run in runs.csv: the clone has
+    # no run folders to collect them from again
+    assert main(["bench", str(config), "--out", str(clone), "--quiet", "--parts", "comparison", "--collect-only",
+                 "bench.methods=[uniform]"]) == 0
+    assert set(pd.read_csv(clone / "table.csv")["method"]) == {"uniform"}
+    assert sorted(pd.read_csv(clone / "runs.csv")["run"]) == sorted(original["run"])
+    assert main(["bench", str(config), "--out", str(clone), "--quiet", "--parts", "comparison", "--collect-only"]) == 0
+    assert pd.read_csv(clone / "runs.csv")["run"].tolist() == original["run"].tolist()
+    assert (pd.read_csv(clone / "table.csv")["seeds"] == 2).all()
+
 
 def test_runs_on_another_dense_model_are_never_tabled_together(bench_run, tmp_path, capsys):
     """Another machine retrains the same recipe into other weights under the same cache key: refused, not mixed."""
