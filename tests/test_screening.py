@@ -195,3 +195,40 @@ def test_spread_candidate_noise_needs_screening_and_amc_noise():
     with pytest.raises(ValidationError, match="sac explores through its stochastic policy"):
         AgentConfig(name="sac", candidates=4, candidate_noise="spread")
     assert AgentConfig(name="td3", candidates=4, candidate_noise="spread").candidate_noise == "spread"
+
+
+def test_a_spread_screen_chooses_among_more_distinct_policies_late_in_a_search(graph):
+    env, _ = synthetic_env(graph, round_to=4)  # channels kept in fours, as the benchmarks prune
+    considered = {}
+    for mode in ("schedule", "spread"):
+        agent = PruningAgent.create(AgentConfig(**SMALL, candidates=8, screen_after=3, candidate_noise=mode), env, seed=0)
+        for _ in range(4):  # random warm-up proposals make the reward model ready
+            policy, _ = agent.propose(env, deterministic=False)
+            agent.remember(env, policy, env.reward(env.evaluate(policy)))
+        agent.model._episode_num = SMALL["warmup_episodes"] + 60  # AMC's std has decayed to 0.023
+        considered[mode] = []
+        for draw in range(5):
+            agent.model._noise_rng = np.random.default_rng(draw)
+            agent.propose(env, deterministic=False)
+            considered[mode].append(agent.last_screen["candidates"])  # distinct fresh policies the screen chose among
+    # the schedule's 8 late candidates often share channel counts; spread ones stay apart
+    assert sum(considered["schedule"]) + 4 < sum(considered["spread"])
+
+
+def test_a_warm_start_screens_as_this_run_says_not_as_the_saved_agent_did(graph, tmp_path):
+    from argparse import Namespace
+
+    from pruning.config import load_config
+    from search.search_job import load_warm_agent
+
+    env, _ = synthetic_env(graph)
+    saved = PruningAgent.create(AgentConfig(**SMALL), env, seed=0)
+    saved.model._episode_num = 40
+    path = saved.save(tmp_path / "agent", env)
+    cfg = load_config(None, ["agent.candidates=8", "agent.screen_after=3", "agent.candidate_noise=spread"])
+    agent = load_warm_agent(Namespace(agent=str(path)), cfg, graph)
+    assert (agent.cfg.candidates, agent.cfg.screen_after, agent.cfg.candidate_noise) == (8, 3, "spread")
+    assert agent.candidate_noise_scales() == [1.0] * 8  # the warm start's first episode: the learned policy as it is
+    agent.model._episode_num += 30
+    scales = agent.candidate_noise_scales()
+    assert scales[0] == 1.0 and scales[-1] > 2.0  # spread from the halved, decayed std up to the halved initial one
