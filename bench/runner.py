@@ -120,7 +120,7 @@ def transfer_part(cfg: RunConfig, config: str, folder: Path, overrides: list[str
     require(outcome, [zero])
     outcome = run_grid(searches, cfg.bench.parallel, "transfer: searches", show)
     require(outcome, searches)
-    frame, check = transfer_table(zero, *searches)
+    frame, check = transfer_table(zero, searches[0], searches[1], searches[2:])
     write_table(frame, folder, "transfer")
     write_json({"model": cfg.bench.transfer_model, "source_agent": str(agent), "source_policy": str(policy), **check},
                folder / "transfer.json")
@@ -244,15 +244,22 @@ def write_summary(cfg: RunConfig, config: str, folder: Path, overrides: list[str
         t = json.loads((folder / "transfer.json").read_text())
         ratio = t["warm_over_scratch"]
         ratio_text = f" (ratio **{ratio:.3f}**)" if ratio is not None else ""
+        first = f" ({next(iter(t['warm_seed_best_rewards']))})" if "warm_seed_best_rewards" in t else ""
         lines += [f"## Policy reuse: {cfg.model.name} agent → {t['model']}", "", (folder / "transfer.md").read_text(),
-                  f"- warm-started best reward {t['warm_best_reward']:.4f} vs from-scratch best "
+                  f"- warm-started best reward{first} {t['warm_best_reward']:.4f} vs from-scratch best "
                   f"{t['scratch_best_reward']:.4f}{ratio_text}, with {t['warm_evaluations']} vs "
                   f"{t['scratch_evaluations']} evaluations; target: at least 98% of the from-scratch best "
                   f"(≥ {t['level_98pct']:.4f}) with ≤ 25% of its evaluations → **{'met' if t['met'] else 'NOT met'}**",
                   (f"- the from-scratch search first reached the warm-started best after "
                    f"{t['scratch_evaluations_to_reach_warm_best']} evaluations"
                    if t["scratch_evaluations_to_reach_warm_best"] else
-                   "- the from-scratch search never reached the warm-started best within its budget"), ""]
+                   "- the from-scratch search never reached the warm-started best within its budget")]
+        if "warm_mean_best_reward" in t:
+            seeds = len(t["warm_seed_best_rewards"])
+            lines += [f"- over the {seeds} warm starts (one per search seed): mean best reward "
+                      f"{t['warm_mean_best_reward']:.4f}, {t['warm_seeds_meeting_level']} of {seeds} at or above the "
+                      f"98% level → **{'met' if t['met_on_mean'] else 'NOT met'} on the mean**"]
+        lines += [""]
     if (folder / "efficiency.md").is_file():
         lines += ["## Search efficiency on Ray Tune", "",
                   (folder / "efficiency.md").read_text().split("\n", 2)[2], ""]

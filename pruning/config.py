@@ -284,6 +284,9 @@ class BenchConfig(Section):
     """Budget of the warm-started search, as a fraction of `evaluations`."""
     transfer_overrides: list[str] = Field(default_factory=list)
     """Extra dotted.key=value overrides for the transfer model's runs (e.g. its baseline's train.epochs)."""
+    transfer_warm_seeds: list[int] = Field(default_factory=list)
+    """More warm starts, one per search.seed listed, beside the first seed's (a quarter of the from-scratch cost
+    each): the target is then also checked on their mean. The from-scratch search runs once, with the first seed."""
     zoo: list[str] = Field(default_factory=lambda: ["lenet5", "vgg_small", "resnet20", "resnet56", "mobilenetv2_small"])
     """Models of the MACs-vs-latency speed-up table."""
 
@@ -300,6 +303,14 @@ class BenchConfig(Section):
         if not values or len(set(values)) != len(values):
             raise ValueError(f"expected a non-empty list without repeats, got {values}")
         return values
+
+    @model_validator(mode="after")
+    def _warm_seeds_apart(self) -> "BenchConfig":
+        seeds = self.transfer_warm_seeds
+        if len(set(seeds)) != len(seeds) or self.seeds[0] in seeds:
+            raise ValueError(f"bench.transfer_warm_seeds must list seeds without repeats and without the first of "
+                             f"bench.seeds ({self.seeds[0]}, whose warm start always runs), got {seeds}")
+        return self
 
 
 class RunConfig(Section):

@@ -25,6 +25,7 @@ bench:
   efficiency_evaluations: 0
   transfer_model: vgg_small
   transfer_overrides: ["model.kwargs={widths: [8, M, 16, 16]}"]
+  transfer_warm_seeds: [1]
   zoo: ["tests.fixtures:tiny_cnn"]
 """
 
@@ -71,13 +72,19 @@ def test_transfer_and_zoo_parts_and_the_summary(bench_run):
     assert transfer["source_policy"].endswith("ddpg-m60-s0/best_policy.json")
     rows = pd.read_csv(out / "transfer.csv")["run"].tolist()
     assert rows == ["uniform (rule)", "zero-shot: the agent's policy", "zero-shot: source best policy, resampled",
-                    "warm-started search", "from-scratch search"]
+                    "warm-started search, seed 0", "warm-started search, seed 1", "from-scratch search"]
+    # the second warm start is another search (its own seed), from the same agent and policy
+    warm = [pd.read_csv(out / "transfer" / "vgg_small-m60" / name / "evaluations.csv") for name in ("warm-start", "warm-start-s1")]
+    assert len(warm[1]) == 2 and warm[0]["accuracy"].iloc[0] == warm[1]["accuracy"].iloc[0]  # the seed policy first
+    assert list(transfer["warm_seed_best_rewards"]) == ["seed 0", "seed 1"]
+    assert transfer["warm_mean_best_reward"] == pytest.approx(sum(transfer["warm_seed_best_rewards"].values()) / 2)
     zoo = pd.read_csv(out / "zoo.csv")
     assert len(zoo) == 2 and (zoo["macs_reduction"] > 1.5).all() and (zoo["dense_b64_ms"] > 0).all()
     summary = (out / "summary.md").read_text()
     for heading in ("## Comparison", "## Targets", "## Policy reuse", "## Speed-up across the model zoo"):
         assert heading in summary
     assert "40% MACs, search reward: ddpg" in summary
+    assert "over the 2 warm starts (one per search seed): mean best reward" in summary
 
 
 def test_a_second_call_continues_instead_of_running_again(bench_run, capsys):
@@ -237,6 +244,8 @@ def test_a_variant_runs_beside_its_searcher_under_its_own_name(tmp_path):
     (["bench.methods=[ddpg_x]", "bench.variants={ddpg_x: {searcher: ddpg, overrides: [candidates]}}"],
      "bench.variants.ddpg_x.overrides: override 'candidates': expected dotted.key=value"),
     (["bench.macs_targets=[1.5]"], "field `bench.macs_targets`"),
+    (["bench.transfer_warm_seeds=[0, 2]"], "bench.transfer_warm_seeds must list seeds without repeats and without the "
+                                           "first of bench.seeds (0"),
     (["--parts", "comparison,speed"], "--parts: unknown part(s) ['speed']"),
     (["--collect-only"], "--collect-only: applies to the comparison part alone"),
 ])
@@ -271,9 +280,19 @@ def test_the_transfer_target_reads_right_for_both_signs_of_reward(tmp_path, warm
     (zero.out / "transfer.json").write_text(json.dumps({**candidate, "candidates": [candidate],
                                                         "uniform_accuracy": 0.4, "uniform_macs_ratio": 0.5}))
     frame, check = transfer_table(zero, runs["warm"], runs["scratch"])
-    assert check["met"] is met
+    assert check["met"] is met and "met_on_mean" not in check
     warm_row = frame.set_index("run").loc["warm-started search"]
     assert warm_row["found at"] == 1 + warm.index(max(warm)) and warm_row["val accuracy"] == 1 + max(warm)
+    # a second seed's warm start far below the from-scratch best: the mean misses the level whatever the first did
+    other = Run("warm-start-s7", "search", "c.yaml", tmp_path / "other", ("search.seed=0", "search.seed=7"))
+    other.out.mkdir()
+    low = [min(scratch) - abs(min(scratch))] * len(warm)
+    pd.DataFrame({"state": "COMPLETE", "reward": low, "accuracy": 0.1, "macs_ratio": 0.5}).to_csv(
+        other.out / "evaluations.csv", index=False)
+    frame, check = transfer_table(zero, runs["warm"], runs["scratch"], [other])
+    assert check["met"] is met and check["met_on_mean"] is False
+    assert check["warm_seeds_meeting_level"] == int(max(warm) >= check["level_98pct"]) and check["warm_mean_best_reward"] == pytest.approx((max(warm) + low[0]) / 2)
+    assert frame["run"].tolist()[-3:] == ["warm-started search, warm", "warm-started search, seed 7", "from-scratch search"]
 
 
 def test_transfer_from_an_earlier_benchmark_source(bench_run, tmp_path):
