@@ -120,6 +120,9 @@ def transfer_part(cfg: RunConfig, config: str, folder: Path, overrides: list[str
     require(outcome, [zero])
     outcome = run_grid(searches, cfg.bench.parallel, "transfer: searches", show)
     require(outcome, searches)
+    # run folders are not committed: their evaluations and best policies are kept in reuse/ (evaluations/ and
+    # policies/ hold the comparison's runs alone)
+    keep_run_files(folder / "reuse", searches)
     frame, check = transfer_table(zero, searches[0], searches[1], searches[2:])
     write_table(frame, folder, "transfer")
     write_json({"model": cfg.bench.transfer_model, "source_agent": str(agent), "source_policy": str(policy), **check},

@@ -36,7 +36,10 @@ def bench_run(tmp_path_factory):
     config = folder / "tiny.yaml"
     config.write_text(TINY_BENCH)
     out = folder / "out"
-    assert main(["bench", str(config), "--out", str(out), "--quiet"]) == 0
+    # a module fixture is set up before the function-scoped cache isolation (conftest): the same cache, set here
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("PRUNEPILOT_CACHE", str(tmp_path_factory.getbasetemp() / "cache"))
+        assert main(["bench", str(config), "--out", str(out), "--quiet"]) == 0
     return config, out
 
 
@@ -77,6 +80,9 @@ def test_transfer_and_zoo_parts_and_the_summary(bench_run):
     warm = [pd.read_csv(out / "transfer" / "vgg_small-m60" / name / "evaluations.csv") for name in ("warm-start", "warm-start-s1")]
     assert len(warm[1]) == 2 and warm[0]["accuracy"].iloc[0] == warm[1]["accuracy"].iloc[0]  # the seed policy first
     assert list(transfer["warm_seed_best_rewards"]) == ["seed 0", "seed 1"]
+    for name in ("warm-start", "warm-start-s1", "from-scratch"):  # kept beside the tables, as the comparison's are
+        assert (out / "reuse" / "evaluations" / f"{name}.csv").is_file()
+        assert (out / "reuse" / "policies" / f"{name}.json").is_file()
     assert transfer["warm_mean_best_reward"] == pytest.approx(sum(transfer["warm_seed_best_rewards"].values()) / 2)
     zoo = pd.read_csv(out / "zoo.csv")
     assert len(zoo) == 2 and (zoo["macs_reduction"] > 1.5).all() and (zoo["dense_b64_ms"] > 0).all()
@@ -450,3 +456,12 @@ def test_latency_model_compares_the_table_with_measured_models(bench_run, tmp_pa
     assert latency_model([str(config), "--targets", "half"]) == 2
     assert latency_model([str(config), "--table", str(tmp_path / "none.json")]) == 2
     assert "env.latency_table: file not found" in capsys.readouterr().err
+
+
+def test_settings_that_pick_runs_may_change_and_the_others_may_not():
+    from bench.resume_guard import changed_settings
+
+    recorded = {"bench": {"seeds": [0, 1], "transfer_warm_seeds": [1, 2], "evaluations": 200}}
+    assert changed_settings(recorded, {"bench": {"seeds": [0], "transfer_warm_seeds": [], "evaluations": 200}}) == {}
+    assert changed_settings(recorded, {"bench": {"seeds": [0, 1], "transfer_warm_seeds": [1, 2], "evaluations": 50}}) \
+        == {"bench.evaluations": (200, 50)}
