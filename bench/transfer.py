@@ -104,16 +104,15 @@ def transfer_table(zero: Run, warm: Run, scratch: Run, more_warm: Sequence[Run] 
     warm_curve, scratch_curve = _curve(warm), _curve(scratch)
     warm_best, scratch_best = float(warm_curve.iloc[-1]), float(scratch_curve.iloc[-1])
     labels = {"agent": "zero-shot: the agent's policy", "policy": "zero-shot: source best policy, resampled"}
-    more_curves = {run.name: _curve(run) for run in more_warm}
+    warms = [warm, *more_warm]
+    bests = [warm_best, *(float(_curve(run).iloc[-1]) for run in more_warm)]
     frame = pd.DataFrame([
         {"run": "uniform (rule)", "evaluations": 1, "best reward": None, "val accuracy": shot["uniform_accuracy"],
          "MACs ratio": shot["uniform_macs_ratio"]},
         *({"run": labels[c["source"].split(" ", 1)[0]], "evaluations": 1, "best reward": c["reward"],
            "val accuracy": c["accuracy"], "MACs ratio": c["macs_ratio"]} for c in shot["candidates"]),
-        {"run": "warm-started search" + (f", {_seed_label(warm)}" if more_warm else ""), "evaluations": len(warm_curve),
-         "best reward": warm_best, **_best_row(warm)},
-        *({"run": f"warm-started search, {_seed_label(run)}", "evaluations": len(more_curves[run.name]),
-           "best reward": float(more_curves[run.name].iloc[-1]), **_best_row(run)} for run in more_warm),
+        *({"run": "warm-started search" + (f", {_seed_label(run)}" if more_warm else ""),
+           "evaluations": len(_scored(run)), "best reward": best, **_best_row(run)} for run, best in zip(warms, bests)),
         {"run": "from-scratch search", "evaluations": len(scratch_curve), "best reward": scratch_best,
          **_best_row(scratch)},
     ])
@@ -130,9 +129,8 @@ def transfer_table(zero: Run, warm: Run, scratch: Run, more_warm: Sequence[Run] 
     }
     check["met"] = bool(warm_best >= level and within_budget)
     if more_warm:
-        bests = [warm_best, *(float(c.iloc[-1]) for c in more_curves.values())]
         mean = sum(bests) / len(bests)
-        check.update(warm_seed_best_rewards={_seed_label(run): best for run, best in zip((warm, *more_warm), bests)},
+        check.update(warm_seed_best_rewards={_seed_label(run): best for run, best in zip(warms, bests)},
                      warm_mean_best_reward=mean, warm_seeds_meeting_level=sum(b >= level for b in bests),
                      met_on_mean=bool(mean >= level and within_budget))
     return frame, check
