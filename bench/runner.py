@@ -25,7 +25,7 @@ from bench.grid import GridOutcome, require, run_grid
 from bench.latency import quiet_latency
 from bench.resume_guard import check_same_settings
 from bench.search_efficiency import measure
-from bench.transfer import source_files, transfer_runs, transfer_table
+from bench.transfer import keep_source, source_files, transfer_runs, transfer_table
 from agents.sb3_agents import BUILDERS
 from bench.zoo import display_zoo, zoo_rows
 from envs.rewards import describe_latency_penalty
@@ -115,6 +115,7 @@ def transfer_part(cfg: RunConfig, config: str, folder: Path, overrides: list[str
     if cfg.bench.transfer_model is None:
         return
     agent, policy = source_files(cfg, folder)
+    keep_source(folder, agent)
     zero, searches = transfer_runs(cfg, config, folder, overrides)
     outcome = run_grid([zero], 1, "transfer: zero-shot (and the target's baseline)", show)
     require(outcome, [zero])

@@ -11,6 +11,7 @@ other search seeds (a quarter of the from-scratch cost each), so that the target
 from __future__ import annotations
 
 import json
+import shutil
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -43,6 +44,25 @@ def source_files(cfg: RunConfig, folder: Path) -> tuple[Path, Path]:
                     else "run the comparison part first (its DDPG run is the source)")
             raise UserError(f"bench transfer: {path} not found; {hint}")
     return agent, policy
+
+
+SOURCE_FILES = ("agent.zip", "agent.json", "best_policy.json")
+"""What a transfer reuses from its source search: the agent (weights and its metadata) and the best policy."""
+
+
+def keep_source(folder: Path, agent: Path) -> Path:
+    """Copy the source search's agent and best policy into `folder`/reuse/source, where they are committed.
+
+    A source's run folder is not committed (nor is any run folder), so a clone could not rerun the transfer
+    without this copy: `bench.transfer_source=<folder>/reuse/source` does.
+    """
+    kept = folder / "reuse" / "source"
+    kept.mkdir(parents=True, exist_ok=True)
+    for name in SOURCE_FILES:
+        src = agent.parent / name
+        if src.is_file() and src.resolve() != (kept / name).resolve():
+            shutil.copyfile(src, kept / name)
+    return kept
 
 
 def transfer_runs(cfg: RunConfig, config: str, folder: Path, overrides: list[str]) -> tuple[Run, list[Run]]:

@@ -84,6 +84,9 @@ def test_transfer_and_zoo_parts_and_the_summary(bench_run):
         assert (out / "reuse" / "evaluations" / f"{name}.csv").is_file()
         assert (out / "reuse" / "policies" / f"{name}.json").is_file()
     assert transfer["warm_mean_best_reward"] == pytest.approx(sum(transfer["warm_seed_best_rewards"].values()) / 2)
+    source = out / "runs" / "ddpg-m60-s0"  # the source's run folder is not committed: its agent and policy are kept
+    for name in ("agent.zip", "agent.json", "best_policy.json"):
+        assert (out / "reuse" / "source" / name).read_bytes() == (source / name).read_bytes()
     zoo = pd.read_csv(out / "zoo.csv")
     assert len(zoo) == 2 and (zoo["macs_reduction"] > 1.5).all() and (zoo["dense_b64_ms"] > 0).all()
     summary = (out / "summary.md").read_text()
@@ -311,6 +314,12 @@ def test_transfer_from_an_earlier_benchmark_source(bench_run, tmp_path):
     transfer = json.loads((tmp_path / "b" / "transfer.json").read_text())
     assert transfer["source_agent"] == str(out / "runs" / "ddpg-m60-s0" / "agent.zip")
     assert transfer["warm_evaluations"] == 2
+    # a clone has no run folders: the kept source reruns the transfer, also from inside the folder it is kept in
+    clone = tmp_path / "clone"
+    shutil.copytree(tmp_path / "b" / "reuse" / "source", clone / "reuse" / "source")
+    assert main([*args, "--out", str(clone), f"bench.transfer_source={clone / 'reuse' / 'source'}"]) == 0
+    again = json.loads((clone / "transfer.json").read_text())
+    assert again["zero_shot_reward"] == transfer["zero_shot_reward"]  # same agent and policy, same zero-shot
 
 
 def test_a_pinned_source_checkpoint_does_not_follow_the_transfer_to_another_model(bench_run, tmp_path):
