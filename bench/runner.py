@@ -115,7 +115,7 @@ def transfer_part(cfg: RunConfig, config: str, folder: Path, overrides: list[str
     if cfg.bench.transfer_model is None:
         return
     agent, policy = source_files(cfg, folder)
-    keep_source(folder, agent)
+    keep_source(folder, agent, policy)
     zero, searches = transfer_runs(cfg, config, folder, overrides)
     outcome = run_grid([zero], 1, "transfer: zero-shot (and the target's baseline)", show)
     require(outcome, [zero])

@@ -46,23 +46,17 @@ def source_files(cfg: RunConfig, folder: Path) -> tuple[Path, Path]:
     return agent, policy
 
 
-SOURCE_FILES = ("agent.zip", "agent.json", "best_policy.json")
-"""What a transfer reuses from its source search: the agent (weights and its metadata) and the best policy."""
-
-
-def keep_source(folder: Path, agent: Path) -> Path:
-    """Copy the source search's agent and best policy into `folder`/reuse/source, where they are committed.
+def keep_source(folder: Path, agent: Path, policy: Path) -> None:
+    """Copy the source search's agent (with its metadata file) and best policy into `folder`/reuse/source.
 
     A source's run folder is not committed (nor is any run folder), so a clone could not rerun the transfer
     without this copy: `bench.transfer_source=<folder>/reuse/source` does.
     """
     kept = folder / "reuse" / "source"
     kept.mkdir(parents=True, exist_ok=True)
-    for name in SOURCE_FILES:
-        src = agent.parent / name
-        if src.is_file() and src.resolve() != (kept / name).resolve():
-            shutil.copyfile(src, kept / name)
-    return kept
+    for src in (agent, agent.with_suffix(".json"), policy):
+        if src.is_file() and src.resolve() != (kept / src.name).resolve():
+            shutil.copyfile(src, kept / src.name)
 
 
 def transfer_runs(cfg: RunConfig, config: str, folder: Path, overrides: list[str]) -> tuple[Run, list[Run]]:
