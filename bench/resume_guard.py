@@ -2,9 +2,9 @@
 
 `prunepilot bench` skips every run whose outputs exist, so a second call with other settings into
 the same folder would otherwise table old runs as if they had the new ones. Settings that only pick
-which runs make up the grid (methods, seeds, targets, the transfer's extra warm starts, how many at once)
-may change; a setting new since the folder was written counts as unchanged (it has its default, the old
-behaviour).
+which runs make up the grid (methods, seeds, targets, the transfer's extra warm starts and from-scratch
+searches, how many at once) may change; a setting new since the folder was written counts as unchanged (it
+has its default, the old behaviour).
 """
 
 from __future__ import annotations
@@ -15,7 +15,8 @@ from typing import Any
 
 from pruning.errors import UserError
 
-GRID_SELECTION = {"name", "bench.methods", "bench.seeds", "bench.macs_targets", "bench.parallel", "bench.transfer_warm_seeds"}
+GRID_SELECTION = {"name", "bench.methods", "bench.seeds", "bench.macs_targets", "bench.parallel", "bench.transfer_warm_seeds",
+                  "bench.transfer_scratch_seeds"}
 
 
 def flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:

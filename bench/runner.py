@@ -116,15 +116,15 @@ def transfer_part(cfg: RunConfig, config: str, folder: Path, overrides: list[str
         return
     agent, policy = source_files(cfg, folder)
     keep_source(folder, agent, policy)
-    zero, searches = transfer_runs(cfg, config, folder, overrides)
-    outcome = run_grid([zero], 1, "transfer: zero-shot (and the target's baseline)", show)
-    require(outcome, [zero])
-    outcome = run_grid(searches, cfg.bench.parallel, "transfer: searches", show)
-    require(outcome, searches)
+    runs = transfer_runs(cfg, config, folder, overrides)
+    outcome = run_grid([runs.zero], 1, "transfer: zero-shot (and the target's baseline)", show)
+    require(outcome, [runs.zero])
+    outcome = run_grid(runs.searches, cfg.bench.parallel, "transfer: searches", show)
+    require(outcome, runs.searches)
     # run folders are not committed: their evaluations and best policies are kept in reuse/ (evaluations/ and
     # policies/ hold the comparison's runs alone)
-    keep_run_files(folder / "reuse", searches)
-    frame, check = transfer_table(zero, searches[0], searches[1], searches[2:])
+    keep_run_files(folder / "reuse", runs.searches)
+    frame, check = transfer_table(runs.zero, runs.warm[0], runs.scratch[0], runs.warm[1:], runs.scratch[1:])
     write_table(frame, folder, "transfer")
     write_json({"model": cfg.bench.transfer_model, "source_agent": str(agent), "source_policy": str(policy), **check},
                folder / "transfer.json")
@@ -263,6 +263,15 @@ def write_summary(cfg: RunConfig, config: str, folder: Path, overrides: list[str
             lines += [f"- over the {seeds} warm starts (one per search seed): mean best reward "
                       f"{t['warm_mean_best_reward']:.4f}, {t['warm_seeds_meeting_level']} of {seeds} at or above the "
                       f"98% level → **{'met' if t['met_on_mean'] else 'NOT met'} on the mean**"]
+        if "scratch_mean_best_reward" in t:
+            seeds = len(t["scratch_seed_best_rewards"])
+            warm_mean = t.get("warm_mean_best_reward", t["warm_best_reward"])
+            each = ", ".join(f"{label} {best:.4f}" for label, best in t["scratch_seed_best_rewards"].items())
+            lines += [f"- against the {seeds} from-scratch searches ({each}): mean best reward "
+                      f"{t['scratch_mean_best_reward']:.4f}, 98% of it ≥ {t['level_98pct_of_scratch_mean']:.4f}; "
+                      f"warm-started mean {warm_mean:.4f}, {t['warm_seeds_meeting_scratch_mean_level']} warm start(s) at "
+                      f"or above it → **{'met' if t['met_on_scratch_mean'] else 'NOT met'} against the from-scratch "
+                      f"mean**"]
         lines += [""]
     if (folder / "efficiency.md").is_file():
         lines += ["## Search efficiency on Ray Tune", "",

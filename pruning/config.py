@@ -286,7 +286,11 @@ class BenchConfig(Section):
     """Extra dotted.key=value overrides for the transfer model's runs (e.g. its baseline's train.epochs)."""
     transfer_warm_seeds: list[int] = Field(default_factory=list)
     """More warm starts, one per search.seed listed, beside the first seed's (a quarter of the from-scratch cost
-    each): the target is then also checked on their mean. The from-scratch search runs once, with the first seed."""
+    each): the target is then also checked on their mean. The from-scratch search runs once, with the first seed,
+    unless `transfer_scratch_seeds` lists more."""
+    transfer_scratch_seeds: list[int] = Field(default_factory=list)
+    """More from-scratch searches, one per search.seed listed, beside the first seed's (the whole budget each): the
+    target is then also checked against the mean of the from-scratch bests, not one seed's, which may be a lucky draw."""
     zoo: list[str] = Field(default_factory=lambda: ["lenet5", "vgg_small", "resnet20", "resnet56", "mobilenetv2_small"])
     """Models of the MACs-vs-latency speed-up table."""
 
@@ -305,11 +309,12 @@ class BenchConfig(Section):
         return values
 
     @model_validator(mode="after")
-    def _warm_seeds_apart(self) -> "BenchConfig":
-        seeds = self.transfer_warm_seeds
-        if len(set(seeds)) != len(seeds) or self.seeds[0] in seeds:
-            raise ValueError(f"bench.transfer_warm_seeds must list seeds without repeats and without the first of "
-                             f"bench.seeds ({self.seeds[0]}, whose warm start always runs), got {seeds}")
+    def _transfer_seeds_apart(self) -> "BenchConfig":
+        for name, seeds in (("transfer_warm_seeds", self.transfer_warm_seeds),
+                            ("transfer_scratch_seeds", self.transfer_scratch_seeds)):
+            if len(set(seeds)) != len(seeds) or self.seeds[0] in seeds:
+                raise ValueError(f"bench.{name} must list seeds without repeats and without the first of "
+                                 f"bench.seeds ({self.seeds[0]}, whose search always runs), got {seeds}")
         return self
 
 

@@ -26,6 +26,7 @@ bench:
   transfer_model: vgg_small
   transfer_overrides: ["model.kwargs={widths: [8, M, 16, 16]}"]
   transfer_warm_seeds: [1]
+  transfer_scratch_seeds: [2]
   zoo: ["tests.fixtures:tiny_cnn"]
 """
 
@@ -75,12 +76,19 @@ def test_transfer_and_zoo_parts_and_the_summary(bench_run):
     assert transfer["source_policy"].endswith("ddpg-m60-s0/best_policy.json")
     rows = pd.read_csv(out / "transfer.csv")["run"].tolist()
     assert rows == ["uniform (rule)", "zero-shot: the agent's policy", "zero-shot: source best policy, resampled",
-                    "warm-started search, seed 0", "warm-started search, seed 1", "from-scratch search"]
+                    "warm-started search, seed 0", "warm-started search, seed 1", "from-scratch search, seed 0",
+                    "from-scratch search, seed 2"]
     # the second warm start is another search (its own seed), from the same agent and policy
     warm = [pd.read_csv(out / "transfer" / "vgg_small-m60" / name / "evaluations.csv") for name in ("warm-start", "warm-start-s1")]
     assert len(warm[1]) == 2 and warm[0]["accuracy"].iloc[0] == warm[1]["accuracy"].iloc[0]  # the seed policy first
     assert list(transfer["warm_seed_best_rewards"]) == ["seed 0", "seed 1"]
-    for name in ("warm-start", "warm-start-s1", "from-scratch"):  # kept beside the tables, as the comparison's are
+    # the second from-scratch search is another search with the whole budget; the target is also read on their mean
+    scratch = [pd.read_csv(out / "transfer" / "vgg_small-m60" / name / "evaluations.csv") for name in ("from-scratch", "from-scratch-s2")]
+    assert len(scratch[1]) == 6 and not scratch[0][["accuracy"]].equals(scratch[1][["accuracy"]])
+    assert list(transfer["scratch_seed_best_rewards"]) == ["seed 0", "seed 2"]
+    assert transfer["scratch_mean_best_reward"] == pytest.approx(sum(transfer["scratch_seed_best_rewards"].values()) / 2)
+    assert transfer["met_on_scratch_mean"] == (transfer["warm_mean_best_reward"] >= transfer["level_98pct_of_scratch_mean"])
+    for name in ("warm-start", "warm-start-s1", "from-scratch", "from-scratch-s2"):  # kept beside the tables, as the comparison's are
         assert (out / "reuse" / "evaluations" / f"{name}.csv").is_file()
         assert (out / "reuse" / "policies" / f"{name}.json").is_file()
     assert transfer["warm_mean_best_reward"] == pytest.approx(sum(transfer["warm_seed_best_rewards"].values()) / 2)
@@ -94,6 +102,7 @@ def test_transfer_and_zoo_parts_and_the_summary(bench_run):
         assert heading in summary
     assert "40% MACs, search reward: ddpg" in summary
     assert "over the 2 warm starts (one per search seed): mean best reward" in summary
+    assert "against the 2 from-scratch searches (seed 0 " in summary
 
 
 def test_a_second_call_continues_instead_of_running_again(bench_run, capsys):
@@ -255,6 +264,7 @@ def test_a_variant_runs_beside_its_searcher_under_its_own_name(tmp_path):
     (["bench.macs_targets=[1.5]"], "field `bench.macs_targets`"),
     (["bench.transfer_warm_seeds=[0, 2]"], "bench.transfer_warm_seeds must list seeds without repeats and without the "
                                            "first of bench.seeds (0"),
+    (["bench.transfer_scratch_seeds=[1, 1]"], "bench.transfer_scratch_seeds must list seeds without repeats"),
     (["--parts", "comparison,speed"], "--parts: unknown part(s) ['speed']"),
     (["--collect-only"], "--collect-only: applies to the comparison part alone"),
 ])
@@ -302,6 +312,17 @@ def test_the_transfer_target_reads_right_for_both_signs_of_reward(tmp_path, warm
     assert check["met"] is met and check["met_on_mean"] is False
     assert check["warm_seeds_meeting_level"] == int(max(warm) >= check["level_98pct"]) and check["warm_mean_best_reward"] == pytest.approx((max(warm) + low[0]) / 2)
     assert frame["run"].tolist()[-3:] == ["warm-started search, warm", "warm-started search, seed 7", "from-scratch search"]
+    # a second from-scratch seed far below the first: the level drops to 98% of their mean, which the first seed's warm
+    # start meets whenever it met the first seed's level
+    assert "met_on_scratch_mean" not in check
+    frame, check = transfer_table(zero, runs["warm"], runs["scratch"], (), [other])
+    mean = (max(scratch) + low[0]) / 2
+    assert check["scratch_mean_best_reward"] == pytest.approx(mean)
+    assert check["level_98pct_of_scratch_mean"] == pytest.approx(mean - 0.02 * abs(mean))
+    assert check["met"] is met and check["met_on_scratch_mean"] is (max(warm) >= check["level_98pct_of_scratch_mean"]
+                                                                    and len(warm) <= 2)
+    assert check["met_on_scratch_mean"] or not met
+    assert frame["run"].tolist()[-2:] == ["from-scratch search, scratch", "from-scratch search, seed 7"]
 
 
 def test_transfer_from_an_earlier_benchmark_source(bench_run, tmp_path):
