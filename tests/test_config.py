@@ -1,3 +1,5 @@
+from pathlib import Path
+
 import pytest
 
 from pruning.config import load_config, parse_override
@@ -57,3 +59,17 @@ def test_repeat_noise_growth_is_refused_for_agents_without_amc_noise(tmp_path):
     with pytest.raises(UserError, match=r"field `agent.repeat_noise_growth`: .*expected 1 with sac.*\(got 1.1\)"):
         load_config(write(tmp_path, "agent:\n  name: sac\n  repeat_noise_growth: 1.1\n"))
     assert load_config(write(tmp_path, "agent:\n  name: td3\n  repeat_noise_growth: 1.1\n")).agent.repeat_noise_growth == 1.1
+
+
+SHIPPED_CONFIGS = sorted(p.relative_to(Path.cwd()).as_posix() for p in (Path.cwd() / "configs").rglob("*.yaml"))
+
+
+@pytest.mark.parametrize("path", SHIPPED_CONFIGS)
+def test_every_shipped_config_loads_and_its_bench_methods_resolve(path):
+    """A typo in a committed config (a key, a variant's override) fails here, not hours into a benchmark."""
+    from bench.runner import check_methods
+
+    cfg = load_config(path)
+    check_methods(cfg)
+    if path.startswith("configs/bench/"):
+        assert cfg.bench.methods, f"{path}: a bench config with no methods"
