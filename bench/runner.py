@@ -25,7 +25,7 @@ from bench.grid import GridOutcome, require, run_grid
 from bench.latency import quiet_latency
 from bench.resume_guard import check_same_settings
 from bench.search_efficiency import measure
-from bench.transfer import keep_source, source_files, transfer_runs, transfer_table
+from bench.transfer import check_transfer_method, keep_source, source_files, transfer_runs, transfer_table
 from agents.sb3_agents import BUILDERS
 from bench.zoo import display_zoo, zoo_rows
 from envs.rewards import describe_latency_penalty
@@ -126,7 +126,8 @@ def transfer_part(cfg: RunConfig, config: str, folder: Path, overrides: list[str
     keep_run_files(folder / "reuse", runs.searches)
     frame, check = transfer_table(runs.zero, runs.warm[0], runs.scratch[0], runs.warm[1:], runs.scratch[1:])
     write_table(frame, folder, "transfer")
-    write_json({"model": cfg.bench.transfer_model, "source_agent": str(agent), "source_policy": str(policy), **check},
+    write_json({"model": cfg.bench.transfer_model, "method": cfg.bench.transfer_method, "source_agent": str(agent),
+                "source_policy": str(policy), **check},
                folder / "transfer.json")
     (folder / "transfer.md").write_text(markdown_table(frame) + "\n")
 
@@ -249,7 +250,10 @@ def write_summary(cfg: RunConfig, config: str, folder: Path, overrides: list[str
         ratio = t["warm_over_scratch"]
         ratio_text = f" (ratio **{ratio:.3f}**)" if ratio is not None else ""
         first = f" ({next(iter(t['warm_seed_best_rewards']))})" if "warm_seed_best_rewards" in t else ""
-        lines += [f"## Policy reuse: {cfg.model.name} agent → {t['model']}", "", (folder / "transfer.md").read_text(),
+        method = t.get("method", "ddpg")  # files written before bench.transfer_method reused the DDPG agent
+        lines += [f"## Policy reuse: {cfg.model.name} agent → {t['model']}", "",
+                  f"Searches of `{method}`, warm-started from its agent and from scratch.", "",
+                  (folder / "transfer.md").read_text(),
                   f"- warm-started best reward{first} {t['warm_best_reward']:.4f} vs from-scratch best "
                   f"{t['scratch_best_reward']:.4f}{ratio_text}, with {t['warm_evaluations']} vs "
                   f"{t['scratch_evaluations']} evaluations; target: at least 98% of the from-scratch best "
@@ -293,6 +297,8 @@ def bench_job(args: argparse.Namespace) -> int:
         raise UserError("--collect-only: applies to the comparison part alone; add --parts comparison")
     folder = Path(args.out) if args.out else default_folder(cfg)
     check_same_settings(folder, cfg.model_dump())
+    if "transfer" in parts and cfg.bench.transfer_model:
+        check_transfer_method(cfg)
     if "transfer" in parts and cfg.bench.transfer_model and cfg.bench.transfer_source:
         source_files(cfg, folder)  # an earlier benchmark's search must be there before anything is written
     folder.mkdir(parents=True, exist_ok=True)

@@ -1,4 +1,5 @@
-"""Policy reuse: the DDPG agent searched on the bench model, applied to another model.
+"""Policy reuse: the agent searched on the bench model (`bench.transfer_method`, AMC's DDPG by default), applied to
+another model.
 
 Three runs on the transfer model at the first MACs target and seed: zero-shot (`prunepilot transfer`:
 the agent's own policy for the new model and the source search's best policy resampled onto it, one
@@ -20,21 +21,44 @@ from typing import NamedTuple
 
 import pandas as pd
 
-from bench.comparison import run_name, target_tag
+from agents.sb3_agents import BUILDERS
+from bench.comparison import method_searcher, run_name, target_tag
 from bench.grid import Run
 from pruning.config import RunConfig
 from pruning.errors import UserError
 
 
 def source_run(cfg: RunConfig, folder: Path) -> Path:
-    """The DDPG search whose agent and best policy are reused: `bench.transfer_source`, else this bench's own."""
+    """The search whose agent and best policy are reused: `bench.transfer_source`, else this bench's own run of
+    `bench.transfer_method` at the first target and seed."""
     b = cfg.bench
     if b.transfer_source is not None:
         return Path(b.transfer_source)
-    if "ddpg" not in b.methods:
-        raise UserError("bench.transfer_model: policy reuse starts from the DDPG agent, so bench.methods must "
-                        "include ddpg (or set bench.transfer_source, or bench.transfer_model: null)")
-    return folder / "runs" / run_name("ddpg", b.macs_targets[0], b.seeds[0])
+    if b.transfer_method not in b.methods:
+        raise UserError(f"bench.transfer_model: policy reuse starts from the {b.transfer_method} agent "
+                        f"(bench.transfer_method), so bench.methods must include {b.transfer_method} (or set "
+                        "bench.transfer_source, or bench.transfer_model: null)")
+    return folder / "runs" / run_name(b.transfer_method, b.macs_targets[0], b.seeds[0])
+
+
+def check_transfer_method(cfg: RunConfig) -> None:
+    """`bench.transfer_method` names an agent searcher, or a variant of one that is not a baseline: a warm start
+    continues a learned agent, which the other searchers do not have."""
+    b = cfg.bench
+    method = b.transfer_method
+    variant = b.variants.get(method)
+    if method_searcher(cfg, method) not in BUILDERS or (variant is not None and variant.baseline):
+        raise UserError(f"bench.transfer_method: expected an agent searcher ({', '.join(BUILDERS)}) or a "
+                        f"bench.variants name of one that is not a baseline, got {method!r}")
+    source_run(cfg, Path("."))  # without bench.transfer_source the method must run here: fail before the comparison
+
+
+def method_settings(cfg: RunConfig) -> tuple[str, tuple[str, ...]]:
+    """The search.searcher override and the variant overrides of `bench.transfer_method`, for the searches on the
+    transfer model (the variant's after everything else, as in the comparison)."""
+    method = cfg.bench.transfer_method
+    variant = cfg.bench.variants.get(method)
+    return f"search.searcher={method_searcher(cfg, method)}", tuple(variant.overrides if variant else ())
 
 
 def source_files(cfg: RunConfig, folder: Path) -> tuple[Path, Path]:
@@ -43,8 +67,8 @@ def source_files(cfg: RunConfig, folder: Path) -> tuple[Path, Path]:
     agent, policy = run / "agent.zip", run / "best_policy.json"
     for path in (agent, policy):
         if not path.is_file():
-            hint = ("bench.transfer_source must name a finished DDPG search's run folder" if cfg.bench.transfer_source
-                    else "run the comparison part first (its DDPG run is the source)")
+            hint = ("bench.transfer_source must name a finished agent search's run folder" if cfg.bench.transfer_source
+                    else f"run the comparison part first (its {cfg.bench.transfer_method} run is the source)")
             raise UserError(f"bench transfer: {path} not found; {hint}")
     return agent, policy
 
@@ -85,7 +109,8 @@ def transfer_runs(cfg: RunConfig, config: str, folder: Path, overrides: list[str
     common = (*overrides, f"model.name={b.transfer_model}", "model.checkpoint=null", *b.transfer_overrides,
               f"env.macs_target={target}", f"search.seed={seed}", "sweep.accuracy_floor=null")
     # the zero-shot run goes first and alone (it trains the target's baseline): it keeps the config's threads
-    search = (*common, "threads=1", "search.searcher=ddpg", "search.backend=local", "search.final_pass=false")
+    searcher, variant = method_settings(cfg)
+    search = (*common, "threads=1", searcher, "search.backend=local", "search.final_pass=false", *variant)
     base = folder / "transfer" / f"{b.transfer_model}-{target_tag(target)}"
     warm_budget = max(1, round(b.transfer_fraction * b.evaluations))
     reuse = ("--agent", agent, "--policy", policy)

@@ -276,10 +276,14 @@ class BenchConfig(Section):
     efficiency_evaluations: int = Field(24, ge=0)
     """Evaluations per Ray Tune run of the 1-vs-2-worker throughput measurement (0 = skip)."""
     transfer_model: str | None = "resnet56"
-    """Policy reuse: the DDPG agent of the first seed at the first target is applied to this model (None = skip)."""
+    """Policy reuse: the agent of the first seed at the first target is applied to this model (None = skip)."""
+    transfer_method: str = "ddpg"
+    """The agent method reused: its run (first seed, first target) is the source unless `transfer_source` is
+    given, and the warm-started and from-scratch searches on the transfer model run with its settings, so that
+    reuse is judged within one search method. An agent searcher or a `variants` name of one."""
     transfer_source: str | None = None
-    """Run folder of a finished DDPG search whose agent.zip and best_policy.json are reused instead of this bench's
-    own DDPG run (policy reuse from an earlier benchmark)."""
+    """Run folder of a finished search of `transfer_method` whose agent.zip and best_policy.json are reused instead
+    of this bench's own run (policy reuse from an earlier benchmark)."""
     transfer_fraction: float = Field(0.25, gt=0, le=1)
     """Budget of the warm-started search, as a fraction of `evaluations`."""
     transfer_overrides: list[str] = Field(default_factory=list)

@@ -228,15 +228,30 @@ def test_a_folder_continues_only_with_the_settings_of_its_runs(bench_run, tmp_pa
 
 
 def test_a_variant_runs_beside_its_searcher_under_its_own_name(tmp_path):
-    """AMC's DDPG and DDPG with screening in one grid; the targets check each RL method against the non-RL ones."""
+    """AMC's DDPG and DDPG with screening in one grid; the targets check each RL method against the non-RL ones;
+    the variant's agent is the one reused (`bench.transfer_method`), and the searches on the transfer model run
+    with the variant's settings."""
     config = tmp_path / "variants.yaml"
     variants = ("{ddpg_gp: {searcher: ddpg, overrides: [agent.candidates=4, agent.screen_after=2]}, "
                 "random_gp: {searcher: ddpg, baseline: true, overrides: [agent.warmup_episodes=6, agent.candidates=4]}}")
     config.write_text(TINY_BENCH.replace("methods: [uniform, ddpg]", "methods: [uniform, random_gp, ddpg, ddpg_gp]")
                       .replace("seeds: [0, 1]", "seeds: [0]").replace("macs_targets: [0.6, 0.4]", "macs_targets: [0.4]")
+                      .replace("transfer_warm_seeds: [1]", "transfer_method: ddpg_gp")
+                      .replace("transfer_scratch_seeds: [2]", "")
                       .replace("zoo: [", f"final_pass: false\n  variants: {variants}\n  zoo: ["))
     out = tmp_path / "out"
-    assert main(["bench", str(config), "--out", str(out), "--quiet", "--parts", "comparison"]) == 0
+    assert main(["bench", str(config), "--out", str(out), "--quiet", "--parts", "comparison,transfer"]) == 0
+    transfer = json.loads((out / "transfer.json").read_text())
+    assert transfer["method"] == "ddpg_gp"
+    assert transfer["source_agent"] == str(out / "runs" / "ddpg_gp-m40-s0" / "agent.zip")
+    assert transfer["warm_evaluations"] == 2 and transfer["scratch_evaluations"] == 6
+    searches = out / "transfer" / "vgg_small-m40"
+    for search in ("warm-start", "from-scratch"):
+        overrides = json.loads((searches / search / "search.json").read_text())["overrides"]
+        assert "search.searcher=ddpg" in overrides and overrides[-3:-1] == ["agent.candidates=4", "agent.screen_after=2"]
+    scratch = pd.read_csv(searches / "from-scratch" / "evaluations.csv")
+    assert scratch["predicted_reward"].notna().sum() == len(scratch) - 2  # screened, as the variant is
+    assert "Searches of `ddpg_gp`" in (out / "summary.md").read_text()
     runs = pd.read_csv(out / "runs.csv").set_index("method")
     assert list(runs.index) == ["uniform", "random_gp", "ddpg", "ddpg_gp"]
     screened = pd.read_csv(out / "evaluations" / "ddpg_gp-m40-s0.csv")
@@ -262,6 +277,10 @@ def test_a_variant_runs_beside_its_searcher_under_its_own_name(tmp_path):
     (["bench.methods=[ddpg_x]", "bench.variants={ddpg_x: {searcher: ddpg, overrides: [candidates]}}"],
      "bench.variants.ddpg_x.overrides: override 'candidates': expected dotted.key=value"),
     (["bench.macs_targets=[1.5]"], "field `bench.macs_targets`"),
+    (["bench.transfer_method=tpe"], "bench.transfer_method: expected an agent searcher"),
+    (["bench.methods=[ddpg, random_x]", "bench.transfer_method=random_x",
+      "bench.variants={random_x: {searcher: ddpg, baseline: true}}"], "bench.transfer_method: expected an agent searcher"),
+    (["bench.transfer_method=td3"], "policy reuse starts from the td3 agent (bench.transfer_method), so bench.methods"),
     (["bench.transfer_warm_seeds=[0, 2]"], "bench.transfer_warm_seeds must list seeds without repeats and without the "
                                            "first of bench.seeds (0"),
     (["bench.transfer_scratch_seeds=[1, 1]"], "bench.transfer_scratch_seeds must list seeds without repeats"),
