@@ -24,6 +24,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 
 from agents.baselines import RULES  # noqa: E402
+from agents.sb3_agents import BUILDERS  # noqa: E402
 from bench.grid import Run  # noqa: E402
 from pruning.config import RunConfig  # noqa: E402
 from pruning.errors import UserError  # noqa: E402
@@ -46,6 +47,13 @@ def method_searcher(cfg: RunConfig, method: str) -> str:
     """The search.searcher a method runs: its own name, or its variant's searcher."""
     variant = cfg.bench.variants.get(method)
     return variant.searcher if variant else method
+
+
+def is_rl_method(cfg: RunConfig, method: str) -> bool:
+    """Whether a method runs an RL agent (ddpg, td3, sac, ppo or a variant of one) and is judged as RL, not as a
+    baseline (a variant marked `baseline: true` runs an agent's searcher but learns nothing)."""
+    variant = cfg.bench.variants.get(method)
+    return method_searcher(cfg, method) in BUILDERS and not (variant is not None and variant.baseline)
 
 
 def comparison_runs(cfg: RunConfig, config: str, folder: Path, overrides: list[str]) -> list[Run]:

@@ -19,14 +19,13 @@ import pandas as pd
 from pydantic import ValidationError
 
 from bench.comparison import (aggregate, best_reward_curves, check_one_dense_model, collect, comparison_runs,
-                              display_table, is_rule, keep_run_files, method_searcher, missing_runs, plot_best_reward,
+                              display_table, is_rl_method, is_rule, keep_run_files, missing_runs, plot_best_reward,
                               recorded_rows, rows_outside_grid)
 from bench.grid import GridOutcome, require, run_grid
 from bench.latency import quiet_latency
 from bench.resume_guard import check_same_settings
 from bench.search_efficiency import measure
 from bench.transfer import check_transfer_method, keep_source, source_files, transfer_runs, transfer_table
-from agents.sb3_agents import BUILDERS
 from bench.zoo import display_zoo, zoo_rows
 from envs.rewards import describe_latency_penalty
 from pruning.baseline import known_digest
@@ -152,9 +151,7 @@ def zoo_part(cfg: RunConfig, folder: Path) -> None:
 # ----------------------------------------------------------------------------------------- summary
 def rl_methods(cfg: RunConfig) -> list[str]:
     """The methods that run an RL agent (ddpg, td3, sac, ppo or a variant of one not marked as a baseline)."""
-    variants = cfg.bench.variants
-    return [m for m in cfg.bench.methods
-            if method_searcher(cfg, m) in BUILDERS and not (m in variants and variants[m].baseline)]
+    return [m for m in cfg.bench.methods if is_rl_method(cfg, m)]
 
 
 def target_checks(cfg: RunConfig, stats: pd.DataFrame) -> list[str]:

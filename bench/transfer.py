@@ -22,7 +22,7 @@ from typing import NamedTuple
 import pandas as pd
 
 from agents.sb3_agents import BUILDERS
-from bench.comparison import method_searcher, run_name, target_tag
+from bench.comparison import is_rl_method, method_searcher, run_name, target_tag
 from bench.grid import Run
 from pruning.config import RunConfig
 from pruning.errors import UserError
@@ -30,27 +30,25 @@ from pruning.errors import UserError
 
 def source_run(cfg: RunConfig, folder: Path) -> Path:
     """The search whose agent and best policy are reused: `bench.transfer_source`, else this bench's own run of
-    `bench.transfer_method` at the first target and seed."""
+    `bench.transfer_method` at the first target and seed (`check_transfer_method` makes sure it is in the grid)."""
     b = cfg.bench
     if b.transfer_source is not None:
         return Path(b.transfer_source)
-    if b.transfer_method not in b.methods:
-        raise UserError(f"bench.transfer_model: policy reuse starts from the {b.transfer_method} agent "
-                        f"(bench.transfer_method), so bench.methods must include {b.transfer_method} (or set "
-                        "bench.transfer_source, or bench.transfer_model: null)")
     return folder / "runs" / run_name(b.transfer_method, b.macs_targets[0], b.seeds[0])
 
 
 def check_transfer_method(cfg: RunConfig) -> None:
-    """`bench.transfer_method` names an agent searcher, or a variant of one that is not a baseline: a warm start
-    continues a learned agent, which the other searchers do not have."""
+    """`bench.transfer_method` names an RL method (a warm start continues a learned agent, which the other
+    searchers and the baseline variants do not have), and one this bench runs unless `transfer_source` is given:
+    checked before anything runs, not after the comparison."""
     b = cfg.bench
     method = b.transfer_method
-    variant = b.variants.get(method)
-    if method_searcher(cfg, method) not in BUILDERS or (variant is not None and variant.baseline):
+    if not is_rl_method(cfg, method):
         raise UserError(f"bench.transfer_method: expected an agent searcher ({', '.join(BUILDERS)}) or a "
                         f"bench.variants name of one that is not a baseline, got {method!r}")
-    source_run(cfg, Path("."))  # without bench.transfer_source the method must run here: fail before the comparison
+    if b.transfer_source is None and method not in b.methods:
+        raise UserError(f"bench.transfer_method: policy reuse starts from the {method} agent, so bench.methods must "
+                        f"include {method} (or set bench.transfer_source, or bench.transfer_model: null)")
 
 
 def method_settings(cfg: RunConfig) -> tuple[str, tuple[str, ...]]:

@@ -280,7 +280,8 @@ def test_a_variant_runs_beside_its_searcher_under_its_own_name(tmp_path):
     (["bench.transfer_method=tpe"], "bench.transfer_method: expected an agent searcher"),
     (["bench.methods=[ddpg, random_x]", "bench.transfer_method=random_x",
       "bench.variants={random_x: {searcher: ddpg, baseline: true}}"], "bench.transfer_method: expected an agent searcher"),
-    (["bench.transfer_method=td3"], "policy reuse starts from the td3 agent (bench.transfer_method), so bench.methods"),
+    (["bench.transfer_method=td3"], "bench.transfer_method: policy reuse starts from the td3 agent, so bench.methods "
+                                    "must include td3"),
     (["bench.transfer_warm_seeds=[0, 2]"], "bench.transfer_warm_seeds must list seeds without repeats and without the "
                                            "first of bench.seeds (0"),
     (["bench.transfer_scratch_seeds=[1, 1]"], "bench.transfer_scratch_seeds must list seeds without repeats"),
