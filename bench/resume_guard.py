@@ -37,6 +37,13 @@ def changed_settings(recorded: dict[str, Any], current: dict[str, Any]) -> dict[
     return {k: (old[k], new[k]) for k in sorted(old.keys() & new.keys()) if k not in GRID_SELECTION and old[k] != new[k]}
 
 
+def is_kept_source(folder: Path, source: Any) -> bool:
+    """`source` is the folder's own reuse/source, the copy the transfer part keeps of whichever source it used: on a
+    clone (no run folders) it stands for that same agent, so a change between it and the source it copies (null: the
+    folder's own run, or the path the copy was made from) is no change of setting."""
+    return isinstance(source, str) and Path(source).resolve() == (folder / "reuse" / "source").resolve()
+
+
 def check_same_settings(folder: Path, current: dict[str, Any]) -> None:
     """Raise a UserError naming each changed setting when `folder` holds runs made with others."""
     recorded_file = folder / "config.json"
@@ -45,6 +52,8 @@ def check_same_settings(folder: Path, current: dict[str, Any]) -> None:
     if not recorded_file.is_file() or not started:
         return
     changed = changed_settings(json.loads(recorded_file.read_text()), current)
+    if "bench.transfer_source" in changed and any(is_kept_source(folder, v) for v in changed["bench.transfer_source"]):
+        del changed["bench.transfer_source"]
     if changed:
         listed = "; ".join(f"{k}: {old!r} -> {new!r}" for k, (old, new) in list(changed.items())[:8])
         more = f" (and {len(changed) - 8} more)" if len(changed) > 8 else ""

@@ -25,7 +25,8 @@ from bench.grid import GridOutcome, require, run_grid
 from bench.latency import quiet_latency
 from bench.resume_guard import check_same_settings
 from bench.search_efficiency import measure
-from bench.transfer import check_transfer_method, keep_source, source_files, transfer_runs, transfer_table
+from bench.transfer import (check_transfer_method, dense_digests, is_recorded, keep_source, keep_zero_shot,
+                            source_files, transfer_runs, transfer_table)
 from bench.zoo import display_zoo, zoo_rows
 from envs.rewards import describe_latency_penalty
 from pruning.baseline import known_digest
@@ -115,18 +116,33 @@ def transfer_part(cfg: RunConfig, config: str, folder: Path, overrides: list[str
         return
     agent, policy = source_files(cfg, folder)
     keep_source(folder, agent, policy)
+    reuse = folder / "reuse"
     runs = transfer_runs(cfg, config, folder, overrides)
-    outcome = run_grid([runs.zero], 1, "transfer: zero-shot (and the target's baseline)", show)
-    require(outcome, [runs.zero])
-    outcome = run_grid(runs.searches, cfg.bench.parallel, "transfer: searches", show)
-    require(outcome, runs.searches)
+    # searches finished in an earlier call whose folders are gone (a clone) are read from reuse/, not run again; so
+    # is the zero-shot run when no search is left, else it runs first as ever (it trains the target's baseline)
+    recorded = [run.name for run in runs.searches if is_recorded(run, reuse)]
+    searches = [run for run in runs.searches if run.name not in recorded]
+    if not searches and is_recorded(runs.zero, reuse):
+        recorded.insert(0, runs.zero.name)
+    zero = [run for run in [runs.zero] if run.name not in recorded]
+    outcome = run_grid(zero, 1, "transfer: zero-shot (and the target's baseline)", show)
+    require(outcome, zero)
+    outcome = run_grid(searches, cfg.bench.parallel, "transfer: searches", show)
+    require(outcome, searches)
     # run folders are not committed: their evaluations and best policies are kept in reuse/ (evaluations/ and
-    # policies/ hold the comparison's runs alone)
-    keep_run_files(folder / "reuse", runs.searches)
-    frame, check = transfer_table(runs.zero, runs.warm[0], runs.scratch[0], runs.warm[1:], runs.scratch[1:])
+    # policies/ hold the comparison's runs alone), and the zero-shot result beside them
+    previous = folder / "transfer.json"
+    digests = dense_digests(runs.searches, json.loads(previous.read_text()).get("dense_digests", {})
+                            if previous.is_file() else {})
+    # searches on two dense models (a clone that retrained the target's baseline, beside recorded ones) are refused,
+    # and the earlier transfer.json is left as it was
+    check_one_dense_model(pd.DataFrame({"run": list(digests), "dense_digest": list(digests.values())}), None, folder)
+    keep_run_files(reuse, runs.searches)
+    keep_zero_shot(reuse, runs.zero)
+    frame, check = transfer_table(runs.zero, runs.warm[0], runs.scratch[0], runs.warm[1:], runs.scratch[1:], reuse)
     write_table(frame, folder, "transfer")
     write_json({"model": cfg.bench.transfer_model, "method": cfg.bench.transfer_method, "source_agent": str(agent),
-                "source_policy": str(policy), **check},
+                "source_policy": str(policy), "recorded_runs": recorded, "dense_digests": digests, **check},
                folder / "transfer.json")
     (folder / "transfer.md").write_text(markdown_table(frame) + "\n")
 
@@ -251,6 +267,8 @@ def write_summary(cfg: RunConfig, config: str, folder: Path, overrides: list[str
         lines += [f"## Policy reuse: {cfg.model.name} agent → {t['model']}", "",
                   f"Searches of `{method}`, warm-started from its agent and from scratch.", "",
                   (folder / "transfer.md").read_text(),
+                  *([f"- recorded runs (read from reuse/, their folders not here): {', '.join(t['recorded_runs'])}"]
+                    if t.get("recorded_runs") else []),
                   f"- warm-started best reward{first} {t['warm_best_reward']:.4f} vs from-scratch best "
                   f"{t['scratch_best_reward']:.4f}{ratio_text}, with {t['warm_evaluations']} vs "
                   f"{t['scratch_evaluations']} evaluations; target: at least 98% of the from-scratch best "

@@ -9,6 +9,11 @@ whole budget. No final pass: the comparison is on search reward. `transfer_warm_
 other search seeds (a quarter of the from-scratch cost each), so that the target is also read on their mean;
 `transfer_scratch_seeds` adds from-scratch searches with other seeds, so that the level the warm starts must
 reach is also read on the from-scratch mean, not on one search's best (which can be one lucky random draw).
+
+Run folders are not committed; each finished search's evaluations and the zero-shot result are kept in
+`reuse/` beside the tables. A clone (with `bench.transfer_source=<folder>/reuse/source`) reads a search
+whose folder is gone from its kept evaluations ("recorded") and runs only the searches neither here nor kept,
+so adding a seed costs that seed's search alone.
 """
 
 from __future__ import annotations
@@ -22,7 +27,7 @@ from typing import NamedTuple
 import pandas as pd
 
 from agents.sb3_agents import BUILDERS
-from bench.comparison import is_rl_method, method_searcher, run_name, target_tag
+from bench.comparison import is_rl_method, kept_path, method_searcher, run_name, target_tag
 from bench.grid import Run
 from pruning.config import RunConfig
 from pruning.errors import UserError
@@ -123,14 +128,50 @@ def transfer_runs(cfg: RunConfig, config: str, folder: Path, overrides: list[str
     return TransferRuns(zero, warm, scratch)
 
 
-def _scored(run: Run) -> pd.DataFrame:
-    ev = pd.read_csv(run.out / "evaluations.csv")
+ZERO_SHOT_KEPT = "zero-shot.json"
+"""The zero-shot run's transfer.json, kept under reuse/ (a search's evaluations are kept as evaluations/<name>.csv)."""
+
+
+def kept_file(reuse: Path, run: Run) -> Path:
+    """Where `run`'s result is kept under `reuse` (the bench folder's reuse/): the file a clone reads it from."""
+    return reuse / ZERO_SHOT_KEPT if run.command == "transfer" else kept_path(reuse, run.name, "evaluations.csv")
+
+
+def result_file(run: Run, reuse: Path | None = None) -> Path:
+    """The run's result: from its folder when it finished here, else the copy kept under `reuse`."""
+    own = run.out / ("transfer.json" if run.command == "transfer" else "evaluations.csv")
+    return kept_file(reuse, run) if reuse is not None and not run.done else own
+
+
+def is_recorded(run: Run, reuse: Path) -> bool:
+    """Finished in an earlier call whose folder is gone (a clone): its kept result stands in for it."""
+    return not run.done and kept_file(reuse, run).is_file()
+
+
+def keep_zero_shot(reuse: Path, zero: Run) -> None:
+    if zero.done:
+        reuse.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(zero.out / "transfer.json", reuse / ZERO_SHOT_KEPT)
+
+
+def dense_digests(searches: Sequence[Run], previous: dict[str, str | None]) -> dict[str, str | None]:
+    """{search: digest of the dense model it pruned}: from its folder, else as `previous` (the last transfer.json)
+    recorded it (None for searches recorded before digests were kept)."""
+    digests = {}
+    for run in searches:
+        summary = run.out / "search_summary.json"
+        own = json.loads(summary.read_text()).get("baseline", {}).get("digest") if summary.is_file() else None
+        digests[run.name] = own if own is not None else previous.get(run.name)
+    return digests
+
+
+def _scored(run: Run, reuse: Path | None = None) -> pd.DataFrame:
+    ev = pd.read_csv(result_file(run, reuse))
     return ev[ev["state"] == "COMPLETE"].reset_index(drop=True)
 
 
-def _best_row(run: Run) -> dict:
+def _best_row(scored: pd.DataFrame) -> dict:
     """The search's best evaluation as a table row: its accuracy and MACs, and when it was found."""
-    scored = _scored(run)
     best = scored.loc[scored["reward"].idxmax()]
     return {"val accuracy": float(best["accuracy"]), "MACs ratio": float(best["macs_ratio"]),
             "found at": int(best.name) + 1}
@@ -142,8 +183,6 @@ def _seed_label(run: Run) -> str:
     return f"seed {seeds[-1]}" if seeds else run.name
 
 
-def _curve(run: Run) -> pd.Series:
-    return _scored(run)["reward"].cummax()
 
 
 def first_reaching(curve: pd.Series, level: float) -> int | None:
@@ -152,25 +191,27 @@ def first_reaching(curve: pd.Series, level: float) -> int | None:
 
 
 def transfer_table(zero: Run, warm: Run, scratch: Run, more_warm: Sequence[Run] = (),
-                   more_scratch: Sequence[Run] = ()) -> tuple[pd.DataFrame, dict]:
+                   more_scratch: Sequence[Run] = (), reuse: Path | None = None) -> tuple[pd.DataFrame, dict]:
     """The runs side by side, and the target check (warm >= 98% of scratch with <= 25% of the evaluations): for the
     first seed's warm start against the first seed's from-scratch search; with `more_warm` (other seeds' warm starts)
     also for their mean, and with `more_scratch` (other seeds' from-scratch searches) for the warm mean against 98%
-    of the from-scratch mean."""
-    shot = json.loads((zero.out / "transfer.json").read_text())
-    warm_curve, scratch_curve = _curve(warm), _curve(scratch)
-    warm_best, scratch_best = float(warm_curve.iloc[-1]), float(scratch_curve.iloc[-1])
-    labels = {"agent": "zero-shot: the agent's policy", "policy": "zero-shot: source best policy, resampled"}
+    of the from-scratch mean. With `reuse`, a run not finished here is read from its kept result there."""
+    shot = json.loads(result_file(zero, reuse).read_text())
     warms, scratches = [warm, *more_warm], [scratch, *more_scratch]
-    bests = [warm_best, *(float(_curve(run).iloc[-1]) for run in more_warm)]
-    scratch_bests = [scratch_best, *(float(_curve(run).iloc[-1]) for run in more_scratch)]
+    scored = {run.name: _scored(run, reuse) for run in (*warms, *scratches)}
+    curves = {name: table["reward"].cummax() for name, table in scored.items()}
+    bests = [float(curves[run.name].iloc[-1]) for run in warms]
+    scratch_bests = [float(curves[run.name].iloc[-1]) for run in scratches]
+    warm_curve, scratch_curve = curves[warm.name], curves[scratch.name]
+    warm_best, scratch_best = bests[0], scratch_bests[0]
+    labels = {"agent": "zero-shot: the agent's policy", "policy": "zero-shot: source best policy, resampled"}
     frame = pd.DataFrame([
         {"run": "uniform (rule)", "evaluations": 1, "best reward": None, "val accuracy": shot["uniform_accuracy"],
          "MACs ratio": shot["uniform_macs_ratio"]},
         *({"run": labels[c["source"].split(" ", 1)[0]], "evaluations": 1, "best reward": c["reward"],
            "val accuracy": c["accuracy"], "MACs ratio": c["macs_ratio"]} for c in shot["candidates"]),
-        *_search_rows("warm-started search", warms, bests),
-        *_search_rows("from-scratch search", scratches, scratch_bests),
+        *_search_rows("warm-started search", warms, bests, scored),
+        *_search_rows("from-scratch search", scratches, scratch_bests, scored),
     ])
     level = level_98pct(scratch_best)
     within_budget = len(warm_curve) <= 0.25 * len(scratch_curve) + 1e-9
@@ -197,10 +238,10 @@ def transfer_table(zero: Run, warm: Run, scratch: Run, more_warm: Sequence[Run] 
     return frame, check
 
 
-def _search_rows(label: str, runs: Sequence[Run], bests: Sequence[float]) -> list[dict]:
+def _search_rows(label: str, runs: Sequence[Run], bests: Sequence[float], scored: dict[str, pd.DataFrame]) -> list[dict]:
     """One table row per search; labelled with its seed where there are several."""
-    return [{"run": label + (f", {_seed_label(run)}" if len(runs) > 1 else ""), "evaluations": len(_scored(run)),
-             "best reward": best, **_best_row(run)} for run, best in zip(runs, bests)]
+    return [{"run": label + (f", {_seed_label(run)}" if len(runs) > 1 else ""), "evaluations": len(scored[run.name]),
+             "best reward": best, **_best_row(scored[run.name])} for run, best in zip(runs, bests)]
 
 
 def level_98pct(best: float) -> float:

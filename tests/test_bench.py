@@ -363,6 +363,49 @@ def test_transfer_from_an_earlier_benchmark_source(bench_run, tmp_path):
     assert again["zero_shot_reward"] == transfer["zero_shot_reward"]  # same agent and policy, same zero-shot
 
 
+def test_a_clone_adds_a_transfer_seed_without_rerunning_the_recorded_searches(bench_run, tmp_path, capsys):
+    """A clone has reuse/ (kept evaluations, zero-shot result, source agent) but no run folders: it runs only the
+    search whose kept evaluations are missing (and the zero-shot run, which trains the target's baseline first),
+    tables the others as recorded, and refuses searches made on another dense model."""
+    config, out = bench_run
+    original = json.loads((out / "transfer.json").read_text())
+    assert original["recorded_runs"] == [] and len(set(original["dense_digests"].values())) == 1
+    reuse = out / "reuse"
+    assert (reuse / "zero-shot.json").is_file()
+    assert sorted(p.stem for p in (reuse / "evaluations").glob("*.csv")) == sorted(original["dense_digests"])
+    clone = tmp_path / "clone"
+    shutil.copytree(out, clone, ignore=shutil.ignore_patterns("runs", "transfer"))
+    (clone / "reuse" / "evaluations" / "from-scratch-s2.csv").unlink()
+    args = ["bench", str(config), "--out", str(clone), "--quiet", "--parts", "transfer",
+            f"bench.transfer_source={clone / 'reuse' / 'source'}"]  # the clone's copy: the same agent, no new setting
+
+    assert main(args) == 0
+    ran = sorted(p.name for p in (clone / "transfer" / "vgg_small-m60").iterdir() if p.is_dir())
+    assert ran == ["from-scratch-s2", "zero-shot"]
+    again = json.loads((clone / "transfer.json").read_text())
+    assert again["recorded_runs"] == ["warm-start", "from-scratch", "warm-start-s1"]
+    for key in ("warm_seed_best_rewards", "scratch_seed_best_rewards", "zero_shot_reward", "met", "met_on_scratch_mean"):
+        assert again[key] == original[key]  # recorded as kept; the rerun seed and zero-shot are deterministic on CPU
+    assert (clone / "reuse" / "evaluations" / "from-scratch-s2.csv").is_file()
+    assert "recorded runs (read from reuse/, their folders not here): warm-start" in (clone / "summary.md").read_text()
+
+    # everything kept, nothing to run: not even the zero-shot run
+    bare = tmp_path / "bare"
+    shutil.copytree(clone, bare, ignore=shutil.ignore_patterns("runs", "transfer"))
+    assert main([*args[:3], str(bare), *args[4:-1], f"bench.transfer_source={bare / 'reuse' / 'source'}"]) == 0
+    assert not (bare / "transfer").exists()
+    assert json.loads((bare / "transfer.json").read_text())["recorded_runs"][0] == "zero-shot"
+
+    # a recorded search on another dense model than the one the clone's new search uses: refused, nothing rewritten
+    marked = json.loads((bare / "transfer.json").read_text())
+    marked["dense_digests"]["warm-start"] = "0" * 16
+    (bare / "transfer.json").write_text(json.dumps(marked))
+    (bare / "reuse" / "evaluations" / "from-scratch-s2.csv").unlink()
+    assert main([*args[:3], str(bare), *args[4:-1], f"bench.transfer_source={bare / 'reuse' / 'source'}"]) == 2
+    assert "2 different dense models" in capsys.readouterr().err
+    assert json.loads((bare / "transfer.json").read_text()) == marked
+
+
 def test_a_pinned_source_checkpoint_does_not_follow_the_transfer_to_another_model(bench_run, tmp_path):
     config, out = bench_run
     source = out / "runs" / "ddpg-m60-s0"
