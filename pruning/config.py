@@ -155,6 +155,10 @@ class AgentConfig(Section):
     """Initial std of the truncated-normal exploration noise, in ratio units of [0, 1] (AMC: 0.5)."""
     noise_decay: float = Field(0.95, gt=0, le=1)
     """Noise std multiplier per episode after warm-up (AMC: 0.95)."""
+    warm_start_noise: float = Field(0.5, gt=0, le=1)
+    """A warm start's (`--agent`) initial noise std, as a fraction of the saved agent's noise_sigma; its decay then
+    starts again from the first episode. 0.5 explores near the transferred policy; 1 about as widely as a fresh
+    agent's first noisy episode."""
     repeat_noise_growth: float = Field(1.0, ge=1.0)
     """Noise std multiplier per repeat of an already-scored policy, up to noise_sigma, while the per-episode
     decay goes on. 1 = AMC's schedule. Above 1, an agent whose noise has decayed widens it again when it

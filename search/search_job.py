@@ -115,9 +115,10 @@ def load_warm_agent(args: argparse.Namespace, cfg, graph) -> PruningAgent | None
         raise UserError(f"--agent: warm starts need an agent searcher, but search.searcher is {cfg.search.searcher!r}")
     env = LayerPruningEnv(graph, deferred=True, **env_kwargs(cfg))
     agent = PruningAgent.load(args.agent, env)
-    agent.warm_start(seed=cfg.search_seed)
+    agent.warm_start(seed=cfg.search_seed, noise=cfg.agent.warm_start_noise)
     # how proposals are screened belongs to this search, not to the learned agent: taken from this run's config
-    agent.cfg = agent.cfg.model_copy(update={k: getattr(cfg.agent, k) for k in ("candidates", "screen_after", "candidate_noise")})
+    agent.cfg = agent.cfg.model_copy(update={k: getattr(cfg.agent, k) for k in ("candidates", "screen_after", "candidate_noise",
+                                                                                    "warm_start_noise")})
     return agent
 
 

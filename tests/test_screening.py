@@ -12,6 +12,7 @@ from agents.screening import RewardModel, expected_improvement, policy_features
 from envs.layer_pruning import LayerPruningEnv
 from envs.synthetic import SyntheticEvaluator
 from pruning.config import AgentConfig
+from pruning.errors import UserError
 from pruning.models import build_model
 from pruning.units import discover_units
 from search.agent_searcher import AgentSearcher
@@ -213,6 +214,32 @@ def test_a_spread_screen_chooses_among_more_distinct_policies_late_in_a_search(g
             considered[mode].append(agent.last_screen["candidates"])  # distinct fresh policies the screen chose among
     # the schedule's 8 late candidates often share channel counts; spread ones stay apart
     assert sum(considered["schedule"]) + 4 < sum(considered["spread"])
+
+
+def test_a_warm_start_explores_with_the_fraction_of_the_saved_noise_this_run_asks_for(graph, tmp_path):
+    from argparse import Namespace
+
+    from pruning.config import load_config
+    from search.search_job import load_warm_agent
+
+    env, _ = synthetic_env(graph)
+    saved = PruningAgent.create(AgentConfig(**SMALL, noise_sigma=0.4), env, seed=0)
+    saved.model._episode_num = 40
+    path = saved.save(tmp_path / "agent", env)
+
+    def warm(*overrides):
+        agent = load_warm_agent(Namespace(agent=str(path)), load_config(None, list(overrides)), graph)
+        return agent, agent.model.noise_schedule
+
+    halved, schedule = warm()
+    assert schedule.sigma == pytest.approx(0.2) and halved.cfg.warm_start_noise == 0.5  # the default: half
+    assert schedule.sigma_at(41) == pytest.approx(0.2 * 0.95)
+    whole, schedule = warm("agent.warm_start_noise=1")
+    assert schedule.sigma == pytest.approx(0.4) and whole.cfg.warm_start_noise == 1.0
+    assert schedule.sigma_at(40) == 0.0  # the transferred policy as it is, then the decay from the whole std
+    assert schedule.sigma_at(41) == pytest.approx(0.4 * 0.95) and schedule.sigma_at(43) == pytest.approx(0.4 * 0.95 ** 3)
+    with pytest.raises(UserError, match="agent.warm_start_noise"):
+        load_config(None, ["agent.warm_start_noise=0"])
 
 
 def test_a_warm_start_screens_as_this_run_says_not_as_the_saved_agent_did(graph, tmp_path):
