@@ -13,6 +13,7 @@ import json
 import logging
 import shlex
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 import pandas as pd
@@ -230,11 +231,25 @@ def default_folder(cfg: RunConfig) -> Path:
     return Path("results") / "bench" / cfg.name
 
 
-def write_summary(cfg: RunConfig, config: str, folder: Path, overrides: list[str], collect_only: bool = False) -> Path:
+PART_OUTPUTS = {"comparison": "table.csv", "transfer": "transfer.json", "efficiency": "efficiency.json", "zoo": "zoo.md"}
+"""The file each part leaves in a bench folder once it has tabled something."""
+
+
+def folder_parts(folder: Path, parts: Sequence[str]) -> list[str]:
+    """The parts this call ran and those an earlier call left outputs of, in PARTS order: what the summary's
+    regenerate command must name, so that rerunning it neither skips a part the folder shows nor runs one it never
+    had (a transfer-only folder would otherwise start the whole comparison)."""
+    return [p for p in PARTS if p in parts or (folder / PART_OUTPUTS[p]).is_file()]
+
+
+def write_summary(cfg: RunConfig, config: str, folder: Path, overrides: list[str], collect_only: bool = False,
+                  parts: Sequence[str] = PARTS) -> Path:
     b = cfg.bench
     out = [] if folder == default_folder(cfg) else ["--out", str(folder)]
-    rerun = " ".join(["prunepilot bench", *map(shlex.quote, [config, *out, *(["--collect-only"] if collect_only else []),
-                                                              *overrides])])
+    shown = folder_parts(folder, parts)
+    picked = [] if len(shown) == len(PARTS) else ["--parts", ",".join(shown)]
+    rerun = " ".join(["prunepilot bench", *map(shlex.quote, [config, *out, *picked,
+                                                              *(["--collect-only"] if collect_only else []), *overrides])])
     lines = [f"# Benchmark `{cfg.name}`: {cfg.model.name} on {cfg.data.name}", "",
              f"Regenerate (continues where it stopped): `{rerun}`", "",
              f"Budgets: {b.evaluations} evaluations per searcher (rules: 1), seeds {b.seeds} (search.seed; the dense "
@@ -330,7 +345,7 @@ def bench_job(args: argparse.Namespace) -> int:
         if "zoo" in parts:
             zoo_part(cfg, folder)
     finally:
-        summary = write_summary(cfg, args.config, folder, args.overrides, collect_only)
+        summary = write_summary(cfg, args.config, folder, args.overrides, collect_only, parts)
         log.info("bench: %.0f s; summary: %s", time.perf_counter() - start, summary)
     print(summary.read_text())
     return 0

@@ -111,7 +111,10 @@ def test_a_second_call_continues_instead_of_running_again(bench_run, capsys):
     before = {p: p.stat().st_mtime_ns for p in logs}
     assert main(["bench", str(config), "--out", str(out), "--quiet", "--parts", "comparison"]) == 0
     assert {p: p.stat().st_mtime_ns for p in logs} == before
-    assert "## Policy reuse" in (out / "summary.md").read_text()  # rebuilt from everything on disk
+    summary = (out / "summary.md").read_text()
+    assert "## Policy reuse" in summary  # rebuilt from everything on disk
+    # and its rerun names every part the folder holds (efficiency ran no evaluations here, so left nothing)
+    assert f"`prunepilot bench {config} --out {out} --parts comparison,transfer,zoo`" in summary
 
 
 def test_collect_only_tabulates_copied_runs_and_starts_none(bench_run, tmp_path):
@@ -353,6 +356,8 @@ def test_transfer_from_an_earlier_benchmark_source(bench_run, tmp_path):
     assert not (tmp_path / "a").exists()
     assert main([*args, "--out", str(tmp_path / "b"), f"bench.transfer_source={out / 'runs' / 'ddpg-m60-s0'}"]) == 0
     transfer = json.loads((tmp_path / "b" / "transfer.json").read_text())
+    # a transfer-only folder: rerunning its summary's command must not start the comparison it never had
+    assert f"--out {tmp_path / 'b'} --parts transfer 'bench.methods=[uniform]'" in (tmp_path / "b" / "summary.md").read_text()
     assert transfer["source_agent"] == str(out / "runs" / "ddpg-m60-s0" / "agent.zip")
     assert transfer["warm_evaluations"] == 2
     # a clone has no run folders: the kept source reruns the transfer, also from inside the folder it is kept in
