@@ -101,9 +101,7 @@ class PruningAgent:
         if deterministic:
             action, _ = self.model.predict(observation, deterministic=True)
             return np.asarray(action, dtype=np.float32).reshape(-1)
-        rng = getattr(self.model, "_noise_rng", None)
-        if rng is None:
-            rng = self.model._noise_rng = np.random.default_rng(self.model.seed)
+        rng = self.noise_rng()
         if self.model._episode_num < self.cfg.warmup_episodes and hasattr(self.model, "replay_buffer"):
             return rng.uniform(-1.0, 1.0, self.model.action_space.shape).astype(np.float32)
         schedule = getattr(self.model, "noise_schedule", None)
@@ -113,6 +111,18 @@ class PruningAgent:
         mean, _ = self.model.predict(observation, deterministic=True)
         std = 2.0 * schedule.sigma_at(self.model._episode_num) * noise_scale
         return truncated_normal(np.asarray(mean).reshape(-1), std, rng)
+
+    def noise_rng(self) -> np.random.Generator:
+        """The generator of every exploration draw (seeded with the search, saved with the agent)."""
+        rng = getattr(self.model, "_noise_rng", None)
+        if rng is None:
+            rng = self.model._noise_rng = np.random.default_rng(self.model.seed)
+        return rng
+
+    def random_episode(self, env: LayerPruningEnv) -> tuple[SparsityPolicy, list[Step]]:
+        """An episode of uniformly random actions, as in the warm-up, whatever the agent has learned."""
+        shape = self.model.action_space.shape
+        return env.rollout(lambda _obs, _t: self.noise_rng().uniform(-1.0, 1.0, shape).astype(np.float32))
 
     def use(self, env: LayerPruningEnv) -> LayerPruningEnv:
         """`env`, set to read actions the way this agent chooses them (`agent.action_range`)."""
@@ -137,19 +147,24 @@ class PruningAgent:
         if deterministic or model is None or not model.ready:
             policy, steps = episode()
             return policy, self._transitions(steps)
-        candidates = [episode(scale) for scale in self.candidate_noise_scales()]
-        fresh: dict[str, tuple[SparsityPolicy, list[Step]]] = {}
-        for policy, steps in candidates:
+        scales, randoms = self.candidate_noise_scales(), self.random_candidate_count()
+        candidates = [episode(scale) for scale in scales[:len(scales) - randoms]] + \
+            [self.random_episode(env) for _ in range(randoms)]
+        first_random = len(candidates) - randoms
+        fresh: dict[str, tuple[SparsityPolicy, list[Step], bool]] = {}
+        for index, (policy, steps) in enumerate(candidates):
             key = policy.key(env.graph, env.round_to)
             if key not in exclude:
-                fresh.setdefault(key, (policy, steps))
+                fresh.setdefault(key, (policy, steps, index >= first_random))
         if not fresh:
             return candidates[0][0], self._transitions(candidates[0][1])
         options = list(fresh.values())
-        mean, std = model.predict(np.stack([policy_features(p, env.graph, env.round_to) for p, _ in options]))
+        mean, std = model.predict(np.stack([policy_features(p, env.graph, env.round_to) for p, _, _ in options]))
         best = int(np.argmax(expected_improvement(mean, std, model.best)))
         self.last_screen = {"candidates": len(options), "predicted_reward": float(mean[best]),
                             "predicted_std": float(std[best])}
+        if randoms:
+            self.last_screen["random_candidate"] = float(options[best][2])
         return options[best][0], self._transitions(options[best][1])
 
     def candidate_noise_scales(self) -> list[float]:
@@ -162,6 +177,14 @@ class PruningAgent:
         if now <= 0 or now >= schedule.sigma:  # a warm start's exact episode, or no decay yet
             return [1.0] * count
         return [(schedule.sigma / now) ** (k / (count - 1)) for k in range(count)]
+
+    def random_candidate_count(self) -> int:
+        """Screened candidates drawn uniformly at random (`agent.warm_start_random_candidates`): in a warm start only,
+        after its first episode, which plays the transferred policy as it is."""
+        schedule = getattr(self.model, "noise_schedule", None)
+        if schedule is None or schedule.exact_episode is None or self.model._episode_num <= schedule.exact_episode:
+            return 0
+        return self.cfg.warm_start_random_candidates
 
     def screening_model(self, env: LayerPruningEnv) -> RewardModel | None:
         """The reward model of env's model (a new one for another model); None without screening."""

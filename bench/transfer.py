@@ -117,7 +117,8 @@ def transfer_runs(cfg: RunConfig, config: str, folder: Path, overrides: list[str
     base = folder / "transfer" / f"{b.transfer_model}-{target_tag(target)}"
     warm_budget = max(1, round(b.transfer_fraction * b.evaluations))
     reuse = ("--agent", agent, "--policy", policy)
-    zero = Run("zero-shot", "transfer", config, base / "zero-shot", common, reuse, ("transfer.json",))
+    # the variant's settings too, so that a transfer override valid only beside them (say, one of its screen's) loads
+    zero = Run("zero-shot", "transfer", config, base / "zero-shot", (*common, *variant), reuse, ("transfer.json",))
     warm = [Run("warm-start", "search", config, base / "warm-start", (*search, f"search.evaluations={warm_budget}"),
                 reuse)]
     warm += [Run(f"warm-start-s{s}", "search", config, base / f"warm-start-s{s}",

@@ -190,8 +190,21 @@ class AgentConfig(Section):
     candidate k of K with a std spaced geometrically from the schedule's (k = 0) to noise_sigma (k = K - 1), so that
     the reward model chooses how far to explore: once AMC's std has decayed, K candidates at that std are nearly one
     policy, and screening has nothing left to choose from (ddpg, td3)."""
+    warm_start_random_candidates: int = Field(0, ge=0)
+    """Of a warm start's screened candidates (`agent.candidates`), how many are uniformly random episodes, as in a
+    fresh agent's warm-up, in place of the widest-noise ones: the screen can then leave the transferred policy's
+    neighbourhood where the source's knowledge does not carry over. 0: every candidate explores around the actor."""
     kwargs: dict[str, Any] = Field(default_factory=dict)
     """Extra keywords passed to the stable-baselines3 constructor."""
+
+    @field_validator("warm_start_random_candidates")
+    @classmethod
+    def _random_candidates_leave_one_from_the_actor(cls, count: int, info: ValidationInfo) -> int:
+        candidates = info.data.get("candidates", 1)
+        if count and count >= candidates:
+            raise ValueError(f"expected fewer than agent.candidates ({candidates}): at least one candidate explores "
+                             f"around the transferred actor")
+        return count
 
     @field_validator("repeat_noise_growth")
     @classmethod

@@ -118,7 +118,7 @@ def load_warm_agent(args: argparse.Namespace, cfg, graph) -> PruningAgent | None
     agent.warm_start(seed=cfg.search_seed, noise=cfg.agent.warm_start_noise)
     # how proposals are screened belongs to this search, not to the learned agent: taken from this run's config
     agent.cfg = agent.cfg.model_copy(update={k: getattr(cfg.agent, k) for k in ("candidates", "screen_after", "candidate_noise",
-                                                                                    "warm_start_noise")})
+                                                                                    "warm_start_noise", "warm_start_random_candidates")})
     return agent
 
 

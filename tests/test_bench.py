@@ -132,7 +132,7 @@ def test_collect_only_tabulates_copied_runs_and_starts_none(bench_run, tmp_path)
     assert set(table["device"]) == {"cpu"}
     summary = (merged / "summary.md").read_text()
     assert "Partial protocol:** 5 run(s)" in summary and "uniform-m60-s1" in summary and "ddpg-m40-s0" in summary
-    assert f"prunepilot bench {config} --out {merged} --collect-only" in summary  # how this table was made
+    assert f"prunepilot bench {config} --out {merged} --parts comparison --collect-only" in summary  # how it was made
 
 
 def test_a_fresh_clone_goes_on_from_the_committed_tables(bench_run, tmp_path, capsys):
@@ -241,6 +241,7 @@ def test_a_variant_runs_beside_its_searcher_under_its_own_name(tmp_path):
                       .replace("seeds: [0, 1]", "seeds: [0]").replace("macs_targets: [0.6, 0.4]", "macs_targets: [0.4]")
                       .replace("transfer_warm_seeds: [1]", "transfer_method: ddpg_gp")
                       .replace("transfer_scratch_seeds: [2]", "")
+                      .replace('16, 16]}"]', '16, 16]}", agent.warm_start_random_candidates=2]')  # valid with 4 only
                       .replace("zoo: [", f"final_pass: false\n  variants: {variants}\n  zoo: ["))
     out = tmp_path / "out"
     assert main(["bench", str(config), "--out", str(out), "--quiet", "--parts", "comparison,transfer"]) == 0
@@ -252,6 +253,7 @@ def test_a_variant_runs_beside_its_searcher_under_its_own_name(tmp_path):
     for search in ("warm-start", "from-scratch"):
         overrides = json.loads((searches / search / "search.json").read_text())["overrides"]
         assert "search.searcher=ddpg" in overrides and overrides[-3:-1] == ["agent.candidates=4", "agent.screen_after=2"]
+        assert "agent.warm_start_random_candidates=2" in overrides
     scratch = pd.read_csv(searches / "from-scratch" / "evaluations.csv")
     assert scratch["predicted_reward"].notna().sum() == len(scratch) - 2  # screened, as the variant is
     assert "Searches of `ddpg_gp`" in (out / "summary.md").read_text()

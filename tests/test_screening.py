@@ -242,6 +242,34 @@ def test_a_warm_start_explores_with_the_fraction_of_the_saved_noise_this_run_ask
         load_config(None, ["agent.warm_start_noise=0"])
 
 
+def test_a_warm_start_screens_random_candidates_beside_those_around_its_actor(graph, tmp_path):
+    env, _ = synthetic_env(graph)
+    saved = PruningAgent.create(AgentConfig(**SMALL, candidates=8, screen_after=3), env, seed=0)
+    saved.learn(env, 6)
+    path = saved.save(tmp_path / "agent", env)
+
+    def warm_search(randoms: int) -> list:
+        fresh, _ = synthetic_env(graph)  # a score cache of its own: nothing counts as a repeat of another search
+        agent = PruningAgent.load(path, fresh)
+        agent.warm_start(seed=1)
+        agent.cfg = agent.cfg.model_copy(update={"warm_start_random_candidates": randoms})
+        assert agent.random_candidate_count() == 0  # its first episode is the transferred policy as it is
+        evaluations = agent.learn(fresh, 12)
+        assert agent.random_candidate_count() == randoms
+        return evaluations
+
+    mixed = warm_search(7)
+    chosen = [e.extra["random_candidate"] for e in mixed if "predicted_reward" in e.extra]
+    assert len(chosen) == 12 - 3 and set(chosen) <= {0.0, 1.0} and 1.0 in chosen  # the screen took random ones
+    assert "random_candidate" not in mixed[0].extra
+    plain = warm_search(0)
+    assert mixed[0].policy.ratios == plain[0].policy.ratios  # the same transferred policy first
+    assert all("random_candidate" not in e.extra for e in plain)
+    assert [e.policy.ratios for e in warm_search(7)] == [e.policy.ratios for e in mixed]  # same seed, same search
+    with pytest.raises(ValidationError, match="fewer than agent.candidates"):
+        AgentConfig(candidates=4, warm_start_random_candidates=4)
+
+
 def test_a_warm_start_screens_as_this_run_says_not_as_the_saved_agent_did(graph, tmp_path):
     from argparse import Namespace
 
