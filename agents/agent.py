@@ -266,15 +266,13 @@ class PruningAgent:
             log.info("%s: %d new policies scored in %d episodes (%d repeats, scored from the cache)", self.cfg.name,
                      evaluated, evaluated + repeats, repeats)
 
-    def warm_start(self, seed: int, warmup_episodes: int = 0, noise: float = 0.5) -> None:
+    def warm_start(self, seed: int, warmup_episodes: int = 0) -> None:
         """Continue from learned weights on a new model: skip (or shorten) the random warm-up, and explore with
-        `noise` times the saved noise std (`agent.warm_start_noise`).
+        `agent.warm_start_noise` times the saved noise std.
 
         The exploration is re-seeded with the new search's seed: a saved agent carries its first
         search's seed, and without this every warm start from it would explore alike.
         """
-        if not 0 < noise <= 1:
-            raise ValueError(f"agent.warm_start_noise: expected a fraction in (0, 1], got {noise}")
         self.model.seed = seed
         self.model.set_random_seed(seed)
         self.model._noise_rng = np.random.default_rng(seed)
@@ -284,7 +282,7 @@ class PruningAgent:
         if schedule is not None:  # first the learned policy as it is, then explore near it, not from scratch
             schedule.warmup_episodes = self.model._episode_num
             schedule.exact_episode = self.model._episode_num
-            schedule.sigma = schedule.sigma * noise
+            schedule.sigma = schedule.sigma * self.cfg.warm_start_noise
             schedule.log_boost = 0.0
 
     def imitate(self, demonstrations: list[list[tuple]], steps: int) -> float:

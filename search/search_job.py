@@ -107,6 +107,12 @@ def target_from_floor(cfg, evaluator: Evaluator, out: Path) -> float:
     return float(chosen["macs_ratio"])
 
 
+SEARCH_OWNED_AGENT_SETTINGS = ("candidates", "screen_after", "candidate_noise", "warm_start_noise",
+                               "warm_start_random_candidates")
+"""How a warm start screens and explores belongs to this search, not to the learned agent: taken from this run's
+config, not the saved agent's."""
+
+
 def load_warm_agent(args: argparse.Namespace, cfg, graph) -> PruningAgent | None:
     """The saved agent to continue from (`--agent`), ready to explore near its learned policy."""
     if not getattr(args, "agent", None):
@@ -115,10 +121,8 @@ def load_warm_agent(args: argparse.Namespace, cfg, graph) -> PruningAgent | None
         raise UserError(f"--agent: warm starts need an agent searcher, but search.searcher is {cfg.search.searcher!r}")
     env = LayerPruningEnv(graph, deferred=True, **env_kwargs(cfg))
     agent = PruningAgent.load(args.agent, env)
-    agent.warm_start(seed=cfg.search_seed, noise=cfg.agent.warm_start_noise)
-    # how proposals are screened belongs to this search, not to the learned agent: taken from this run's config
-    agent.cfg = agent.cfg.model_copy(update={k: getattr(cfg.agent, k) for k in ("candidates", "screen_after", "candidate_noise",
-                                                                                    "warm_start_noise", "warm_start_random_candidates")})
+    agent.cfg = agent.cfg.model_copy(update={k: getattr(cfg.agent, k) for k in SEARCH_OWNED_AGENT_SETTINGS})
+    agent.warm_start(seed=cfg.search_seed)
     return agent
 
 
