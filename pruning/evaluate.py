@@ -102,6 +102,14 @@ class Evaluator:
             moved.weight_scores = {name: score.to(device) for name, score in self.weight_scores.items()}
         return moved
 
+    def on_images(self, x: torch.Tensor, y: torch.Tensor) -> "Evaluator":
+        """This evaluator scoring on other images, with the same dense model, BN calibration batches and channel
+        rankings: a policy's two scores then differ by the images alone (how `bench.heldout` re-scores a search)."""
+        other = copy.copy(self)
+        other.x_val, other.y_val = x.to(self.device), y.to(self.device)
+        other.dense_accuracy = evaluate_accuracy(self.dense, other.x_val, other.y_val, self.settings.val_batch_size)
+        return other
+
     def prune_copy(self, policy: SparsityPolicy) -> tuple[nn.Module, dict[str, int]]:
         """A pruned copy of the dense model (no BN recalibration yet) and its kept counts."""
         kept = policy.kept(self.graph, self.settings.round_to)

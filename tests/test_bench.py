@@ -565,3 +565,53 @@ def test_settings_that_pick_runs_may_change_and_the_others_may_not():
     assert changed_settings(recorded, {"bench": {"seeds": [0], "transfer_warm_seeds": [], "evaluations": 200}}) == {}
     assert changed_settings(recorded, {"bench": {"seeds": [0, 1], "transfer_warm_seeds": [1, 2], "evaluations": 50}}) \
         == {"bench.evaluations": (200, 50)}
+
+
+def test_heldout_replays_each_runs_best_policies_and_scores_them_on_unseen_images(tmp_path, capsys):
+    """The policies rebuilt from a run's evaluations CSV give the recorded scores again on the search's images,
+    and a second score on the validation images after `eval.val_limit`, which no search saw."""
+    from bench.heldout import main as heldout
+
+    config = tmp_path / "tiny.yaml"
+    config.write_text(TINY_BENCH.replace("macs_targets: [0.6, 0.4]", "macs_targets: [0.6]")
+                      .replace('{name: "tests.fixtures:tiny_cnn"}', "{name: vgg_small, kwargs: {widths: [8, M, 16, 16]}}")
+                      .replace("data: {name: synthetic, options: {size: 10, n_train: 400, n_test: 100}}",
+                               "data: {name: digits}").replace("epochs: 3", "epochs: 8"))
+    out = tmp_path / "out"
+    limit = ["eval.val_limit=100"]  # of the digits' 144 validation images
+    assert main(["bench", str(config), "--out", str(out), "--quiet", "--parts", "comparison", *limit]) == 0
+    assert heldout([str(out), str(config), *limit, "--top", "3"]) == 0
+    frame = pd.read_csv(out / "heldout.csv")
+    assert sorted(frame["run"].unique()) == ["ddpg-m60-s0", "ddpg-m60-s1", "uniform-m60-s0", "uniform-m60-s1"]
+    assert frame.groupby("run").size().to_dict() == {"ddpg-m60-s0": 3, "ddpg-m60-s1": 3, "uniform-m60-s0": 1,
+                                                     "uniform-m60-s1": 1}
+    assert (frame["replayed_accuracy"] == frame["search_accuracy"]).all()
+    assert ((frame["heldout_accuracy"] * 44).round(4) % 1 == 0).all()  # a count of the 44 held-out images
+    assert frame["search_accuracy"].nunique() > 2 and (frame["heldout_accuracy"] != frame["search_accuracy"]).any()
+    recorded = pd.read_csv(out / "evaluations" / "ddpg-m60-s0.csv")
+    ddpg = frame[frame["run"] == "ddpg-m60-s0"]
+    assert ddpg["search_reward"].tolist() == pytest.approx(sorted(recorded["reward"], reverse=True)[:3], abs=1e-6)
+    text = (out / "heldout.md").read_text()
+    assert "on the search's 100 validation images (a replay) and on the other 44" in text
+    assert "| ddpg-m60 | 2 |" in text and "transfer target" not in text
+    assert "did not give the recorded accuracy: none" in text
+    # every validation image was scored by the searches: none left to hold out
+    assert heldout([str(out), str(config), "eval.val_limit=null"]) == 2
+    assert "eval.val_limit: the searches scored all 144 validation images" in capsys.readouterr().err
+    # evaluations of another model
+    assert heldout([str(out), str(config), *limit, "model.kwargs={widths: [8, M, 16, 16, M, 16]}"]) == 2
+    assert "ddpg-m60-s0.csv: no ratio column for unit(s)" in capsys.readouterr().err
+    assert heldout([str(out), str(config), *limit, "--evaluations", "runs/*.csv"]) == 2
+    assert "no evaluations CSV matches" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("warm, scratch, met", [(-0.15, -0.15, True), (-0.155, -0.152, True), (-0.16, -0.152, False),
+                                                (0.39, 0.40, False), (0.392, 0.40, True)])
+def test_heldout_reads_the_transfer_target_on_both_image_sets(warm, scratch, met):
+    from bench.heldout import transfer_reading
+
+    groups = pd.DataFrame({"group": ["warm-start", "from-scratch"], "search_reward": [warm, scratch],
+                           "heldout_reward": [warm - 1, scratch]})
+    reading = transfer_reading(groups)
+    assert reading["search_reward"]["met"] is met and reading["heldout_reward"]["met"] is False
+    assert transfer_reading(groups.replace({"warm-start": "ddpg-m50"})) is None
