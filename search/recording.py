@@ -47,10 +47,10 @@ class EvaluationSink:
 
     def __call__(self, evaluation_id: str, result: dict, failed: bool = False) -> None:
         attrs = {"searcher": self.searcher, **{k: result[k] for k in ATTRS if k in result}}
+        bar = self._progress()  # opened before this evaluation is recorded: it starts from those recorded before
         if not self.recorder.record(evaluation_id, result.get("ratios", {}), result.get("accuracy"),
                                     result.get("macs_ratio"), attrs, failed=failed):
             return
-        bar = self._progress()
         if not failed and "reward" in result and (self.best is None or result["reward"] > self.best):
             self.best = result["reward"]
         bar.update(1)

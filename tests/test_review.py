@@ -42,3 +42,22 @@ def test_processes_opening_one_fresh_sqlite_study_at_once_all_succeed(tmp_path: 
 def test_a_storage_that_cannot_open_is_a_user_error_at_once(tmp_path: Path) -> None:
     with pytest.raises(UserError, match="--storage: cannot open Optuna storage"):
         OptunaRecorder(sqlite_url(str(tmp_path / "no" / "such" / "dir" / "study.db")), "search", ["conv1"])
+
+
+def test_the_progress_line_counts_each_recorded_evaluation_once(tmp_path: Path) -> None:
+    """It starts from the evaluations a resumed search recorded before, and a repeated id does not move it."""
+    from search.recording import EvaluationSink
+
+    url = sqlite_url(str(tmp_path / "study.db"))
+    result = {"ratios": {"conv1": 0.5}, "accuracy": 0.9, "macs_ratio": 0.5, "reward": 0.4}
+    sink = EvaluationSink(url, "search", ["conv1"], "ddpg", total=5)
+    for n in range(3):
+        sink(f"local-{n}", {**result, "reward": 0.1 * n})
+        assert sink._bar.n == n + 1
+    sink("local-2", result)  # already recorded
+    assert sink._bar.n == 3 and sink.best == pytest.approx(0.2)
+    sink.close()
+    resumed = EvaluationSink(url, "search", ["conv1"], "ddpg", total=5)
+    resumed("local-3", result, failed=True)
+    assert resumed._bar.n == 4 and resumed.best is None
+    resumed.close()
