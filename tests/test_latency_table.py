@@ -84,22 +84,27 @@ def test_round_trip_and_refusals(resnet, tmp_path):
         LatencyTable.load(tmp_path / "missing.json")
 
 
-@pytest.mark.parametrize("target", [None, 0.3])
-def test_predicted_latency_enters_the_reward(resnet, target):
+@pytest.mark.parametrize("target_at", [None, 0.5])
+def test_predicted_latency_enters_the_reward(resnet, target_at):
+    """The target sits at a quantile of the policies' measured ratios (`target_at`), so that the term acts on some
+    of them however fast this machine ran the table."""
     _, graph, table = resnet
     fake = SyntheticEvaluator(graph, np.full(len(graph.units), 0.5), round_to=ROUND_TO)
+    results = [fake.evaluate(policy) for policy in random_policies(graph, table, count=8)]
+    ratios = [table.ratio(result.kept) for result in results]
+    target = None if target_at is None else float(np.quantile(ratios, target_at))
     plain = LayerPruningEnv(graph, fake, macs_target=0.3, round_to=ROUND_TO, reward="amc_error")
     timed = LayerPruningEnv(graph, fake, macs_target=0.3, round_to=ROUND_TO, reward="amc_error", latency_table=table,
                             latency_weight=2.0, latency_target=target)
     overs = []
-    for policy in random_policies(graph, table, count=8):
-        result = fake.evaluate(policy)
-        ratio = table.ratio(result.kept)
+    for result, ratio in zip(results, ratios):
         over = ratio if target is None else max(0.0, ratio / target - 1.0)
         overs.append(over)
         assert timed.reward(result) == pytest.approx(plain.reward(result) - 2.0 * over)
         assert timed.latency_ratio(result.kept) == ratio and plain.latency_ratio(result.kept) is None
     assert max(overs) > 0  # the term did act on some policies
+    if target is not None:
+        assert min(overs) == 0  # and not on those at or below the target
 
 
 def test_a_latency_weight_needs_a_table_and_a_target_needs_a_weight(resnet, tmp_path):
