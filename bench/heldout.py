@@ -23,6 +23,7 @@ import sys
 from pathlib import Path
 
 import pandas as pd
+import torch
 
 from bench.common import load_run
 from bench.transfer import level_98pct
@@ -52,7 +53,7 @@ def top_policies(path: Path, graph: UnitGraph, top: int) -> pd.DataFrame:
     return best
 
 
-def held_out_images(evaluator: Evaluator, x_val, y_val, val_limit: int | None) -> Evaluator:
+def held_out_images(evaluator: Evaluator, x_val: torch.Tensor, y_val: torch.Tensor, val_limit: int | None) -> Evaluator:
     """An evaluator on the validation images after the search's first `val_limit`."""
     if val_limit is None or val_limit >= len(y_val):
         raise UserError(f"eval.val_limit: the searches scored all {len(y_val)} validation images "
