@@ -101,16 +101,15 @@ class PruningAgent:
         if deterministic:
             action, _ = self.model.predict(observation, deterministic=True)
             return np.asarray(action, dtype=np.float32).reshape(-1)
-        rng = self.noise_rng()
         if self.model._episode_num < self.cfg.warmup_episodes and hasattr(self.model, "replay_buffer"):
-            return rng.uniform(-1.0, 1.0, self.model.action_space.shape).astype(np.float32)
+            return self.random_action()
         schedule = getattr(self.model, "noise_schedule", None)
         if schedule is None:  # SAC and PPO explore through their stochastic policies
             action, _ = self.model.predict(observation, deterministic=False)
             return np.asarray(action, dtype=np.float32).reshape(-1)
         mean, _ = self.model.predict(observation, deterministic=True)
         std = 2.0 * schedule.sigma_at(self.model._episode_num) * noise_scale
-        return truncated_normal(np.asarray(mean).reshape(-1), std, rng)
+        return truncated_normal(np.asarray(mean).reshape(-1), std, self.noise_rng())
 
     def noise_rng(self) -> np.random.Generator:
         """The generator of every exploration draw (seeded with the search, saved with the agent)."""
@@ -119,10 +118,13 @@ class PruningAgent:
             rng = self.model._noise_rng = np.random.default_rng(self.model.seed)
         return rng
 
+    def random_action(self) -> np.ndarray:
+        """A uniformly random action, as the warm-up plays (from the exploration generator)."""
+        return self.noise_rng().uniform(-1.0, 1.0, self.model.action_space.shape).astype(np.float32)
+
     def random_episode(self, env: LayerPruningEnv) -> tuple[SparsityPolicy, list[Step]]:
         """An episode of uniformly random actions, as in the warm-up, whatever the agent has learned."""
-        shape = self.model.action_space.shape
-        return env.rollout(lambda _obs, _t: self.noise_rng().uniform(-1.0, 1.0, shape).astype(np.float32))
+        return env.rollout(lambda _obs, _t: self.random_action())
 
     def use(self, env: LayerPruningEnv) -> LayerPruningEnv:
         """`env`, set to read actions the way this agent chooses them (`agent.action_range`)."""

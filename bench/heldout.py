@@ -30,9 +30,9 @@ from bench.transfer import level_98pct
 from envs.factory import build_env
 from pruning.errors import UserError
 from pruning.evaluate import EvalSettings, Evaluator
-from pruning.policy import SparsityPolicy
 from pruning.units import UnitGraph, discover_units
 from search.report import markdown_table
+from search.review import policy_of_row, ratio_column
 
 SEED_SUFFIX = re.compile(r"-s\d+$")
 
@@ -40,7 +40,7 @@ SEED_SUFFIX = re.compile(r"-s\d+$")
 def top_policies(path: Path, graph: UnitGraph, top: int) -> pd.DataFrame:
     """The `top` completed evaluations of one CSV by reward, best first, with their policies (`policy` column)."""
     table = pd.read_csv(path)
-    missing = [u.name for u in graph.units if f"ratio:{u.name}" not in table.columns]
+    missing = [u.name for u in graph.units if ratio_column(u.name) not in table.columns]
     if missing or "reward" not in table.columns:
         what = f"no ratio column for unit(s) {missing[:3]}" if missing else "no reward column"
         raise UserError(f"{path}: {what}; expected the evaluations of a search on this config's model")
@@ -48,8 +48,7 @@ def top_policies(path: Path, graph: UnitGraph, top: int) -> pd.DataFrame:
     if done.empty:
         raise UserError(f"{path}: no completed evaluation")
     best = done.sort_values("reward", ascending=False, kind="stable").head(top).reset_index(drop=True)
-    best["policy"] = [SparsityPolicy.from_ratios(graph, [float(row[f"ratio:{u.name}"]) for u in graph.units])
-                      for _, row in best.iterrows()]
+    best["policy"] = [policy_of_row(row, graph) for _, row in best.iterrows()]
     return best
 
 
@@ -118,9 +117,9 @@ def transfer_reading(groups: pd.DataFrame) -> dict | None:
         return None
     reading = {}
     for column in ("search_reward", "heldout_reward"):
-        warm, scratch = means.loc["warm-start", column], means.loc["from-scratch", column]
-        reading[column] = {"warm_mean": float(warm), "scratch_mean": float(scratch),
-                           "level_98pct": level_98pct(float(scratch)), "met": bool(warm >= level_98pct(float(scratch)))}
+        warm, scratch = float(means.loc["warm-start", column]), float(means.loc["from-scratch", column])
+        level = level_98pct(scratch)
+        reading[column] = {"warm_mean": warm, "scratch_mean": scratch, "level_98pct": level, "met": warm >= level}
     return reading
 
 

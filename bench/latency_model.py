@@ -32,6 +32,7 @@ from pruning.errors import UserError
 from pruning.latency_table import LatencyTable
 from pruning.policy import SparsityPolicy, uniform_for_macs
 from pruning.runtime import set_threads
+from search.review import policy_of_row
 from pruning.units import discover_units
 from search.jobs import measure_table
 from search.search_job import best_evaluation
@@ -61,7 +62,7 @@ def saved_policies(folder: Path, graph, targets: list[float], max_ratio: float) 
             policy = SparsityPolicy.load(path).validate(graph, max_ratio, source=str(path))
         else:
             best = best_evaluation(pd.read_csv(path))
-            policy = SparsityPolicy.from_ratios(graph, [float(best[f"ratio:{u.name}"]) for u in graph.units])
+            policy = policy_of_row(best, graph)
         policies.append((name, target, policy))
     return policies
 

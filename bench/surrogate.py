@@ -44,6 +44,7 @@ from pruning.runtime import set_threads
 from pruning.units import UnitGraph, discover_units
 from search.local import tpe_search
 from search.report import markdown_table
+from search.review import ratio_column
 
 
 @dataclass
@@ -79,7 +80,7 @@ def recorded_evaluations(folder: Path, target: float) -> pd.DataFrame:
 
 def fit_surrogate(frame: pd.DataFrame, graph: UnitGraph, seed: int = 0) -> tuple[GaussianProcessRegressor, float]:
     """The fitted GP and its 5-fold cross-validated R^2 (how far to trust it)."""
-    columns = [f"ratio:{name}" for name in graph.names]
+    columns = [ratio_column(name) for name in graph.names]
     missing = [c for c in columns if c not in frame]
     if missing:
         raise UserError(f"recorded evaluations lack the columns {missing[:3]}: they were made on another model")

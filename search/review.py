@@ -20,11 +20,26 @@ import pandas as pd
 import sqlalchemy.exc
 
 from pruning.errors import UserError
+from pruning.policy import SparsityPolicy
+from pruning.units import UnitGraph
 
 log = logging.getLogger("prunepilot")
 RATIO_DISTRIBUTION = optuna.distributions.FloatDistribution(0.0, 1.0)
 OBJECTIVES = ["accuracy", "macs_ratio"]
 T = TypeVar("T")
+RATIO_PREFIX = "ratio:"
+"""Column prefix of each unit's ratio in an evaluations table (`OptunaRecorder.frame`, evaluations.csv)."""
+
+
+def ratio_column(unit: str) -> str:
+    return f"{RATIO_PREFIX}{unit}"
+
+
+def policy_of_row(row: pd.Series | dict, graph: UnitGraph, **meta: Any) -> SparsityPolicy:
+    """The policy one row of an evaluations table scored (its ratio columns, in `graph`'s unit order)."""
+    return SparsityPolicy.from_ratios(graph, [float(row[ratio_column(u.name)]) for u in graph.units], **meta)
+
+
 # what a process sees when another one is creating the same fresh storage's tables at that moment
 SCHEMA_RACE_MESSAGES = ("already exists", "UNIQUE constraint failed: alembic_version", "database is locked")
 
@@ -92,7 +107,7 @@ class OptunaRecorder:
             row = {"evaluation": trial.number, "state": trial.state.name, **trial.user_attrs}
             if trial.values:
                 row.update(accuracy=trial.values[0], macs_ratio=trial.values[1])
-            row.update({f"ratio:{k}": v for k, v in trial.params.items()})
+            row.update({ratio_column(k): v for k, v in trial.params.items()})
             rows.append(row)
         return pd.DataFrame(rows)
 

@@ -27,7 +27,7 @@ from search.jobs import baseline_of, final_pass, measure_table, prepare, unit_gr
 from search.local import check_searcher, run_local
 from search.recording import SCREEN_ATTRS, EvaluationSink
 from search.report import markdown_table, plot_lines, plot_unit_ratios, write_json, write_table
-from search.review import sqlite_url
+from search.review import policy_of_row, sqlite_url
 from search.reuse import check_seed_policies, load_seed_policies, move_policy
 from search.trial import latency_attr
 
@@ -247,8 +247,7 @@ def search_job(args: argparse.Namespace) -> int:
     sink.close()
     frame = write_table(sink.recorder.frame(), out, "evaluations")
     best_row = best_evaluation(frame)
-    best = SparsityPolicy.from_ratios(graph, [float(best_row[f"ratio:{u.name}"]) for u in graph.units],
-                                      reward=float(best_row["reward"]), accuracy=float(best_row["accuracy"]),
+    best = policy_of_row(best_row, graph, reward=float(best_row["reward"]), accuracy=float(best_row["accuracy"]),
                                       macs_ratio=float(best_row["macs_ratio"]), searcher=cfg.search.searcher,
                                       macs_target=env.macs_target)
     best.save(out / "best_policy.json")
