@@ -14,12 +14,13 @@ from stable_baselines3.common.callbacks import BaseCallback
 from stable_baselines3.common.logger import configure as configure_logger
 
 from agents.exploration import EpisodeRewardReplayBuffer, truncated_normal
-from agents.screening import RewardModel, expected_improvement, policy_features
 from agents.sb3_agents import CLASSES, build_algorithm
+from agents.screening import RewardModel, expected_improvement
+from agents.transfer_prior import SourceRewards, TransferredRewardModel
 from envs.layer_pruning import FEATURES, OBS_VERSION, LayerPruningEnv, Step
 from pruning.config import AgentConfig
 from pruning.errors import UserError
-from pruning.policy import SparsityPolicy
+from pruning.policy import SparsityPolicy, unit_profile
 
 log = logging.getLogger("prunepilot")
 
@@ -87,6 +88,9 @@ class PruningAgent:
         """With `agent.candidates` > 1: the scored policies of the model being searched (never saved with the agent)."""
         self.last_screen: dict[str, float] = {}
         """How the last proposal was chosen: candidates considered, the model's predicted reward and std."""
+        self.prior: SourceRewards | None = None
+        """Another model's scored policies (`search --prior`): the screen of a model they were not scored on
+        starts from them (agents/transfer_prior.py)."""
 
     @classmethod
     def create(cls, cfg: AgentConfig, env: LayerPruningEnv, seed: int = 0) -> "PruningAgent":
@@ -161,12 +165,14 @@ class PruningAgent:
         if not fresh:
             return candidates[0][0], self._transitions(candidates[0][1])
         options = list(fresh.values())
-        mean, std = model.predict(np.stack([policy_features(p, env.graph, env.round_to) for p, _, _ in options]))
+        mean, std = model.predict(np.stack([model.inputs(p, env.graph, env.round_to) for p, _, _ in options]))
         best = int(np.argmax(expected_improvement(mean, std, model.best)))
         self.last_screen = {"candidates": len(options), "predicted_reward": float(mean[best]),
                             "predicted_std": float(std[best])}
         if randoms:
             self.last_screen["random_candidate"] = float(options[best][2])
+        if isinstance(model, TransferredRewardModel):
+            self.last_screen["prior_weight"] = model.weights[0]
         return options[best][0], self._transitions(options[best][1])
 
     def candidate_noise_scales(self) -> list[float]:
@@ -193,15 +199,22 @@ class PruningAgent:
         if self.cfg.candidates <= 1:
             return None
         if self.reward_model is None or self.reward_model.fingerprint != env.graph.fingerprint:
-            self.reward_model = RewardModel(env.n_units, min_points=self.cfg.screen_after, seed=int(self.model.seed or 0),
-                                            fingerprint=env.graph.fingerprint)
+            seed, fingerprint = int(self.model.seed or 0), env.graph.fingerprint
+            if self.prior is not None and self.prior.fingerprint != fingerprint:
+                self.reward_model = TransferredRewardModel(env.n_units, self.prior.prior_for(env.graph, seed),
+                                                           list(unit_profile(env.graph).values()),
+                                                           min_points=self.cfg.screen_after, seed=seed,
+                                                           fingerprint=fingerprint)
+            else:
+                self.reward_model = RewardModel(env.n_units, min_points=self.cfg.screen_after, seed=seed,
+                                                fingerprint=fingerprint)
         return self.reward_model
 
     def remember(self, env: LayerPruningEnv, policy: SparsityPolicy, reward: float) -> None:
         """A policy of env's model was scored: the reward model (when screening) learns it."""
         model = self.screening_model(env)
         if model is not None:
-            model.add(policy_features(policy, env.graph, env.round_to), reward)
+            model.add(model.inputs(policy, env.graph, env.round_to), reward)
 
     def demonstrate(self, env: LayerPruningEnv, policy: SparsityPolicy) -> tuple[SparsityPolicy, list[tuple]]:
         """`policy` (made for env's model) played as an episode, so the agent can learn from its score.

@@ -75,6 +75,10 @@ class RewardModel:
     def __len__(self) -> int:
         return len(self.rewards)
 
+    def inputs(self, policy: SparsityPolicy, graph: UnitGraph, round_to: int) -> np.ndarray:
+        """The model's inputs for a policy of `graph`."""
+        return policy_features(policy, graph, round_to)
+
     @property
     def ready(self) -> bool:
         return len(self) >= self.min_points

@@ -45,6 +45,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="seed the search with a saved policy (this model's, or another model's, resampled by unit "
                         "kind and depth onto this one and its MACs target): evaluated first, the agent learns from "
                         "it; repeatable; ddpg, td3, sac")
+    p.add_argument("--prior", metavar="RUN",
+                   help="a search run folder of another model (its evaluations.csv and best_policy.json): a reward "
+                        "model of its scores, ranking-weighted against this search's own, screens this search's "
+                        "proposals from the first one on; needs agent.candidates > 1")
 
     p = sub.add_parser("transfer", help="zero-shot: a saved agent or policy proposes a policy for another model")
     _common(p)

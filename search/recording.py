@@ -8,7 +8,7 @@ from tqdm.auto import tqdm
 
 from search.review import OptunaRecorder
 
-SCREEN_ATTRS = ("candidates", "predicted_reward", "predicted_std", "random_candidate")
+SCREEN_ATTRS = ("candidates", "predicted_reward", "predicted_std", "random_candidate", "prior_weight")
 """How a screening agent chose the policy (`PruningAgent.last_screen`): recorded beside its real reward."""
 ATTRS = ("reward", "macs", "params", "latency_ratio", "node_id", "pid", "eval_seconds", "setup_seconds", "episode",
          "trial_id", *SCREEN_ATTRS)

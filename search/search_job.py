@@ -13,6 +13,7 @@ import pandas as pd
 
 from agents.agent import PruningAgent
 from agents.baselines import uniform
+from agents.transfer_prior import SourceRewards
 from envs.factory import build_env, env_kwargs
 from envs.layer_pruning import LayerPruningEnv
 from envs.rewards import describe_latency_penalty
@@ -28,7 +29,7 @@ from search.local import check_searcher, run_local
 from search.recording import SCREEN_ATTRS, EvaluationSink
 from search.report import markdown_table, plot_lines, plot_unit_ratios, write_json, write_table
 from search.review import policy_of_row, sqlite_url
-from search.reuse import check_seed_policies, load_seed_policies, move_policy
+from search.reuse import SEEDING_SEARCHERS, check_seed_policies, load_seed_policies, move_policy
 from search.trial import latency_attr
 
 log = logging.getLogger("prunepilot")
@@ -126,6 +127,28 @@ def load_warm_agent(args: argparse.Namespace, cfg, graph) -> PruningAgent | None
     return agent
 
 
+def load_prior(args: argparse.Namespace, cfg) -> SourceRewards | None:
+    """Another model's scored policies for the screen (`--prior`); fails before any training on bad input."""
+    if not getattr(args, "prior", None):
+        return None
+    if cfg.search.searcher not in SEEDING_SEARCHERS or cfg.agent.candidates <= 1:
+        raise UserError(f"--prior: a prior screens an agent's candidates, so it needs search.searcher in "
+                        f"{', '.join(SEEDING_SEARCHERS)} and agent.candidates > 1 (got {cfg.search.searcher!r}, "
+                        f"{cfg.agent.candidates})")
+    return SourceRewards.load(args.prior)
+
+
+def with_prior(agent: PruningAgent | None, prior: SourceRewards | None, cfg, graph) -> PruningAgent | None:
+    """The search's agent (warm-started or new) screening with `prior`; `agent` unchanged without one."""
+    if prior is None:
+        return agent
+    if agent is None:
+        agent = PruningAgent.create(cfg.agent, LayerPruningEnv(graph, deferred=True, **env_kwargs(cfg)), cfg.search_seed)
+    agent.prior = prior
+    log.info("screening with a prior of %d policies scored by %s", len(prior.rewards), prior.source)
+    return agent
+
+
 def transfer_job(args: argparse.Namespace) -> int:
     """Zero-shot policy reuse: a saved agent walks this model's units once, saved policies are resampled onto it;
     each candidate is scored, the best saved as policy.json."""
@@ -188,6 +211,7 @@ def search_job(args: argparse.Namespace) -> int:
     cfg = ctx.cfg
     check_searcher(cfg.search.searcher)
     check_seed_policies(args.policy, cfg.search.searcher)  # before any training
+    prior = load_prior(args, cfg)  # likewise
     table = LatencyTable.load(cfg.env.latency_table) if cfg.env.latency_table else None  # likewise
     backend = "ray" if args.resume or args.address else (args.backend or cfg.search.backend)
     out, state = prepare_run_folder(args, cfg.name)
@@ -220,7 +244,7 @@ def search_job(args: argparse.Namespace) -> int:
         cfg.env.latency_table = str(table_path)
     start = time.perf_counter()
     agent, tune_seconds = None, None
-    warm = load_warm_agent(args, cfg, graph)
+    warm = with_prior(load_warm_agent(args, cfg, graph), prior, cfg, graph)
     if backend == "local":
         env = build_env(cfg, base.model, ctx.data, graph, evaluator=evaluator)
         seeds = load_seed_policies(args.policy, env)

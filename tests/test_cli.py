@@ -155,6 +155,13 @@ def test_policy_reuse_zero_shot_and_warm_start(tmp_path, tiny_config):
                  *common, *other_model, "agent.candidates=4", "agent.screen_after=2"]) == 0
     screened = pd.read_csv(tmp_path / "ws" / "evaluations.csv")
     assert screened["predicted_reward"].iloc[:2].isna().all() and screened["predicted_reward"].iloc[2:].notna().all()
+    # with a prior of the first model's scored policies, the screen starts at the first proposal after the seed,
+    # before agent.screen_after of this model's own were scored, and records how much the prior weighed
+    assert main(["search", str(tiny_config), "--out", str(tmp_path / "wp"), "--agent", str(agent), "--policy", str(best),
+                 "--prior", str(tmp_path / "a"), *common, *other_model, "agent.candidates=4", "agent.screen_after=5"]) == 0
+    prior = pd.read_csv(tmp_path / "wp" / "evaluations.csv")
+    assert prior["predicted_reward"].iloc[0:1].isna().all() and prior["predicted_reward"].iloc[1:].notna().all()
+    assert prior["prior_weight"].iloc[1:].between(0, 1).all() and prior["prior_weight"].iloc[1] == 1.0
     assert main(["transfer", str(tiny_config), "--agent", str(tmp_path / "none.zip"), "--out", str(tmp_path / "x"),
                  "--quiet"]) == 2
 
@@ -166,6 +173,8 @@ def test_policy_reuse_zero_shot_and_warm_start(tmp_path, tiny_config):
     (["search", "{cfg}", "--policy", "nope.json"], "nope.json: policy file not found"),
     (["search", "{cfg}", "env.latency_weight=1", "env.latency_table=nope.json"], "env.latency_table: file not found"),
     (["search", "{cfg}", "env.latency_weight=1", "env.latency_table={table}"], "env.latency_table: measured for another"),
+    (["search", "{cfg}", "--prior", "{bare}"], "--prior: a prior screens an agent's candidates"),
+    (["search", "{cfg}", "--prior", "nowhere", "agent.candidates=4"], "--prior nowhere: evaluations.csv not found"),
 ])
 def test_reuse_input_errors_exit_2_and_write_nothing(tmp_path, tiny_config, args, message):
     bare = tmp_path / "bare.json"  # another model's policy without its unit profile
