@@ -143,7 +143,8 @@ def transfer_part(cfg: RunConfig, config: str, folder: Path, overrides: list[str
     frame, check = transfer_table(runs.zero, runs.warm[0], runs.scratch[0], runs.warm[1:], runs.scratch[1:], reuse)
     write_table(frame, folder, "transfer")
     write_json({"model": cfg.bench.transfer_model, "method": cfg.bench.transfer_method, "source_agent": str(agent),
-                "source_policy": str(policy), "recorded_runs": recorded, "dense_digests": digests, **check},
+                "source_policy": str(policy), "prior": cfg.bench.transfer_prior, "recorded_runs": recorded,
+                "dense_digests": digests, **check},
                folder / "transfer.json")
     (folder / "transfer.md").write_text(markdown_table(frame) + "\n")
 
@@ -280,7 +281,9 @@ def write_summary(cfg: RunConfig, config: str, folder: Path, overrides: list[str
         first = f" ({next(iter(t['warm_seed_best_rewards']))})" if "warm_seed_best_rewards" in t else ""
         method = t.get("method", "ddpg")  # files written before bench.transfer_method reused the DDPG agent
         lines += [f"## Policy reuse: {cfg.model.name} agent → {t['model']}", "",
-                  f"Searches of `{method}`, warm-started from its agent and from scratch.", "",
+                  f"Searches of `{method}`, warm-started from its agent and from scratch." +
+                  (" The warm starts also screen with a prior of the source search's scored policies "
+                   "(`search --prior`, bench.transfer_prior)." if t.get("prior") else ""), "",
                   (folder / "transfer.md").read_text(),
                   *([f"- recorded runs (read from reuse/, their folders not here): {', '.join(t['recorded_runs'])}"]
                     if t.get("recorded_runs") else []),

@@ -29,7 +29,9 @@ import pandas as pd
 from agents.sb3_agents import BUILDERS
 from bench.comparison import is_rl_method, kept_path, method_searcher, run_name, target_tag
 from bench.grid import Run
-from pruning.config import RunConfig
+from pydantic import ValidationError
+
+from pruning.config import RunConfig, apply_overrides, format_errors
 from pruning.errors import UserError
 
 
@@ -54,6 +56,20 @@ def check_transfer_method(cfg: RunConfig) -> None:
     if b.transfer_source is None and method not in b.methods:
         raise UserError(f"bench.transfer_method: policy reuse starts from the {method} agent, so bench.methods must "
                         f"include {method} (or set bench.transfer_source, or bench.transfer_model: null)")
+    if b.transfer_prior and transfer_agent_candidates(cfg) <= 1:
+        raise UserError(f"bench.transfer_prior: a prior screens an agent's candidates, and the warm starts of {method} "
+                        f"send every proposal unscreened (agent.candidates 1); choose a screening transfer_method "
+                        f"or add agent.candidates=32 to bench.transfer_overrides")
+
+
+def transfer_agent_candidates(cfg: RunConfig) -> int:
+    """`agent.candidates` of the searches on the transfer model (the config, its transfer overrides, the variant's)."""
+    searcher, variant = method_settings(cfg)
+    raw = apply_overrides(cfg.model_dump(), [*cfg.bench.transfer_overrides, searcher, *variant])
+    try:
+        return RunConfig.model_validate(raw).agent.candidates
+    except ValidationError as exc:
+        raise UserError(format_errors(exc, "bench.transfer_overrides")) from None
 
 
 def method_settings(cfg: RunConfig) -> tuple[str, tuple[str, ...]]:
@@ -68,7 +84,8 @@ def source_files(cfg: RunConfig, folder: Path) -> tuple[Path, Path]:
     """(agent.zip, best_policy.json) of the source search; a missing one is a UserError naming it."""
     run = source_run(cfg, folder)
     agent, policy = run / "agent.zip", run / "best_policy.json"
-    for path in (agent, policy):
+    needed = (agent, policy, *((run / "evaluations.csv",) if cfg.bench.transfer_prior else ()))
+    for path in needed:
         if not path.is_file():
             hint = ("bench.transfer_source must name a finished agent search's run folder" if cfg.bench.transfer_source
                     else f"run the comparison part first (its {cfg.bench.transfer_method} run is the source)")
@@ -77,14 +94,15 @@ def source_files(cfg: RunConfig, folder: Path) -> tuple[Path, Path]:
 
 
 def keep_source(folder: Path, agent: Path, policy: Path) -> None:
-    """Copy the source search's agent (with its metadata file) and best policy into `folder`/reuse/source.
+    """Copy the source search's agent (with its metadata file), best policy and evaluations (a prior's data) into
+    `folder`/reuse/source.
 
     A source's run folder is not committed (nor is any run folder), so a clone could not rerun the transfer
     without this copy: `bench.transfer_source=<folder>/reuse/source` does.
     """
     kept = folder / "reuse" / "source"
     kept.mkdir(parents=True, exist_ok=True)
-    for src in (agent, agent.with_suffix(".json"), policy):
+    for src in (agent, agent.with_suffix(".json"), policy, policy.with_name("evaluations.csv")):
         if src.is_file() and src.resolve() != (kept / src.name).resolve():
             shutil.copyfile(src, kept / src.name)
 
@@ -117,12 +135,13 @@ def transfer_runs(cfg: RunConfig, config: str, folder: Path, overrides: list[str
     base = folder / "transfer" / f"{b.transfer_model}-{target_tag(target)}"
     warm_budget = max(1, round(b.transfer_fraction * b.evaluations))
     reuse = ("--agent", agent, "--policy", policy)
+    warm_reuse = (*reuse, *(("--prior", str(Path(policy).parent)) if b.transfer_prior else ()))
     # the variant's settings too, so that a transfer override valid only beside them (say, one of its screen's) loads
     zero = Run("zero-shot", "transfer", config, base / "zero-shot", (*common, *variant), reuse, ("transfer.json",))
     warm = [Run("warm-start", "search", config, base / "warm-start", (*search, f"search.evaluations={warm_budget}"),
-                reuse)]
+                warm_reuse)]
     warm += [Run(f"warm-start-s{s}", "search", config, base / f"warm-start-s{s}",
-                 (*search, f"search.evaluations={warm_budget}", f"search.seed={s}"), reuse) for s in b.transfer_warm_seeds]
+                 (*search, f"search.evaluations={warm_budget}", f"search.seed={s}"), warm_reuse) for s in b.transfer_warm_seeds]
     scratch = [Run("from-scratch", "search", config, base / "from-scratch", (*search, f"search.evaluations={b.evaluations}"))]
     scratch += [Run(f"from-scratch-s{s}", "search", config, base / f"from-scratch-s{s}",
                     (*search, f"search.evaluations={b.evaluations}", f"search.seed={s}")) for s in b.transfer_scratch_seeds]

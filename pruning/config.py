@@ -301,6 +301,9 @@ class BenchConfig(Section):
     transfer_source: str | None = None
     """Run folder of a finished search of `transfer_method` whose agent.zip and best_policy.json are reused instead
     of this bench's own run (policy reuse from an earlier benchmark)."""
+    transfer_prior: bool = False
+    """Warm starts also screen with a prior of the source search's scored policies (`search --prior`, the source's
+    evaluations.csv beside its best policy); needs a screening `transfer_method` (agent.candidates > 1)."""
     transfer_fraction: float = Field(0.25, gt=0, le=1)
     """Budget of the warm-started search, as a fraction of `evaluations`."""
     transfer_overrides: list[str] = Field(default_factory=list)

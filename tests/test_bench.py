@@ -370,6 +370,30 @@ def test_transfer_from_an_earlier_benchmark_source(bench_run, tmp_path):
     assert again["zero_shot_reward"] == transfer["zero_shot_reward"]  # same agent and policy, same zero-shot
 
 
+def test_transfer_warm_starts_screen_with_a_prior_of_the_source_search(bench_run, tmp_path, capsys):
+    config, out = bench_run
+    source = out / "runs" / "ddpg-m60-s0"
+    args = ["bench", str(config), "--parts", "transfer", "--quiet", "bench.methods=[uniform]",
+            f"bench.transfer_source={source}", "bench.transfer_prior=true"]
+    # the tiny bench's DDPG sends every proposal unscreened: refused before anything is written
+    assert main([*args, "--out", str(tmp_path / "unscreened")]) == 2
+    assert "bench.transfer_prior: a prior screens an agent's candidates" in capsys.readouterr().err
+    assert not (tmp_path / "unscreened").exists()
+    folder = tmp_path / "prior"
+    screened = 'bench.transfer_overrides=["model.kwargs={widths: [8, M, 16, 16]}", agent.candidates=4]'
+    assert main([*args, "--out", str(folder), screened]) == 0
+    assert json.loads((folder / "transfer.json").read_text())["prior"] is True
+    assert "screen with a prior of the source search's scored policies" in (folder / "summary.md").read_text()
+    assert (folder / "reuse" / "source" / "evaluations.csv").read_bytes() == (source / "evaluations.csv").read_bytes()
+    runs = folder / "transfer" / "vgg_small-m60"
+    for name in ("warm-start", "warm-start-s1"):  # the warm starts screen with the prior from their second proposal
+        assert "--prior" in (runs / f"{name}.log").read_text().splitlines()[0]
+        assert pd.read_csv(runs / name / "evaluations.csv")["prior_weight"].iloc[1:].notna().all()
+    for name in ("zero-shot", "from-scratch", "from-scratch-s2"):
+        assert "--prior" not in (runs / f"{name}.log").read_text().splitlines()[0]
+    assert "prior_weight" not in pd.read_csv(runs / "from-scratch" / "evaluations.csv")
+
+
 def test_a_clone_adds_a_transfer_seed_without_rerunning_the_recorded_searches(bench_run, tmp_path, capsys):
     """A clone has reuse/ (kept evaluations, zero-shot result, source agent) but no run folders: it runs only the
     search whose kept evaluations are missing (and the zero-shot run, which trains the target's baseline first),
@@ -615,3 +639,50 @@ def test_heldout_reads_the_transfer_target_on_both_image_sets(warm, scratch, met
     reading = transfer_reading(groups)
     assert reading["search_reward"]["met"] is met and reading["heldout_reward"]["met"] is False
     assert transfer_reading(groups.replace({"warm-start": "ddpg-m50"})) is None
+
+
+def test_transfer_curves_read_each_groups_best_so_far(tmp_path, capsys):
+    from bench.transfer_curves import main as curves
+
+    kept = tmp_path / "mybench" / "reuse" / "evaluations"
+    kept.mkdir(parents=True)
+
+    def write(name: str, rewards: list[float], states: list[str] | None = None) -> None:
+        pd.DataFrame({"state": states or ["COMPLETE"] * len(rewards), "reward": rewards}).to_csv(kept / name, index=False)
+
+    write("warm-start.csv", [-0.5, -0.3, -0.4])
+    write("warm-start-s1.csv", [-0.2, -0.6, -0.1], ["COMPLETE", "COMPLETE", "FAIL"])  # a failed one is not read
+    write("from-scratch.csv", [-0.9, -0.8, -0.7, -0.1])
+    out = tmp_path / "curves.md"
+    assert curves([str(kept / "*.csv"), "--at", "1,2,4", "--out", str(out)]) == 0
+    text = out.read_text()
+    # warm-start: after 1: mean(-0.5, -0.2); after 2: mean(-0.3, -0.2); after 4: both read at their ends
+    assert "mybench: warm-start | 2 | 2/3 | -0.35 | -0.25 | -0.25 |" in text
+    assert "mybench: from-scratch | 1 | 4 | -0.9 | -0.8 | -0.1 |" in text
+    assert curves([str(tmp_path / "none" / "*.csv")]) == 2
+    assert "no evaluations CSV matches" in capsys.readouterr().err
+    assert curves([str(kept / "*.csv"), "--at", "0"]) == 2
+    assert "--at: expected counts of at least 1" in capsys.readouterr().err
+    pd.DataFrame({"state": ["COMPLETE"], "value": [1.0]}).to_csv(kept / "other.csv", index=False)
+    assert curves([str(kept / "*.csv")]) == 2
+    assert "other.csv: no reward column" in capsys.readouterr().err
+
+
+def test_prior_replay_screens_a_recorded_pool(bench_run, tmp_path, capsys):
+    from bench.prior_replay import main as prior_replay
+
+    config, out = bench_run
+    source = str(out / "runs" / "ddpg-m60-s0")  # a tiny CNN search, the prior of the VGG searches kept in reuse/
+    args = [source, str(config), "model.name=vgg_small", "model.kwargs={widths: [8, M, 16, 16]}",
+            "--pool", str(out / "reuse" / "evaluations" / "*.csv"), "--seeds", "2", "--candidates", "3",
+            "--budget", "4", "--bins", "2"]
+    assert prior_replay([*args, "--out", str(tmp_path / "replay.md")]) == 0
+    frame = pd.read_csv(tmp_path / "replay.csv")
+    assert frame.groupby("strategy").size().to_dict() == {"random": 2, "target": 2, "prior-2": 2, "rgpe-2": 2}
+    pool = pd.concat([pd.read_csv(p) for p in (out / "reuse" / "evaluations").glob("*.csv")])
+    assert frame["reward@4"].isin(pool["reward"].round(6)).all() and frame["reward@4"].max() <= pool["reward"].max()
+    assert "| random |" in (tmp_path / "replay.md").read_text()
+    assert prior_replay([*args, "--budget", "400"]) == 2
+    assert "fewer than --budget + --candidates" in capsys.readouterr().err
+    assert prior_replay([str(tmp_path), *args[1:]]) == 2
+    assert "evaluations.csv not found" in capsys.readouterr().err

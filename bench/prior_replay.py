@@ -1,0 +1,184 @@
+"""Would a prior have screened better? Screens replayed on a pool of a model's recorded evaluations.
+
+    python -m bench.prior_replay SOURCE_RUN CONFIG [overrides] --pool 'GLOB' [--pool 'GLOB' ...]
+        [--seeds 30] [--candidates 32] [--budget 50] [--bins 2,3,4] [--out FILE]
+
+The pool is every distinct completed policy in the evaluations CSVs the globs match (searches on CONFIG's
+model, say the ResNet-56 searches a transfer bench kept). A replay picks `budget` of them one at a time:
+each pick draws `candidates` unpicked pool policies at random and takes the one the strategy's screen
+rates best by expected improvement; the policy's recorded reward is its score. The strategies:
+
+- `random`: the first candidate (no screen);
+- `target`: this model's own reward model, as a search without a prior (the first `agent.screen_after`
+  picks unscreened);
+- `prior-B`: the prior of SOURCE_RUN's evaluations alone, in B depth bins (agents/transfer_prior.py);
+- `rgpe-B`: the prior and this model's model, ranking-weighted, as `search --prior` screens.
+
+It writes the mean best accuracy after 10, 25 and `budget` picks over the seeds (and the best reward). The pool holds
+policies real searches chose to send, better than an agent's raw candidates, so every figure here is above
+what a search reaches: it compares screens with one another, it does not predict a search.
+"""
+
+from __future__ import annotations
+
+import argparse
+import glob
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from agents.screening import RewardModel, expected_improvement
+from agents.transfer_prior import SourceRewards, TransferredRewardModel
+from bench.common import load_run
+from pruning.errors import UserError
+from pruning.policy import SparsityPolicy, unit_profile
+from pruning.units import UnitGraph, discover_units
+from search.report import markdown_table
+from search.review import policy_of_row, ratio_column
+
+CHECKPOINTS = (10, 25)
+"""Picks after which the best so far is reported, where fewer than the budget (and after the whole budget)."""
+
+
+def checkpoints(budget: int) -> list[int]:
+    return [at for at in CHECKPOINTS if at < budget] + [budget]
+
+
+class PriorOnlyModel(TransferredRewardModel):
+    """The prior alone: this model's scored policies only set the reward scale."""
+
+    def _weigh(self) -> tuple[float, float]:
+        return 1.0, 0.0
+
+
+def recorded_pool(patterns: list[str], graph: UnitGraph, round_to: int) -> pd.DataFrame:
+    """Distinct completed policies of the matched CSVs (first record of each), with their policies (`policy`)."""
+    files = sorted({Path(path) for pattern in patterns for path in glob.glob(pattern)})
+    if not files:
+        raise UserError(f"--pool {' '.join(patterns)}: no evaluations CSV matches")
+    columns = [ratio_column(u.name) for u in graph.units]
+    frames = []
+    for path in files:
+        table = pd.read_csv(path)
+        missing = [c for c in ("state", "reward", "accuracy", *columns) if c not in table.columns]
+        if missing:
+            raise UserError(f"{path}: lacks the column(s) {missing[:3]}; expected the evaluations of a search on "
+                            f"this config's model")
+        frames.append(table[table["state"] == "COMPLETE"][["reward", "accuracy", *columns]])
+    pool = pd.concat(frames, ignore_index=True)
+    pool["policy"] = [policy_of_row(row, graph) for _, row in pool.iterrows()]
+    pool["key"] = [p.key(graph, round_to) for p in pool["policy"]]
+    return pool.drop_duplicates("key").reset_index(drop=True)
+
+
+def screen_model(strategy: str, source: SourceRewards, graph: UnitGraph, screen_after: int,
+                 seed: int) -> RewardModel | None:
+    """The reward model a strategy screens with (None: no screen)."""
+    if strategy == "random":
+        return None
+    if strategy == "target":
+        return RewardModel(len(graph.units), min_points=screen_after, seed=seed)
+    kind, _, bins = strategy.partition("-")
+    model = {"prior": PriorOnlyModel, "rgpe": TransferredRewardModel}[kind]
+    return model(len(graph.units), source.prior_for(graph, seed, int(bins)), list(unit_profile(graph).values()),
+                 min_points=screen_after, seed=seed)
+
+
+def replay(pool: pd.DataFrame, model: RewardModel | None, graph: UnitGraph, round_to: int, budget: int,
+           candidates: int, seed: int) -> np.ndarray:
+    """The pool indices one screened replay picks, in order."""
+    rng = np.random.default_rng(seed)
+    inputs = None if model is None else np.stack([model.inputs(p, graph, round_to) for p in pool["policy"]])
+    left, picked = list(range(len(pool))), []
+    for _ in range(budget):
+        drawn = rng.choice(len(left), size=min(candidates, len(left)), replace=False)
+        choice = int(drawn[0])
+        if model is not None and model.ready:
+            mean, std = model.predict(inputs[[left[i] for i in drawn]])
+            choice = int(drawn[int(np.argmax(expected_improvement(mean, std, model.best)))])
+        index = left.pop(choice)
+        picked.append(index)
+        if model is not None:
+            model.add(inputs[index], float(pool["reward"].iloc[index]))
+    return np.array(picked)
+
+
+def run_replays(pool: pd.DataFrame, source: SourceRewards, graph: UnitGraph, round_to: int, strategies: list[str],
+                seeds: int, budget: int, candidates: int, screen_after: int) -> pd.DataFrame:
+    """One row per (strategy, seed): the best reward and its accuracy after each checkpoint."""
+    rows = []
+    for strategy in strategies:
+        for seed in range(seeds):
+            model = screen_model(strategy, source, graph, screen_after, seed)
+            picked = pool.iloc[replay(pool, model, graph, round_to, budget, candidates, seed)].reset_index(drop=True)
+            row = {"strategy": strategy, "seed": seed}
+            for at in checkpoints(budget):
+                best = picked.iloc[:at]["reward"].idxmax()
+                row[f"reward@{at}"], row[f"accuracy@{at}"] = picked["reward"][best], picked["accuracy"][best]
+            rows.append(row)
+        print(f"{strategy}: done", file=sys.stderr, flush=True)
+    return pd.DataFrame(rows)
+
+
+def summary_table(frame: pd.DataFrame, budget: int) -> pd.DataFrame:
+    means = frame.drop(columns="seed").groupby("strategy", sort=False).mean()
+    return pd.DataFrame({"strategy": means.index, **{f"best val acc % after {at}": (100 * means[f"accuracy@{at}"]).round(2)
+                                                      for at in checkpoints(budget)},
+                         f"best reward after {budget}": means[f"reward@{budget}"].round(4)})
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m bench.prior_replay", description=__doc__.split("\n")[0])
+    p.add_argument("source", help="the source search's run folder (evaluations.csv, best_policy.json)")
+    p.add_argument("config", help="config of the pool's model (overrides follow)")
+    p.add_argument("overrides", nargs="*")
+    p.add_argument("--pool", action="append", required=True, help="glob of the pool's evaluations CSVs (repeatable)")
+    p.add_argument("--seeds", type=int, default=30)
+    p.add_argument("--candidates", type=int, default=32, help="pool policies drawn per pick (agent.candidates)")
+    p.add_argument("--budget", type=int, default=50, help="picks per replay")
+    p.add_argument("--bins", default="2,3,4", help="depth bins of the prior strategies, comma-separated")
+    p.add_argument("--out", default=None, help="Markdown file to write (and a CSV beside it); default: print only")
+    args = p.parse_intermixed_args(argv)
+    try:
+        for name in ("seeds", "candidates", "budget"):
+            if getattr(args, name) < 1:
+                raise UserError(f"--{name}: expected at least 1, got {getattr(args, name)}")
+        try:
+            bins = [int(b) for b in args.bins.split(",") if b]
+        except ValueError:
+            raise UserError(f"--bins: expected comma-separated whole numbers, got {args.bins!r}") from None
+        source = SourceRewards.load(args.source)
+        cfg, data, base = load_run(args.config, args.overrides)
+        graph = discover_units(base.model, data.input_shape, cfg.prune.mode)
+        pool = recorded_pool(args.pool, graph, cfg.prune.round_to)
+        if len(pool) < args.budget + args.candidates:
+            raise UserError(f"--pool: {len(pool)} distinct policies, fewer than --budget + --candidates "
+                            f"({args.budget + args.candidates})")
+        strategies = ["random", "target", *(f"{kind}-{b}" for b in bins for kind in ("prior", "rgpe"))]
+        frame = run_replays(pool, source, graph, cfg.prune.round_to, strategies, args.seeds, args.budget,
+                            args.candidates, cfg.agent.screen_after)
+    except UserError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    command = " ".join(["python -m bench.prior_replay", args.source, args.config, *args.overrides,
+                        *(f"--pool '{g}'" for g in args.pool), f"--seeds {args.seeds}",
+                        f"--candidates {args.candidates}", f"--budget {args.budget}", f"--bins {args.bins}",
+                        *([f"--out {args.out}"] if args.out else [])])
+    text = (f"# Screens replayed on {len(pool)} recorded policies of {cfg.model.name}\n\n`{command}`\n\n"
+            f"Each pick takes the best of {args.candidates} random unpicked pool policies by the strategy's screen; "
+            f"means over {args.seeds} seeds. Prior: {len(source.rewards)} evaluations of {args.source}. The pool "
+            f"holds policies searches chose to send, so these figures compare screens; they are not a search's.\n\n"
+            f"{markdown_table(summary_table(frame, args.budget))}\n")
+    if args.out:
+        out = Path(args.out)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        frame.round(6).to_csv(out.with_suffix(".csv"), index=False)
+        out.write_text(text)
+    print(text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
