@@ -90,19 +90,14 @@ class SourceRewards:
         policy = SparsityPolicy.load(policy_file)
         if not policy.profile:
             raise UserError(f"{policy_file}: no unit profile (relative depth and kind of each unit)")
-        try:
-            frame = pd.read_csv(table)
-        except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
-            raise UserError(f"{table}: not a readable CSV ({exc})") from None
         names = sorted(policy.profile, key=lambda n: policy.profile[n][0])
-        from search.review import ratio_column  # search depends on agents, not the other way round at import time
+        # search depends on agents, not the other way round at import time
+        from search.review import completed_evaluations, ratio_column
 
-        needed = ["state", "reward", *(ratio_column(n) for n in names)]
-        missing = [c for c in needed if c not in frame]
-        if missing:
-            raise UserError(f"{table}: lacks the column(s) {missing[:3]} (the units of {policy_file.name}); "
-                            f"evaluations.csv and best_policy.json must come from the same search")
-        frame = frame[(frame["state"] == "COMPLETE") & np.isfinite(pd.to_numeric(frame["reward"], errors="coerce"))]
+        frame = completed_evaluations(table, ["reward", *(ratio_column(n) for n in names)],
+                                      f"the units of {policy_file.name}: evaluations.csv and best_policy.json must "
+                                      f"come from the same search")
+        frame = frame[np.isfinite(pd.to_numeric(frame["reward"], errors="coerce"))]
         ratios = frame[[ratio_column(n) for n in names]].to_numpy(float)
         return cls(ratios, [policy.profile[n] for n in names], frame["reward"].to_numpy(float), str(folder),
                    policy.model_fingerprint)

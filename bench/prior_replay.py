@@ -36,7 +36,7 @@ from pruning.errors import UserError
 from pruning.policy import SparsityPolicy, unit_profile
 from pruning.units import UnitGraph, discover_units
 from search.report import markdown_table
-from search.review import policy_of_row, ratio_column
+from search.review import completed_evaluations, policy_of_row, ratio_column
 
 CHECKPOINTS = (10, 25)
 """Picks after which the best so far is reported, where fewer than the budget (and after the whole budget)."""
@@ -61,12 +61,9 @@ def recorded_pool(patterns: list[str], graph: UnitGraph, round_to: int) -> pd.Da
     columns = [ratio_column(u.name) for u in graph.units]
     frames = []
     for path in files:
-        table = pd.read_csv(path)
-        missing = [c for c in ("state", "reward", "accuracy", *columns) if c not in table.columns]
-        if missing:
-            raise UserError(f"{path}: lacks the column(s) {missing[:3]}; expected the evaluations of a search on "
-                            f"this config's model")
-        frames.append(table[table["state"] == "COMPLETE"][["reward", "accuracy", *columns]])
+        frames.append(completed_evaluations(path, ["reward", "accuracy", *columns],
+                                            "the evaluations of a search on this config's model")
+                      [["reward", "accuracy", *columns]])
     pool = pd.concat(frames, ignore_index=True)
     pool["policy"] = [policy_of_row(row, graph) for _, row in pool.iterrows()]
     pool["key"] = [p.key(graph, round_to) for p in pool["policy"]]

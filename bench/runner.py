@@ -17,7 +17,6 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import pandas as pd
-from pydantic import ValidationError
 
 from bench.comparison import (aggregate, best_reward_curves, check_one_dense_model, collect, comparison_runs,
                               display_table, is_rl_method, is_rule, keep_run_files, missing_runs, plot_best_reward,
@@ -31,7 +30,7 @@ from bench.transfer import (check_transfer_method, dense_digests, is_recorded, k
 from bench.zoo import display_zoo, zoo_rows
 from envs.rewards import describe_latency_penalty
 from pruning.baseline import known_digest
-from pruning.config import RunConfig, apply_overrides, format_errors, load_config
+from pruning.config import RunConfig, load_config, validated
 from pruning.data import load_data
 from pruning.errors import UserError
 from pruning.runtime import set_threads
@@ -70,12 +69,7 @@ def check_methods(cfg: RunConfig) -> None:
         if name in SEARCHERS:
             raise UserError(f"{field}: a variant needs a name of its own, not the searcher name {name!r}")
         check_searcher(variant.searcher, field=f"{field}.searcher")
-        try:
-            RunConfig.model_validate(apply_overrides(cfg.model_dump(), variant.overrides))
-        except ValidationError as exc:
-            raise UserError(format_errors(exc, f"{field}.overrides")) from None
-        except UserError as exc:
-            raise UserError(f"{field}.overrides: {exc}") from None
+        validated(cfg.model_dump(), variant.overrides, f"{field}.overrides")
 
 
 # ------------------------------------------------------------------------------------------- parts

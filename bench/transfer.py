@@ -29,9 +29,7 @@ import pandas as pd
 from agents.sb3_agents import BUILDERS
 from bench.comparison import is_rl_method, kept_path, method_searcher, run_name, target_tag
 from bench.grid import Run
-from pydantic import ValidationError
-
-from pruning.config import RunConfig, apply_overrides, format_errors
+from pruning.config import RunConfig, validated
 from pruning.errors import UserError
 
 
@@ -65,11 +63,8 @@ def check_transfer_method(cfg: RunConfig) -> None:
 def transfer_agent_candidates(cfg: RunConfig) -> int:
     """`agent.candidates` of the searches on the transfer model (the config, its transfer overrides, the variant's)."""
     searcher, variant = method_settings(cfg)
-    raw = apply_overrides(cfg.model_dump(), [*cfg.bench.transfer_overrides, searcher, *variant])
-    try:
-        return RunConfig.model_validate(raw).agent.candidates
-    except ValidationError as exc:
-        raise UserError(format_errors(exc, "bench.transfer_overrides")) from None
+    overrides = [*cfg.bench.transfer_overrides, searcher, *variant]
+    return validated(cfg.model_dump(), overrides, "bench.transfer_overrides").agent.candidates
 
 
 def method_settings(cfg: RunConfig) -> tuple[str, tuple[str, ...]]:

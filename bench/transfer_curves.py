@@ -21,16 +21,14 @@ import pandas as pd
 
 from pruning.errors import UserError
 from search.report import markdown_table
+from search.review import completed_evaluations
 
 SEED_SUFFIX = re.compile(r"-s\d+$")
 
 
 def best_so_far(path: Path) -> pd.Series:
     """The best reward after each completed evaluation of one search (index 1, 2, ...)."""
-    table = pd.read_csv(path)
-    if "reward" not in table.columns:
-        raise UserError(f"{path}: no reward column; expected a search's evaluations.csv")
-    done = table[table["state"] == "COMPLETE"] if "state" in table.columns else table
+    done = completed_evaluations(path, ["reward"], "a search's evaluations.csv")
     if done.empty:
         raise UserError(f"{path}: no completed evaluation")
     curve = done["reward"].astype(float).cummax().reset_index(drop=True)

@@ -410,6 +410,16 @@ def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]
     return raw
 
 
+def validated(raw: dict[str, Any], overrides: list[str], source: str) -> RunConfig:
+    """`raw` with `overrides` applied, as a RunConfig; every error is a UserError naming `source` and the field."""
+    try:
+        return RunConfig.model_validate(apply_overrides(raw, overrides))
+    except ValidationError as exc:
+        raise UserError(format_errors(exc, source)) from None
+    except UserError as exc:
+        raise UserError(f"{source}: {exc}") from None
+
+
 def load_config(path: str | Path | None, overrides: list[str] | None = None) -> RunConfig:
     """Read and validate a YAML config; every error names the file and the field."""
     raw: dict[str, Any] = {}

@@ -13,6 +13,7 @@ import math
 import time
 import warnings
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any, TypeVar
 
 import optuna
@@ -33,6 +34,19 @@ RATIO_PREFIX = "ratio:"
 
 def ratio_column(unit: str) -> str:
     return f"{RATIO_PREFIX}{unit}"
+
+
+def completed_evaluations(path: str | Path, columns: list[str], expected: str) -> pd.DataFrame:
+    """The completed rows of an evaluations CSV, which must hold `columns`; a bad file is a UserError naming it and
+    `expected` (what it should have been)."""
+    try:
+        table = pd.read_csv(path)
+    except (OSError, pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
+        raise UserError(f"{path}: not a readable CSV ({exc}); expected {expected}") from None
+    missing = [c for c in ("state", *columns) if c not in table.columns]
+    if missing:
+        raise UserError(f"{path}: lacks the column(s) {missing[:3]}; expected {expected}")
+    return table[table["state"] == "COMPLETE"]
 
 
 def policy_of_row(row: pd.Series | dict, graph: UnitGraph, **meta: Any) -> SparsityPolicy:

@@ -665,7 +665,7 @@ def test_transfer_curves_read_each_groups_best_so_far(tmp_path, capsys):
     assert "--at: expected counts of at least 1" in capsys.readouterr().err
     pd.DataFrame({"state": ["COMPLETE"], "value": [1.0]}).to_csv(kept / "other.csv", index=False)
     assert curves([str(kept / "*.csv")]) == 2
-    assert "other.csv: no reward column" in capsys.readouterr().err
+    assert "other.csv: lacks the column(s) ['reward']" in capsys.readouterr().err
 
 
 def test_prior_replay_screens_a_recorded_pool(bench_run, tmp_path, capsys):
