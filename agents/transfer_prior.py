@@ -36,7 +36,9 @@ DEPTH_BINS = 4
 """Depth bins of the shared space. In a pool replay of 1724 recorded ResNet-56 policies screened with a
 ResNet-20 prior (`bench.prior_replay`, README policy reuse) the prior alone ranked best with 4 of 2, 3, 4 bins,
 about level with random picks; fewer bins ranked worse than random. Combined in RGPE, 4 bins were level with
-the target's own screen: the prior does not hurt there, and its measured gain is inside the seed noise."""
+the target's own screen: the prior does not hurt there, and its measured gain is inside the seed noise.
+Pooled from 21 ResNet-20 searches (`SourceRewards.pooled`, 4178 points, 2 bins) it ranks that pool far better
+(Spearman 0.54) but picks no better best policies than the target's own screen (README policy reuse)."""
 BOOTSTRAP = 100
 """Bootstrap resamples per weighting, as in the RGPE paper's experiments."""
 
@@ -79,14 +81,19 @@ class SourceRewards:
         self.source, self.fingerprint = source, fingerprint
 
     @classmethod
-    def load(cls, folder: str | Path) -> "SourceRewards":
-        """A search's run folder: its `evaluations.csv` and, for the units' depth and kind, `best_policy.json`."""
-        folder = Path(folder)
-        table, policy_file = folder / "evaluations.csv", folder / "best_policy.json"
-        for path in (table, policy_file):
-            if not path.is_file():
-                raise UserError(f"--prior {folder}: {path.name} not found (expected a `prunepilot search` run folder "
-                                f"with evaluations.csv and best_policy.json)")
+    def load(cls, path: str | Path, field: str = "--prior") -> "SourceRewards":
+        """A search's run folder (its `evaluations.csv` and, for the units' depth and kind, `best_policy.json`),
+        or a bench's `evaluations/<run>.csv` with its `policies/<run>.json`; errors name `field`."""
+        path = Path(path)
+        if path.suffix == ".csv":
+            table, policy_file = path, path.parent.parent / "policies" / f"{path.stem}.json"
+        else:
+            table, policy_file = path / "evaluations.csv", path / "best_policy.json"
+        for found in (table, policy_file):
+            if not found.is_file():
+                raise UserError(f"{field} {path}: {found.name} not found (expected a `prunepilot search` run "
+                                f"folder with evaluations.csv and best_policy.json, or a bench's "
+                                f"evaluations/<run>.csv with policies/<run>.json)")
         policy = SparsityPolicy.load(policy_file)
         if not policy.profile:
             raise UserError(f"{policy_file}: no unit profile (relative depth and kind of each unit)")
@@ -99,8 +106,25 @@ class SourceRewards:
                                       f"come from the same search")
         frame = frame[np.isfinite(pd.to_numeric(frame["reward"], errors="coerce"))]
         ratios = frame[[ratio_column(n) for n in names]].to_numpy(float)
-        return cls(ratios, [policy.profile[n] for n in names], frame["reward"].to_numpy(float), str(folder),
+        return cls(ratios, [policy.profile[n] for n in names], frame["reward"].to_numpy(float), str(path),
                    policy.model_fingerprint)
+
+    @classmethod
+    def pooled(cls, sources: list["SourceRewards"]) -> "SourceRewards":
+        """Several searches of one model as one prior: one search's couple of hundred policies rank another
+        model's little better than chance, a pool of many ranks them far better (`bench.prior_replay`)."""
+        if not sources:
+            raise UserError("a pooled prior needs at least one source search")
+        first = sources[0]
+        for other in sources[1:]:
+            if other.profile != first.profile:
+                raise UserError(f"prior source {other.source}: its units differ from those of {first.source} "
+                                f"(expected searches of one model)")
+        if len(sources) == 1:
+            return first
+        return cls(np.concatenate([s.ratios for s in sources]), first.profile,
+                   np.concatenate([s.rewards for s in sources]), " + ".join(s.source for s in sources),
+                   first.fingerprint)
 
     def prior_for(self, graph: UnitGraph, seed: int = 0, bins: int = DEPTH_BINS) -> "Prior":
         """The prior of a search on `graph`: in the depth-bin space of its unit kinds."""

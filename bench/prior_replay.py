@@ -1,7 +1,7 @@
 """Would a prior have screened better? Screens replayed on a pool of a model's recorded evaluations.
 
     python -m bench.prior_replay SOURCE_RUN CONFIG [overrides] --pool 'GLOB' [--pool 'GLOB' ...]
-        [--seeds 30] [--candidates 32] [--budget 50] [--bins 2,3,4] [--out FILE]
+        [--also-source 'GLOB' ...] [--seeds 30] [--candidates 32] [--budget 50] [--bins 2,3,4] [--out FILE]
 
 The pool is every distinct completed policy in the evaluations CSVs the globs match (searches on CONFIG's
 model, say the ResNet-56 searches a transfer bench kept). A replay picks `budget` of them one at a time:
@@ -13,6 +13,10 @@ rates best by expected improvement; the policy's recorded reward is its score. T
   picks unscreened);
 - `prior-B`: the prior of SOURCE_RUN's evaluations alone, in B depth bins (agents/transfer_prior.py);
 - `rgpe-B`: the prior and this model's model, ranking-weighted, as `search --prior` screens.
+
+`--also-source` pools more searches of the source model into the prior (run folders, or a bench's
+`evaluations/<run>.csv`). Each prior is fitted once and also reported by the Spearman correlation of its
+mean with the pool's recorded rewards.
 
 It writes the mean best accuracy after 10, 25 and `budget` picks over the seeds (and the best reward). The pool holds
 policies real searches chose to send, better than an agent's raw candidates, so every figure here is above
@@ -30,7 +34,7 @@ import numpy as np
 import pandas as pd
 
 from agents.screening import RewardModel, expected_improvement
-from agents.transfer_prior import SourceRewards, TransferredRewardModel
+from agents.transfer_prior import Prior, SourceRewards, TransferredRewardModel, depth_bin_features
 from bench.common import load_run
 from pruning.errors import UserError
 from pruning.policy import SparsityPolicy, unit_profile
@@ -70,17 +74,33 @@ def recorded_pool(patterns: list[str], graph: UnitGraph, round_to: int) -> pd.Da
     return pool.drop_duplicates("key").reset_index(drop=True)
 
 
-def screen_model(strategy: str, source: SourceRewards, graph: UnitGraph, screen_after: int,
+def screen_model(strategy: str, priors: dict[int, Prior], graph: UnitGraph, screen_after: int,
                  seed: int) -> RewardModel | None:
-    """The reward model a strategy screens with (None: no screen)."""
+    """The reward model a strategy screens with (None: no screen); `priors` by depth bins."""
     if strategy == "random":
         return None
     if strategy == "target":
         return RewardModel(len(graph.units), min_points=screen_after, seed=seed)
     kind, _, bins = strategy.partition("-")
     model = {"prior": PriorOnlyModel, "rgpe": TransferredRewardModel}[kind]
-    return model(len(graph.units), source.prior_for(graph, seed, int(bins)), list(unit_profile(graph).values()),
+    return model(len(graph.units), priors[int(bins)], list(unit_profile(graph).values()),
                  min_points=screen_after, seed=seed)
+
+
+def fitted_priors(source: SourceRewards, graph: UnitGraph, bins: list[int]) -> dict[int, Prior]:
+    """One prior per depth-bin count, fitted once: its process does not depend on the replay's seed (no
+    optimiser restarts), and a pooled source of thousands of points takes minutes to fit."""
+    return {b: source.prior_for(graph, 0, b) for b in bins}
+
+
+def prior_rank_correlations(priors: dict[int, Prior], pool: pd.DataFrame, graph: UnitGraph) -> dict[int, float]:
+    """Spearman correlation of each prior's mean with the pool's recorded rewards: how well it ranks them all."""
+    ratios, profile = np.stack([p.vector(graph) for p in pool["policy"]]), list(unit_profile(graph).values())
+    correlations = {}
+    for bins, prior in priors.items():
+        mean, _ = prior.predict(depth_bin_features(ratios, profile, prior.kinds, bins))
+        correlations[bins] = float(pd.Series(mean).corr(pool["reward"].reset_index(drop=True), method="spearman"))
+    return correlations
 
 
 def replay(pool: pd.DataFrame, model: RewardModel | None, graph: UnitGraph, round_to: int, budget: int,
@@ -102,13 +122,13 @@ def replay(pool: pd.DataFrame, model: RewardModel | None, graph: UnitGraph, roun
     return np.array(picked)
 
 
-def run_replays(pool: pd.DataFrame, source: SourceRewards, graph: UnitGraph, round_to: int, strategies: list[str],
-                seeds: int, budget: int, candidates: int, screen_after: int) -> pd.DataFrame:
+def run_replays(pool: pd.DataFrame, priors: dict[int, Prior], graph: UnitGraph, round_to: int,
+                strategies: list[str], seeds: int, budget: int, candidates: int, screen_after: int) -> pd.DataFrame:
     """One row per (strategy, seed): the best reward and its accuracy after each checkpoint."""
     rows = []
     for strategy in strategies:
         for seed in range(seeds):
-            model = screen_model(strategy, source, graph, screen_after, seed)
+            model = screen_model(strategy, priors, graph, screen_after, seed)
             picked = pool.iloc[replay(pool, model, graph, round_to, budget, candidates, seed)].reset_index(drop=True)
             row = {"strategy": strategy, "seed": seed}
             for at in checkpoints(budget):
@@ -132,6 +152,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("config", help="config of the pool's model (overrides follow)")
     p.add_argument("overrides", nargs="*")
     p.add_argument("--pool", action="append", required=True, help="glob of the pool's evaluations CSVs (repeatable)")
+    p.add_argument("--also-source", action="append", default=[],
+                   help="glob of more source searches pooled into the prior: run folders or a bench's "
+                        "evaluations/<run>.csv (repeatable)")
     p.add_argument("--seeds", type=int, default=30)
     p.add_argument("--candidates", type=int, default=32, help="pool policies drawn per pick (agent.candidates)")
     p.add_argument("--budget", type=int, default=50, help="picks per replay")
@@ -146,7 +169,14 @@ def main(argv: list[str] | None = None) -> int:
             bins = [int(b) for b in args.bins.split(",") if b]
         except ValueError:
             raise UserError(f"--bins: expected comma-separated whole numbers, got {args.bins!r}") from None
-        source = SourceRewards.load(args.source)
+        source = SourceRewards.load(args.source, "source")
+        also = []
+        for pattern in args.also_source:
+            matched = sorted(glob.glob(pattern))
+            if not matched:
+                raise UserError(f"--also-source {pattern}: nothing matches")
+            also += [SourceRewards.load(path, "--also-source") for path in matched]
+        source = SourceRewards.pooled([source, *also])
         cfg, data, base = load_run(args.config, args.overrides)
         graph = discover_units(base.model, data.input_shape, cfg.prune.mode)
         pool = recorded_pool(args.pool, graph, cfg.prune.round_to)
@@ -154,20 +184,26 @@ def main(argv: list[str] | None = None) -> int:
             raise UserError(f"--pool: {len(pool)} distinct policies, fewer than --budget + --candidates "
                             f"({args.budget + args.candidates})")
         strategies = ["random", "target", *(f"{kind}-{b}" for b in bins for kind in ("prior", "rgpe"))]
-        frame = run_replays(pool, source, graph, cfg.prune.round_to, strategies, args.seeds, args.budget,
+        priors = fitted_priors(source, graph, bins)
+        correlations = prior_rank_correlations(priors, pool, graph)
+        frame = run_replays(pool, priors, graph, cfg.prune.round_to, strategies, args.seeds, args.budget,
                             args.candidates, cfg.agent.screen_after)
     except UserError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     command = " ".join(["python -m bench.prior_replay", args.source, args.config, *args.overrides,
-                        *(f"--pool '{g}'" for g in args.pool), f"--seeds {args.seeds}",
+                        *(f"--pool '{g}'" for g in args.pool), *(f"--also-source '{g}'" for g in args.also_source),
+                        f"--seeds {args.seeds}",
                         f"--candidates {args.candidates}", f"--budget {args.budget}", f"--bins {args.bins}",
                         *([f"--out {args.out}"] if args.out else [])])
     text = (f"# Screens replayed on {len(pool)} recorded policies of {cfg.model.name}\n\n`{command}`\n\n"
             f"Each pick takes the best of {args.candidates} random unpicked pool policies by the strategy's screen; "
-            f"means over {args.seeds} seeds. Prior: {len(source.rewards)} evaluations of {args.source}. The pool "
+            f"means over {args.seeds} seeds. Prior: {len(source.rewards)} evaluations of {1 + len(also)} source "
+            f"search(es) ({args.source}{' and --also-source' if also else ''}). The pool "
             f"holds policies searches chose to send, so these figures compare screens; they are not a search's.\n\n"
-            f"{markdown_table(summary_table(frame, args.budget))}\n")
+            f"{markdown_table(summary_table(frame, args.budget))}\n\n"
+            f"Spearman correlation of the prior's mean with the pool's rewards: "
+            f"{', '.join(f'{b} bins {r:.3f}' for b, r in correlations.items())}.\n")
     if args.out:
         out = Path(args.out)
         out.parent.mkdir(parents=True, exist_ok=True)

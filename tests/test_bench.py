@@ -1,6 +1,7 @@
 """`prunepilot bench` end to end on a tiny model: every part, the tables, the targets and the resume."""
 
 import json
+import re
 import shutil
 
 import pandas as pd
@@ -681,7 +682,15 @@ def test_prior_replay_screens_a_recorded_pool(bench_run, tmp_path, capsys):
     assert frame.groupby("strategy").size().to_dict() == {"random": 2, "target": 2, "prior-2": 2, "rgpe-2": 2}
     pool = pd.concat([pd.read_csv(p) for p in (out / "reuse" / "evaluations").glob("*.csv")])
     assert frame["reward@4"].isin(pool["reward"].round(6)).all() and frame["reward@4"].max() <= pool["reward"].max()
-    assert "| random |" in (tmp_path / "replay.md").read_text()
+    text = (tmp_path / "replay.md").read_text()
+    assert "| random |" in text and "Spearman correlation" in text and "of 1 source search(es)" in text
+    # a second search of the source model pools into the prior: twice the points, and the same strategies
+    assert prior_replay([*args, "--also-source", str(out / "runs" / "ddpg-m60-s1"), "--out", str(tmp_path / "pooled.md")]) == 0
+    single, pooled = (int(re.search(r"Prior: (\d+) evaluations", (tmp_path / f).read_text()).group(1))
+                      for f in ("replay.md", "pooled.md"))
+    assert pooled > single and "of 2 source search(es)" in (tmp_path / "pooled.md").read_text()
+    assert prior_replay([*args, "--also-source", str(tmp_path / "none*")]) == 2
+    assert "--also-source" in capsys.readouterr().err
     assert prior_replay([*args, "--budget", "400"]) == 2
     assert "fewer than --budget + --candidates" in capsys.readouterr().err
     assert prior_replay([str(tmp_path), *args[1:]]) == 2

@@ -156,3 +156,33 @@ def test_a_run_folder_loads_as_a_prior_and_bad_folders_are_named(graphs, tmp_pat
     frame.head(1).to_csv(tmp_path / "run" / "evaluations.csv", index=False)
     with pytest.raises(UserError, match="at least 2 scored policies, found 1"):
         SourceRewards.load(tmp_path / "run")
+
+
+def test_a_bench_csv_loads_as_a_prior_and_searches_of_one_model_pool(graphs, tmp_path):
+    source, target = graphs
+    write_source_run(tmp_path / "run", source)
+    bench = tmp_path / "bench"
+    (bench / "evaluations").mkdir(parents=True)
+    (bench / "policies").mkdir()
+    (tmp_path / "run" / "best_policy.json").rename(bench / "policies" / "m-s0.json")
+    (tmp_path / "run" / "evaluations.csv").rename(bench / "evaluations" / "m-s0.csv")
+    from_bench = SourceRewards.load(bench / "evaluations" / "m-s0.csv")
+    assert len(from_bench.rewards) == 4 and from_bench.fingerprint == source.fingerprint
+    with pytest.raises(UserError, match="--also-source .*m-s1.csv: m-s1.json not found"):
+        (bench / "evaluations" / "m-s1.csv").write_text("reward\n")
+        SourceRewards.load(bench / "evaluations" / "m-s1.csv", "--also-source")
+    other = scored_source(source, count=7)
+    pooled = SourceRewards.pooled([from_bench, other])
+    assert len(pooled.rewards) == 11 and pooled.ratios.shape == (11, len(source.units))
+    assert pooled.rewards[4:] == pytest.approx(other.rewards) and pooled.ratios[:4] == pytest.approx(from_bench.ratios)
+    assert SourceRewards.pooled([other]) is other
+    with pytest.raises(UserError, match="units differ"):
+        SourceRewards.pooled([other, scored_source(target)])
+
+
+def test_a_prior_does_not_depend_on_its_seed_so_a_replay_fits_it_once(graphs):
+    source, target = graphs
+    rewards = scored_source(source)
+    features = depth_bin_features(np.full((3, len(target.units)), 0.4) + np.arange(3)[:, None] * 0.1,
+                                  list(unit_profile(target).values()), sorted({u.kind for u in target.units}))
+    assert rewards.prior_for(target, 0).predict(features)[0] == pytest.approx(rewards.prior_for(target, 7).predict(features)[0])
