@@ -74,6 +74,22 @@ def recorded_pool(patterns: list[str], graph: UnitGraph, round_to: int) -> pd.Da
     return pool.drop_duplicates("key").reset_index(drop=True)
 
 
+def also_sources(source: str, patterns: list[str]) -> list[str]:
+    """The paths the `--also-source` globs match, each once and none the positional source: a search counted
+    twice would weigh its policies double in the prior."""
+    seen, paths = {Path(source).resolve()}, []
+    for pattern in patterns:
+        matched = sorted(glob.glob(pattern))
+        if not matched:
+            raise UserError(f"--also-source {pattern}: nothing matches (expected run folders or a bench's "
+                            f"evaluations/<run>.csv)")
+        for path in matched:
+            if Path(path).resolve() not in seen:
+                seen.add(Path(path).resolve())
+                paths.append(path)
+    return paths
+
+
 def screen_model(strategy: str, priors: dict[int, Prior], graph: UnitGraph, screen_after: int,
                  seed: int) -> RewardModel | None:
     """The reward model a strategy screens with (None: no screen); `priors` by depth bins."""
@@ -99,7 +115,7 @@ def prior_rank_correlations(priors: dict[int, Prior], pool: pd.DataFrame, graph:
     correlations = {}
     for bins, prior in priors.items():
         mean, _ = prior.predict(depth_bin_features(ratios, profile, prior.kinds, bins))
-        correlations[bins] = float(pd.Series(mean).corr(pool["reward"].reset_index(drop=True), method="spearman"))
+        correlations[bins] = float(pd.Series(mean).corr(pool["reward"], method="spearman"))
     return correlations
 
 
@@ -170,12 +186,7 @@ def main(argv: list[str] | None = None) -> int:
         except ValueError:
             raise UserError(f"--bins: expected comma-separated whole numbers, got {args.bins!r}") from None
         source = SourceRewards.load(args.source, "source")
-        also = []
-        for pattern in args.also_source:
-            matched = sorted(glob.glob(pattern))
-            if not matched:
-                raise UserError(f"--also-source {pattern}: nothing matches")
-            also += [SourceRewards.load(path, "--also-source") for path in matched]
+        also = [SourceRewards.load(path, "--also-source") for path in also_sources(args.source, args.also_source)]
         source = SourceRewards.pooled([source, *also])
         cfg, data, base = load_run(args.config, args.overrides)
         graph = discover_units(base.model, data.input_shape, cfg.prune.mode)

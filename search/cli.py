@@ -46,7 +46,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "kind and depth onto this one and its MACs target): evaluated first, the agent learns from "
                         "it; repeatable; ddpg, td3, sac")
     p.add_argument("--prior", metavar="RUN",
-                   help="a search run folder of another model (its evaluations.csv and best_policy.json): a reward "
+                   help="a search run folder of another model (its evaluations.csv and best_policy.json), or a bench's "
+                        "evaluations/<run>.csv (policies/<run>.json beside it): a reward "
                         "model of its scores, ranking-weighted against this search's own, screens this search's "
                         "proposals from the first one on; needs agent.candidates > 1")
 
