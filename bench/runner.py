@@ -253,7 +253,9 @@ def write_summary(cfg: RunConfig, config: str, folder: Path, overrides: list[str
                 f"{cfg.prune.final_epochs} final epochs, distillation {cfg.prune.distill}, importance "
                 f"{cfg.prune.importance}, round_to {cfg.prune.round_to}" if b.final_pass else "off")
              + f". Rewards on {cfg.eval.val_limit or 'all'} validation images after {cfg.eval.bn_batches} adaptive-BN "
-               f"batches; reward `{cfg.env.reward}` (λ {cfg.env.reward_lambda}){latency_reward(cfg)}. One torch "
+               f"batches; reward `{cfg.env.reward}` (λ {cfg.env.reward_lambda}){latency_reward(cfg)}"
+             + (". Policies may remove whole residual blocks (`env.remove_blocks`)" if cfg.env.remove_blocks else "")
+             + ". One torch "
                f"thread per run, "
                f"{b.parallel} runs at once (each run's device is in the `device` column: search seconds compare within one "
                f"device only)."

@@ -28,7 +28,8 @@ DEFAULT_OVERRIDES = [
 def env_kwargs(cfg: RunConfig) -> dict[str, Any]:
     e = cfg.env
     kwargs: dict[str, Any] = dict(macs_target=e.macs_target, r_min=e.r_min, r_max=e.r_max, reward=e.reward,
-                                  reward_lambda=e.reward_lambda, round_to=cfg.prune.round_to, budget=e.budget)
+                                  reward_lambda=e.reward_lambda, round_to=cfg.prune.round_to, budget=e.budget,
+                                  remove_blocks=e.remove_blocks)
     if e.latency_weight > 0:
         if e.latency_table is None:
             raise UserError("env.latency_table: env.latency_weight > 0 needs a table; `prunepilot latency-table CONFIG "

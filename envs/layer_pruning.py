@@ -61,6 +61,11 @@ class LayerPruningEnv(gym.Env):
     agent takes changes the policy, and each step's action means "how hard to prune this unit, given
     what the budget still allows". An agent sets this for itself (`agent.action_range`).
 
+    With `remove_blocks=True` the inside of a residual block with an identity shortcut
+    (`UnitGraph.removable`) maps onto `[r_min, 1]` instead: a ratio above `r_max` goes to the nearer
+    of `r_max` and 1, and at 1 the whole block is removed (its convs, add and activation), the one
+    cut that leaves every remaining conv at its dense width (`env.remove_blocks`).
+
     ## Observation Space
     `Box(0, 1, (18,))`, the AMC layer embedding, normalised so that it does not depend on model
     size (agents move between models): relative depth; unit kind one-hot (conv, pointwise,
@@ -90,7 +95,7 @@ class LayerPruningEnv(gym.Env):
                  r_min: float = 0.0, r_max: float = 0.8, reward: str = "accuracy_minus_compute",
                  reward_lambda: float = 0.5, round_to: int = 1, budget: str = "exact", deferred: bool = False,
                  action_range: str = "absolute", latency_table: LatencyTable | None = None,
-                 latency_weight: float = 0.0, latency_target: float | None = None):
+                 latency_weight: float = 0.0, latency_target: float | None = None, remove_blocks: bool = False):
         super().__init__()
         if not 0.0 <= r_min < r_max < 1.0:
             raise ValueError(f"`0 <= r_min < r_max < 1` must hold, but got ({r_min=}, {r_max=})")
@@ -113,7 +118,10 @@ class LayerPruningEnv(gym.Env):
         self.latency_table, self.latency_weight, self.latency_target = latency_table, latency_weight, latency_target
         self.cache: dict[str, Any] = {}
         self.units = graph.units
-        floor = graph.macs({u.name: kept_count(u.channels, r_max, self.round_to) for u in self.units}) / graph.dense_macs
+        self.remove_blocks = remove_blocks and bool(graph.removable)
+        self.unit_max = [1.0 if self.remove_blocks and u.name in graph.removable else r_max for u in self.units]
+        """Each unit's largest ratio: r_max, or 1 (the whole block goes) for a removable block's inside."""
+        floor = graph.macs(self._kept([], rest=r_max)) / graph.dense_macs
         if floor > macs_target + 1e-9:
             raise UserError(f"env.macs_target: {macs_target} cannot be met with r_max={r_max} on this model "
                             f"(pruning every unit at r_max keeps {floor:.3f} of dense MACs); raise env.r_max or the target")
@@ -138,8 +146,11 @@ class LayerPruningEnv(gym.Env):
         return np.clip(np.array(rows, dtype=np.float64), 0.0, 1.0)
 
     def _kept(self, ratios: list[float], rest: float | None = None) -> dict[str, int]:
-        values = list(ratios) + [rest if rest is not None else 0.0] * (len(self.units) - len(ratios))
-        return {u.name: kept_count(u.channels, r, self.round_to) for u, r in zip(self.units, values)}
+        """Kept counts with the first units at `ratios` and the others at `rest`: whole when None, and at r_max each
+        at its largest ratio (a removable block's inside at 1: the block goes)."""
+        later = [self.unit_max[i] if rest is not None and rest >= self.r_max else (rest or 0.0)
+                 for i in range(len(ratios), len(self.units))]
+        return {u.name: self.graph.kept(u, r, self.round_to) for u, r in zip(self.units, [*ratios, *later])}
 
     def _observation(self) -> np.ndarray:
         t, dense = len(self._ratios), self.graph.dense_macs
@@ -162,11 +173,27 @@ class LayerPruningEnv(gym.Env):
             return -1.0
         return float(np.clip(2.0 * (ratio - low) / (high - low) - 1.0, -1.0, 1.0))
 
+    def _current_max(self) -> float:
+        return self.unit_max[min(len(self._ratios), len(self.units) - 1)]
+
     def action_to_ratio(self, action: float) -> float:
-        return self._action_to(self.r_min, self.r_max, action)
+        """The current unit's ratio for `action`: [-1, 1] onto [r_min, its largest ratio] (`snap`ped)."""
+        return self.snap(self._action_to(self.r_min, self._current_max(), action))
 
     def ratio_to_action(self, ratio: float) -> float:
-        return self._action_from(self.r_min, self.r_max, ratio)
+        return self._action_from(self.r_min, self._current_max(), ratio)
+
+    def snap(self, ratio: float, down: bool | None = None) -> float:
+        """A ratio the current unit can take: a removable block's inside takes [r_min, r_max] or 1 (block gone).
+
+        A ratio between r_max and 1 goes to the nearer of the two, or with `down` True / False to r_max / 1 (how
+        the budget clamp's bounds stay feasible). Other units' ratios pass unchanged.
+        """
+        if self._current_max() < 1.0 or ratio <= self.r_max or ratio >= 1.0:
+            return ratio
+        if down is None:
+            down = ratio < (self.r_max + 1.0) / 2
+        return self.r_max if down else 1.0
 
     def action_for_ratio(self, ratio: float) -> float:
         """The action that asks the current unit for `ratio` under this env's action range."""
@@ -182,7 +209,7 @@ class LayerPruningEnv(gym.Env):
             self._kept_around[key] = self._kept(self._ratios + [0.0], rest=rest)
         unit = self.units[t]
         kept = dict(self._kept_around[key])
-        kept[unit.name] = kept_count(unit.channels, ratio, self.round_to)
+        kept[unit.name] = self.graph.kept(unit, ratio, self.round_to)
         return self.graph.macs(kept)
 
     def least_feasible_ratio(self) -> float:
@@ -195,15 +222,15 @@ class LayerPruningEnv(gym.Env):
     def greatest_useful_ratio(self) -> float:
         """Largest ratio for the current unit such that later units kept whole still leave >= the budget."""
         budget = self.macs_target * self.graph.dense_macs
-        if self._macs_with(self.r_max, self.r_min) >= budget:
-            return self.r_max
+        if self._macs_with(self._current_max(), self.r_min) >= budget:
+            return self._current_max()
         if self._macs_with(self.r_min, self.r_min) < budget:
             return self.r_min
         return self._boundary(lambda x: self._macs_with(x, self.r_min) < budget) - 1e-9
 
     def _boundary(self, above: Callable[[float], bool]) -> float:
-        """The least ratio in [r_min, r_max] where the monotone predicate `above` holds (bisection)."""
-        low, high = self.r_min, self.r_max
+        """The least ratio in [r_min, the unit's largest] where the monotone predicate `above` holds (bisection)."""
+        low, high = self.r_min, self._current_max()
         for _ in range(40):
             mid = (low + high) / 2
             low, high = (low, mid) if above(mid) else (mid, high)
@@ -211,8 +238,8 @@ class LayerPruningEnv(gym.Env):
 
     def ratio_bounds(self) -> tuple[float, float]:
         """The ratios the current unit may take: AMC's wall from below, and with budget="exact" from above."""
-        low = self.least_feasible_ratio()
-        high = self.greatest_useful_ratio() if self.budget == "exact" else self.r_max
+        low = self.snap(self.least_feasible_ratio(), down=False)
+        high = self.snap(self.greatest_useful_ratio(), down=True) if self.budget == "exact" else self._current_max()
         return low, max(low, high)
 
     # ---------------------------------------------------------------------------- gym API
@@ -228,7 +255,7 @@ class LayerPruningEnv(gym.Env):
         a = float(np.clip(np.asarray(action).reshape(-1)[0], -1.0, 1.0))
         low, high = self.ratio_bounds()
         if self.action_range == "feasible":
-            ratio = wanted = self._action_to(low, high, a)
+            ratio = wanted = min(max(self.snap(self._action_to(low, high, a)), low), high)
             executed = a
         else:
             wanted = self.action_to_ratio(a)

@@ -27,7 +27,9 @@ def channel_scores(model: nn.Module, graph: UnitGraph, scorer: tp.importance.Imp
     modules = dict(model.named_modules())
     scores = {}
     for unit in graph.units:
-        module = modules[unit.name]
+        module = modules.get(unit.name)
+        if module is None:  # inside a removed block: nothing left to rank
+            continue
         pruner = dg.get_pruner_of_module(module)
         group = dg.get_pruning_group(module, pruner.prune_out_channels, list(range(out_channels(module))))
         score = scorer(group)
@@ -51,12 +53,16 @@ def prune_structured(model: nn.Module, graph: UnitGraph, kept: dict[str, int], c
     `rankings` (from `channel_rankings`) may be precomputed once on the dense model and reused
     for every one-shot evaluation; they are indices into the unit's current channels.
     """
+    if remove_blocks(model, graph, kept):
+        dg = None  # the graph of the model before its blocks went names modules it no longer has
     dg = dg or build_dependency_graph(model, graph.input_shape)
     modules = dict(model.named_modules())
     if rankings is None:
         rankings = channel_rankings(model, graph, criterion, dg)
     for unit in graph.units:
-        module = modules[unit.name]
+        module = modules.get(unit.name)
+        if module is None:  # inside a removed block
+            continue
         n_remove = out_channels(module) - kept.get(unit.name, out_channels(module))
         if n_remove <= 0:
             continue
@@ -67,6 +73,29 @@ def prune_structured(model: nn.Module, graph: UnitGraph, kept: dict[str, int], c
             raise ValueError(f"torch-pruning refused to prune {n_remove} channels of unit {unit.name!r}")
         group.prune()
     return model
+
+
+def remove_blocks(model: nn.Module, graph: UnitGraph, kept: dict[str, int]) -> list[str]:
+    """Replace by the identity every residual block whose inner unit keeps 0 channels; returns the blocks removed now.
+
+    Only a removable block's inner unit (`UnitGraph.removable`) may keep 0: its branch then adds nothing to the
+    shortcut, so the block is the identity on its (non-negative, post-ReLU) input, and the model loses its
+    convs, its add and its activation. A block removed before (an earlier progressive step) is left as it is.
+    """
+    modules = dict(model.named_modules())
+    removed = []
+    for unit in graph.units:
+        if kept.get(unit.name, 1) != 0:
+            continue
+        block = graph.removable.get(unit.name)
+        if block is None:
+            raise ValueError(f"unit {unit.name!r} is not the inside of a removable residual block; it cannot keep 0 channels")
+        if block not in modules or isinstance(modules[block], nn.Identity):
+            continue
+        parent, _, child = block.rpartition(".")
+        setattr(modules[parent] if parent else model, child, nn.Identity())
+        removed.append(block)
+    return removed
 
 
 def weight_score_table(model: nn.Module, graph: UnitGraph, criterion: str) -> dict[str, torch.Tensor]:
@@ -116,5 +145,5 @@ def current_kept(model: nn.Module, graph: UnitGraph) -> dict[str, int]:
     """What each unit keeps now: channels (structured) or non-zero weights (unstructured)."""
     modules = dict(model.named_modules())
     if graph.mode == "structured":
-        return {u.name: out_channels(modules[u.name]) for u in graph.units}
+        return {u.name: out_channels(modules[u.name]) if u.name in modules else 0 for u in graph.units}
     return {u.name: int((modules[u.name].weight != 0).sum()) for u in graph.units}

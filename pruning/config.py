@@ -134,6 +134,11 @@ class EnvConfig(Section):
     and no table measures one on this machine and saves it as latency_table.json in its run folder."""
     latency_batch: int = Field(64, ge=1)
     """Batch size a measured latency table times layers at."""
+    remove_blocks: bool = False
+    """Let a policy remove whole residual blocks: the inside of a block with an identity shortcut (ResNet's
+    BasicBlock, MobileNetV2's residual bottleneck) may take ratio 1 as well as [r_min, r_max], and at 1 the block
+    goes. Actions mapped above r_max go to the nearer of r_max and 1. Removing a block removes its per-op costs
+    with its MACs, which narrow convs keep (a CPU's speed-up at equal MACs)."""
 
     @model_validator(mode="after")
     def _range(self) -> "EnvConfig":

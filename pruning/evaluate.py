@@ -25,7 +25,7 @@ from pruning.data import DataBundle
 from pruning.importance import accumulate_gradients, needs_gradients
 from pruning.policy import SparsityPolicy
 from pruning.training import evaluate_accuracy
-from pruning.units import UnitGraph, build_dependency_graph
+from pruning.units import UnitGraph
 
 
 @dataclass
@@ -115,8 +115,7 @@ class Evaluator:
         kept = policy.kept(self.graph, self.settings.round_to)
         model = copy.deepcopy(self.dense)
         if self.graph.mode == "structured":
-            prune_structured(model, self.graph, kept, self.settings.criterion, self.rankings,
-                             build_dependency_graph(model, self.input_shape))
+            prune_structured(model, self.graph, kept, self.settings.criterion, self.rankings)
         else:
             prune_unstructured(model, self.graph, kept, self.settings.criterion, scores=self.weight_scores)
         model.zero_grad(set_to_none=True)

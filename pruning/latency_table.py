@@ -76,15 +76,19 @@ class LatencyTable:
         return channels
 
     def activation_fraction(self, kept: dict[str, int]) -> float:
-        """Conv/linear outputs kept, as a fraction of dense: what ReLUs, adds and pooling still touch."""
+        """Conv/linear outputs kept, as a fraction of dense: what ReLUs, adds and pooling still touch (nothing of
+        a removed residual block's: its last conv's output channels are the stream's, but the block is gone)."""
         channels = self.layer_channels(kept)
-        kept_total = sum(channels[name][1] * layer.out_area for name, layer in self.layers.items())
+        kept_total = sum(cout * layer.out_area for name, layer in self.layers.items()
+                         for cin, cout in [channels[name]] if cin > 0)  # cin 0: inside a removed residual block
         return kept_total / sum(layer.out_channels * layer.out_area for layer in self.layers.values())
 
     def predict_ms(self, kept: dict[str, int]) -> float:
         """Predicted latency (ms) of the model pruned to `kept` (missing units are whole)."""
         total = 0.0
         for name, (cin, cout) in self.layer_channels(kept).items():
+            if cin == 0 or cout == 0:  # inside a removed residual block
+                continue
             try:
                 total += self.entries[self.layers[name].geometry][f"{cin},{cout}"]
             except KeyError:

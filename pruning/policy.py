@@ -19,7 +19,7 @@ import numpy as np
 
 from pruning.checkpoint import atomic_write_text, stable_hash
 from pruning.errors import UserError
-from pruning.units import UnitGraph, kept_count
+from pruning.units import UnitGraph
 
 FORMAT = "prunepilot.sparsity-policy/1"
 
@@ -60,7 +60,7 @@ class SparsityPolicy:
     def kept(self, graph: UnitGraph, round_to: int = 1) -> dict[str, int]:
         """Channels (structured) or non-zero weights (unstructured) each unit keeps."""
         step = round_to if self.mode == "structured" else 1
-        return {u.name: kept_count(u.channels, self.ratios.get(u.name, 0.0), step) for u in graph.units}
+        return {u.name: graph.kept(u, self.ratios.get(u.name, 0.0), step) for u in graph.units}
 
     def macs_ratio(self, graph: UnitGraph, round_to: int = 1) -> float:
         return graph.macs(self.kept(graph, round_to)) / graph.dense_macs
@@ -115,8 +115,11 @@ class SparsityPolicy:
         if unknown:
             raise UserError(f"{source}: unknown unit(s) {unknown[:5]}; this model's units are {graph.names[:8]}...")
         for name, ratio in self.ratios.items():
+            if name in graph.removable and ratio == 1.0:
+                continue  # the whole residual block goes
             if not isinstance(ratio, (int, float)) or math.isnan(ratio) or not 0.0 <= ratio <= max_ratio:
-                raise UserError(f"{source}: ratio of unit {name!r} must lie in [0, {max_ratio}], got {ratio!r}")
+                also = " (or 1 to remove its residual block)" if name in graph.removable else ""
+                raise UserError(f"{source}: ratio of unit {name!r} must lie in [0, {max_ratio}]{also}, got {ratio!r}")
         return self
 
     # ------------------------------------------------------------------ JSON
@@ -208,13 +211,16 @@ def fit_to_macs(policy: SparsityPolicy, graph: UnitGraph, macs_target: float, ro
     """`policy` shifted by the smallest common offset (ratios clipped to [0, max_ratio]) that meets `macs_target`.
 
     A policy resampled from another model keeps its shape (which units are pruned harder) but not its
-    MACs; this moves it onto the target as the uniform rule would move a flat profile.
+    MACs; this moves it onto the target as the uniform rule would move a flat profile. A residual block the
+    policy removes (ratio 1 on its inside, `UnitGraph.removable`) stays removed: the others move.
     """
     _check_target(macs_target)
     base = policy.vector(graph)
+    removed = np.array([u.name in graph.removable for u in graph.units]) & (base >= 1.0 - 1e-9)
 
     def shifted(offset: float) -> SparsityPolicy:
-        return SparsityPolicy.from_ratios(graph, np.clip(base + offset, 0.0, max_ratio), **policy.meta)
+        return SparsityPolicy.from_ratios(graph, np.where(removed, 1.0, np.clip(base + offset, 0.0, max_ratio)),
+                                          **policy.meta)
 
     offset = _least(lambda o: shifted(o).macs_ratio(graph, round_to) <= macs_target, -max_ratio, max_ratio, tolerance)
     return shifted(offset)

@@ -23,7 +23,7 @@ from pruning.importance import accumulate_gradients, needs_gradients
 from pruning.policy import SparsityPolicy
 from pruning.schedule import cubic_schedule
 from pruning.training import Recipe, evaluate_accuracy, train
-from pruning.units import UnitGraph, kept_count
+from pruning.units import UnitGraph
 
 
 @dataclass(frozen=True)
@@ -70,7 +70,7 @@ class StepRecord:
 def step_targets(graph: UnitGraph, policy: SparsityPolicy, fraction: float, round_to: int) -> dict[str, int]:
     """Kept counts at one step: each unit at `fraction` of its final ratio, rounded like the final policy."""
     step = round_to if graph.mode == "structured" else 1
-    return {u.name: kept_count(u.channels, policy.ratios.get(u.name, 0.0) * fraction, step) for u in graph.units}
+    return {u.name: graph.kept(u, policy.ratios.get(u.name, 0.0) * fraction, step) for u in graph.units}
 
 
 def progressive_prune(model: nn.Module, data: DataBundle, graph: UnitGraph, policy: SparsityPolicy,

@@ -56,6 +56,8 @@ class UnitGraph:
     in_unit: dict[str, str] = field(default_factory=dict)
     depthwise: set[str] = field(default_factory=set)
     fingerprint: str = ""
+    removable: dict[str, str] = field(default_factory=dict)
+    """Unit name -> the residual block it is the inside of (`removable_blocks`): at ratio 1 the whole block goes."""
 
     @property
     def names(self) -> list[str]:
@@ -87,6 +89,14 @@ class UnitGraph:
                 factor *= keep.get(in_unit, 1.0)
             total += macs * factor
         return total
+
+
+    def kept(self, unit: Unit, ratio: float, round_to: int = 1) -> int:
+        """What `unit` keeps at `ratio`: 0 for a removable block's inner unit at ratio 1 (the block goes), else
+        `kept_count`. The one rule every policy, budget clamp and pruning step goes through."""
+        if ratio >= 1.0 - 1e-9 and unit.name in self.removable:
+            return 0
+        return kept_count(unit.channels, ratio, round_to)
 
 
 def kept_count(channels: int, ratio: float, round_to: int = 1) -> int:
@@ -180,4 +190,65 @@ def discover_units(model: nn.Module, input_shape: tuple[int, ...], mode: Mode = 
     if mode == "unstructured":
         graph.out_unit = {u.name: u.name for u in graph.units}
     graph.fingerprint = _fingerprint(mode, shapes, modules, graph.units)
+    if mode == "structured":
+        graph.removable = removable_blocks(model, graph)
     return graph
+
+
+def _common_parent(names: list[str]) -> str:
+    parts = [name.split(".") for name in names]
+    common = []
+    for pieces in zip(*parts):
+        if len(set(pieces)) != 1:
+            break
+        common.append(pieces[0])
+    return ".".join(common[: min(len(p) for p in parts) - 1]) if common else ""
+
+
+def _layers_under(graph: UnitGraph, module: str) -> set[str]:
+    return {name for name in graph.shapes if name.startswith(module + ".")}
+
+
+def removable_blocks(model: nn.Module, graph: UnitGraph) -> dict[str, str]:
+    """The units that are the inside of a residual block with an identity shortcut, and that block's name.
+
+    Pruning every channel of such a unit leaves its block's branch with nothing to add to the identity, so
+    the block itself can go (ResNet's BasicBlock without a projection, MobileNetV2's residual bottlenecks).
+    A block qualifies when (1) it is the outermost module holding the unit's layers alone, (2) it holds no
+    other conv or linear layer (no projection shortcut), (3) the layers its branch ends in write into
+    channels coupled with layers outside the block (the residual add), and (4) its output has its input's
+    shape. Removing it means replacing it by the identity (`pruning.apply.remove_blocks`).
+    """
+    candidates: dict[str, str] = {}
+    for unit in graph.units:
+        if unit.kind in ("residual-group", "linear") or not unit.in_layers:
+            continue
+        layers = set(unit.out_layers) | set(unit.in_layers)
+        block = _common_parent(sorted(layers))
+        if not block or _layers_under(graph, block) != layers:
+            continue
+        while "." in block and _layers_under(graph, block.rsplit(".", 1)[0]) == layers:
+            block = block.rsplit(".", 1)[0]  # the outermost module that holds these layers alone: the block itself
+        coupled = all(any(not other.startswith(block + ".") for other in graph.unit(graph.out_unit[layer]).out_layers)
+                      for layer in unit.in_layers if layer in graph.out_unit)
+        if coupled and all(layer in graph.out_unit for layer in unit.in_layers):
+            candidates[unit.name] = block
+    if not candidates:
+        return {}
+    modules = dict(model.named_modules())
+    same_shape: dict[str, bool] = {}
+    hooks = [modules[block].register_forward_hook(
+        lambda module, inputs, output, block=block: same_shape.__setitem__(
+            block, isinstance(output, torch.Tensor) and tuple(output.shape) == tuple(inputs[0].shape)))
+        for block in set(candidates.values())]
+    was_training = model.training
+    try:
+        model.eval()
+        device = next(iter(model.parameters()), torch.empty(0)).device
+        with torch.no_grad():
+            model(torch.zeros(1, *graph.input_shape, device=device))
+    finally:
+        for h in hooks:
+            h.remove()
+        model.train(was_training)
+    return {name: block for name, block in candidates.items() if same_shape.get(block)}

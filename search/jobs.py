@@ -90,7 +90,12 @@ def latency_table_job(args: argparse.Namespace) -> int:
 
 # ------------------------------------------------------------------------------------ shared pieces
 def unit_graph(ctx: Context, model: torch.nn.Module) -> UnitGraph:
-    return discover_units(model, ctx.data.input_shape, ctx.cfg.prune.mode)
+    graph = discover_units(model, ctx.data.input_shape, ctx.cfg.prune.mode)
+    if ctx.cfg.env.remove_blocks:  # say what the setting can do here: a model may have no block to remove
+        log.info("env.remove_blocks: %d residual block(s) of %s can be removed%s", len(graph.removable),
+                 ctx.cfg.model.name, f" ({', '.join(sorted(set(graph.removable.values())))})" if graph.removable
+                 else " (in structured mode, blocks with an identity shortcut only): the setting has no effect")
+    return graph
 
 
 def policy_from_args(ctx: Context, graph: UnitGraph, policy_path: str | None) -> SparsityPolicy:

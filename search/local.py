@@ -42,7 +42,8 @@ def tpe_search(env: LayerPruningEnv, evaluations: int, seed: int,
         if len(results) == evaluations:
             break
         trial = study.ask()
-        policy = env.play_ratios([trial.suggest_float(u.name, env.r_min, env.r_max) for u in env.units])[0]
+        ratios = [trial.suggest_float(u.name, env.r_min, high) for u, high in zip(env.units, env.unit_max)]
+        policy = env.play_ratios(ratios)[0]
         repeat = env.has_scored(policy)
         evaluation = scored(env, len(results), policy)
         study.tell(trial, evaluation.reward)

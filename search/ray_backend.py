@@ -91,7 +91,7 @@ def search_algorithm(cfg: RunConfig, env: LayerPruningEnv, model: Any, graph: Un
                      ) -> tuple[Any, dict, int]:
     """(Tune search algorithm, param space, number of trials) for `cfg.search.searcher`; `seeds` go first (agents)."""
     name, budget, seed = cfg.search.searcher, cfg.search.evaluations, cfg.search_seed
-    space = {"ratios": {u: tune.uniform(env.r_min, env.r_max) for u in graph.names}}
+    space = {"ratios": {u: tune.uniform(env.r_min, high) for u, high in zip(graph.names, env.unit_max)}}
     if name in BUILDERS:
         if name == "ppo":
             raise UserError("search.searcher: ppo learns on-policy from whole rollouts; use it with --backend local")

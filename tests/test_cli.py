@@ -233,3 +233,57 @@ def test_latency_table_command_and_a_latency_aware_local_search(tmp_path, tiny_c
     assert np.allclose(frame["reward"], expected)
     report = (out / "report.md").read_text()
     assert "minus 1 x max(0, L / 0.5 - 1)" in report and "latency_ratio" in report
+
+
+REMOVABLE = ("layer1.0", "layer1.1", "layer1.2", "layer2.1", "layer2.2", "layer3.1", "layer3.2")
+
+
+def test_a_search_may_remove_residual_blocks_and_the_final_pass_removes_them(tmp_path, tiny_config, caplog):
+    from torch import nn
+
+    from pruning.export import load_pruned
+    from pruning.models import build_model
+    from pruning.units import discover_units
+    from search.review import policy_of_row
+
+    residual = ["model.name=resnet20", "model.kwargs={}", "data.name=digits", "data.options={}", "prune.round_to=4",
+                "env.remove_blocks=true", "env.macs_target=0.5", "sweep.accuracy_floor=null"]
+    out = tmp_path / "search"
+    with caplog.at_level("INFO", logger="prunepilot"):
+        assert main(["search", str(tiny_config), "--backend", "local", "--out", str(out), "--quiet",
+                     "search.searcher=random", "search.evaluations=8", "search.final_pass=false", *residual]) == 0
+    assert f"env.remove_blocks: 7 residual block(s) of resnet20 can be removed ({', '.join(REMOVABLE)})" in caplog.text
+    table = pd.read_csv(out / "evaluations.csv")
+    inside = [f"ratio:{block}.conv1" for block in REMOVABLE]
+    ratios = table.filter(like="ratio:")
+    assert (ratios[inside] == 1.0).any(axis=None)  # random actions near +1 remove a block
+    assert (ratios.drop(columns=inside) <= 0.8).all(axis=None) and (table["macs_ratio"] <= 0.5 + 1e-9).all()
+
+    graph = discover_units(build_model("resnet20", 1, 10, (1, 8, 8)), (1, 8, 8))
+    row = table[(ratios[inside] == 1.0).any(axis=1)].iloc[0]
+    policy = policy_of_row(row, graph)
+    policy.save(tmp_path / "removing.json")
+    pruned_out = tmp_path / "prune"
+    assert main(["prune", str(tiny_config), "--policy", str(tmp_path / "removing.json"), "--out", str(pruned_out),
+                 "--quiet", *residual]) == 0
+    modules = dict(load_pruned(pruned_out / "model.pt").named_modules())
+    gone = [block for block in REMOVABLE if policy.ratios[f"{block}.conv1"] == 1.0]
+    assert gone and all(isinstance(modules[block], nn.Identity) for block in gone)
+    assert not any(isinstance(modules[block], nn.Identity) for block in set(REMOVABLE) - set(gone))
+    summary = json.loads((pruned_out / "summary.json").read_text())
+    assert summary["macs_ratio"] == pytest.approx(policy.macs_ratio(graph, 4))
+    assert summary["export_max_abs_diff"]["onnx"] < 1e-4
+
+
+def test_ratio_one_is_refused_for_a_unit_that_is_no_removable_block(tmp_path, tiny_config):
+    from pruning.models import build_model
+    from pruning.policy import SparsityPolicy
+    from pruning.units import discover_units
+
+    graph = discover_units(build_model("resnet20", 1, 10, (1, 8, 8)), (1, 8, 8))
+    SparsityPolicy.from_ratios(graph, [1.0] + [0.0] * (len(graph.units) - 1)).save(tmp_path / "stem.json")
+    result = run_cli("prune", str(tiny_config), "--policy", str(tmp_path / "stem.json"), "--out", str(tmp_path / "run"),
+                     "model.name=resnet20", "model.kwargs={}", "data.name=digits", "data.options={}", cwd=tmp_path)
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert "ratio of unit 'conv1' must lie in [0, " in result.stderr
+    assert not (tmp_path / "run").exists()
