@@ -90,7 +90,6 @@ class UnitGraph:
             total += macs * factor
         return total
 
-
     def kept(self, unit: Unit, ratio: float, round_to: int = 1) -> int:
         """What `unit` keeps at `ratio`: 0 for a removable block's inner unit at ratio 1 (the block goes), else
         `kept_count`. The one rule every policy, budget clamp and pruning step goes through."""
@@ -196,6 +195,7 @@ def discover_units(model: nn.Module, input_shape: tuple[int, ...], mode: Mode = 
 
 
 def _common_parent(names: list[str]) -> str:
+    """The deepest module name that is a proper prefix of every name in `names` ("" when they share none)."""
     parts = [name.split(".") for name in names]
     common = []
     for pieces in zip(*parts):
