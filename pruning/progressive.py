@@ -70,14 +70,10 @@ class StepRecord:
 def step_targets(graph: UnitGraph, policy: SparsityPolicy, fraction: float, round_to: int) -> dict[str, int]:
     """Kept counts at one step: each unit at `fraction` of its final ratio, rounded like the final policy.
 
-    A residual block the policy removes (ratio 1, `UnitGraph.removable`) goes at the first step: shrinking its
-    inside first would only keep alive channels that go anyway, and every fine-tuning epoch after its removal
-    adapts the model to its absence.
-    """
+    A residual block the policy removes (ratio 1) shrinks with the schedule and goes at the last step; removing
+    it at the first step instead was tried and did no better after the pass (README, block removal)."""
     step = round_to if graph.mode == "structured" else 1
-    ratios = {u.name: policy.ratios.get(u.name, 0.0) for u in graph.units}
-    return {u.name: graph.kept(u, ratios[u.name] if graph.kept(u, ratios[u.name]) == 0 else ratios[u.name] * fraction,
-                               step) for u in graph.units}
+    return {u.name: graph.kept(u, policy.ratios.get(u.name, 0.0) * fraction, step) for u in graph.units}
 
 
 def progressive_prune(model: nn.Module, data: DataBundle, graph: UnitGraph, policy: SparsityPolicy,
