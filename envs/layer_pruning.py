@@ -13,7 +13,7 @@ from envs.rewards import get_reward, latency_penalty
 from pruning.errors import UserError
 from pruning.latency_table import LatencyTable
 from pruning.policy import SparsityPolicy
-from pruning.units import UnitGraph, kept_count
+from pruning.units import UnitGraph
 
 UNIT_KINDS = ("conv", "pointwise", "depthwise-group", "residual-group", "linear")
 FEATURES = ("depth", *(f"kind_{k}" for k in UNIT_KINDS), "log_in_channels", "log_out_channels", "kernel", "stride",

@@ -79,8 +79,11 @@ class LatencyTable:
         """Conv/linear outputs kept, as a fraction of dense: what ReLUs, adds and pooling still touch (nothing of
         a removed residual block's: its last conv's output channels are the stream's, but the block is gone)."""
         channels = self.layer_channels(kept)
-        kept_total = sum(cout * layer.out_area for name, layer in self.layers.items()
-                         for cin, cout in [channels[name]] if cin > 0)  # cin 0: inside a removed residual block
+        kept_total = 0
+        for name, layer in self.layers.items():
+            cin, cout = channels[name]
+            if cin > 0:  # cin 0: inside a removed residual block
+                kept_total += cout * layer.out_area
         return kept_total / sum(layer.out_channels * layer.out_area for layer in self.layers.values())
 
     def predict_ms(self, kept: dict[str, int]) -> float:
