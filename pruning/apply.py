@@ -78,9 +78,11 @@ def prune_structured(model: nn.Module, graph: UnitGraph, kept: dict[str, int], c
 def remove_blocks(model: nn.Module, graph: UnitGraph, kept: dict[str, int]) -> list[str]:
     """Replace by the identity every residual block whose inner unit keeps 0 channels; returns the blocks removed now.
 
-    Only a removable block's inner unit (`UnitGraph.removable`) may keep 0: its branch then adds nothing to the
-    shortcut, so the block is the identity on its (non-negative, post-ReLU) input, and the model loses its
-    convs, its add and its activation. A block removed before (an earlier progressive step) is left as it is.
+    Only a removable block's inner unit (`UnitGraph.removable`) may keep 0: its branch would then add only its
+    last BatchNorm's constant shift to the shortcut, and removing the block drops that shift with its convs, add
+    and activation. The block is then the identity on its (post-ReLU) input; adaptive BN and the accuracy the
+    evaluation measures say what the lost shift costs. A block removed before (an earlier progressive step) is
+    left as it is.
     """
     modules = dict(model.named_modules())
     removed = []

@@ -213,8 +213,10 @@ def test_the_progressive_pass_removes_the_blocks_at_its_last_step(digits):
                                                 for n in graph.names])
     settings_ = ProgressiveSettings(steps=2, finetune_epochs=0.25, final_epochs=0.5, lr=0.01, batch_size=64,
                                     criterion="taylor", bn_batches=2, augment=False, round_to=4)
+    after_step = []
     pruned, steps = progressive_prune(model, digits, graph, policy, settings_, torch.Generator().manual_seed(0),
-                                      show_progress=False)
+                                      show_progress=False, on_step=lambda _: after_step.append(current_kept(model, graph)))
+    assert 0 < after_step[0]["layer1.1.conv1"] < 16 and 0 < after_step[0]["layer3.2.conv1"] < 64  # shrunk, not gone
     modules = dict(pruned.named_modules())
     assert [isinstance(modules[b], nn.Identity) for b in ("layer1.1", "layer3.2", "layer1.0")] == [True, True, False]
     assert current_kept(pruned, graph) == policy.kept(graph, 4)
