@@ -17,7 +17,7 @@ from agents.exploration import EpisodeRewardReplayBuffer, truncated_normal
 from agents.sb3_agents import CLASSES, build_algorithm
 from agents.screening import RewardModel, expected_improvement
 from agents.transfer_prior import SourceRewards, TransferredRewardModel
-from envs.layer_pruning import FEATURES, OBS_VERSION, LayerPruningEnv, Step
+from envs.layer_pruning import FEATURES, LATENCY_FEATURES, OBS_VERSION, LayerPruningEnv, Step
 from pruning.config import AgentConfig
 from pruning.errors import UserError
 from pruning.policy import SparsityPolicy, unit_profile
@@ -166,6 +166,7 @@ class PruningAgent:
             return candidates[0][0], self._transitions(candidates[0][1])
         options = list(fresh.values())
         mean, std = model.predict(np.stack([model.inputs(p, env.graph, env.round_to) for p, _, _ in options]))
+        mean = mean + np.array([self.known_reward(env, p) for p, _, _ in options])
         best = int(np.argmax(expected_improvement(mean, std, model.best)))
         self.last_screen = {"candidates": len(options), "predicted_reward": float(mean[best]),
                             "predicted_std": float(std[best])}
@@ -214,7 +215,14 @@ class PruningAgent:
         """A policy of env's model was scored: the reward model (when screening) learns it."""
         model = self.screening_model(env)
         if model is not None:
-            model.add(model.inputs(policy, env.graph, env.round_to), reward)
+            model.add(model.inputs(policy, env.graph, env.round_to), reward, self.known_reward(env, policy))
+
+    def known_reward(self, env: LayerPruningEnv, policy: SparsityPolicy) -> float:
+        """The part of a policy's reward known before scoring it, which the screen adds rather than learns: minus its
+        latency penalty from the table with `agent.screen_known_latency`, else 0."""
+        if not self.cfg.screen_known_latency or env.latency_weight <= 0:
+            return 0.0
+        return -env.latency_cost(policy.kept(env.graph, env.round_to))
 
     def demonstrate(self, env: LayerPruningEnv, policy: SparsityPolicy) -> tuple[SparsityPolicy, list[tuple]]:
         """`policy` (made for env's model) played as an episode, so the agent can learn from its score.
@@ -379,12 +387,18 @@ class PruningAgent:
         return cls(model, cfg, reward_model)
 
     # ------------------------------------------------------------------------- persistence
+    def observed_features(self) -> tuple[str, ...]:
+        """The features this agent's networks read, known from their input size (with or without the latency ones)."""
+        with_latency = FEATURES + LATENCY_FEATURES
+        return with_latency if self.model.observation_space.shape[0] == len(with_latency) else FEATURES
+
     def save(self, path: str | Path, env: LayerPruningEnv | None = None) -> Path:
         """Write `<path>.zip` (SB3) and `<path>.json` (what the observation means)."""
         path = Path(path).with_suffix(".zip")
         path.parent.mkdir(parents=True, exist_ok=True)
         self.model.save(path)
-        meta = {"agent": self.cfg.model_dump(), "obs_version": OBS_VERSION, "features": list(FEATURES),
+        meta = {"agent": self.cfg.model_dump(), "obs_version": OBS_VERSION,
+                "features": list(self.observed_features()),
                 "episodes": int(self.model._episode_num), "timesteps": int(self.model.num_timesteps)}
         if env is not None:
             meta["trained_on"] = {"fingerprint": env.graph.fingerprint, "units": env.n_units,
@@ -399,9 +413,14 @@ class PruningAgent:
         if not path.is_file() or not meta_path.is_file():
             raise UserError(f"{path}: agent not found (expected {path.name} and {meta_path.name} side by side)")
         meta = json.loads(meta_path.read_text())
-        if meta.get("obs_version") != OBS_VERSION or meta.get("features") != list(FEATURES):
+        if meta.get("obs_version") != OBS_VERSION:
             raise UserError(f"{meta_path}: agent was trained on observation version {meta.get('obs_version')}, "
                             f"this PrunePilot uses {OBS_VERSION}; retrain it")
+        if meta.get("features") not in (list(FEATURES), list(FEATURES + LATENCY_FEATURES)):
+            raise UserError(f"{meta_path}: agent was trained on other observation features; retrain it")
+        if env is not None and meta["features"] != list(env.features):
+            raise UserError(f"{meta_path}: agent was trained with env.latency_features="
+                            f"{str(len(meta['features']) > len(FEATURES)).lower()}; set it so to reuse the agent")
         cfg = AgentConfig.model_validate(meta["agent"])
         model = CLASSES[cfg.name].load(path, env=env, device="cpu")
         model.set_logger(configure_logger(None, []))

@@ -14,6 +14,12 @@ with one length scale per unit, plus white noise (adaptive-BN accuracy on a vali
 noisy measurement), on normalised rewards. Its hyperparameters are refitted by maximum likelihood
 when the data have grown by `refit_every` points since the last fit, and otherwise kept while the
 model conditions on the new points (an O(n^3) solve, milliseconds at a search's n <= a few hundred).
+
+A part of the reward the search knows before it scores a policy (its latency penalty, read from the
+latency table: `agent.screen_known_latency`) is not learned: the process models the reward without it,
+and the screen adds it back to each candidate's prediction. A Matern process smooths the penalty's
+hinge at the latency target over its length scales; added back exactly, it rules out a candidate far
+over the target that the process alone would rate by its accuracy.
 """
 
 from __future__ import annotations
@@ -63,6 +69,9 @@ class RewardModel:
         """The model (graph fingerprint) whose policies these are."""
         self.features: list[np.ndarray] = []
         self.rewards: list[float] = []
+        """What the process regresses on: each reward less its known part."""
+        self.known: list[float] = []
+        """Each point's known part of the reward (0 unless the screen is given one)."""
         self._kernel: Kernel | None = None
         self._tuned_at = 0
         self._gp: GaussianProcessRegressor | None = None
@@ -71,6 +80,10 @@ class RewardModel:
     def __getstate__(self) -> dict:
         """The data and the tuned kernel; the fitted process is rebuilt from them on first use."""
         return {**self.__dict__, "_gp": None, "_fitted_at": 0}
+
+    def __setstate__(self, state: dict) -> None:
+        """A model pickled before `known` existed knew nothing: zeros."""
+        self.__dict__.update({"known": [0.0] * len(state["rewards"]), **state})
 
     def __len__(self) -> int:
         return len(self.rewards)
@@ -85,16 +98,19 @@ class RewardModel:
 
     @property
     def best(self) -> float:
-        return max(self.rewards)
+        """The best whole reward scored so far (known part included)."""
+        return max(r + k for r, k in zip(self.rewards, self.known))
 
-    def add(self, features: np.ndarray, reward: float) -> None:
+    def add(self, features: np.ndarray, reward: float, known: float = 0.0) -> None:
+        """A scored policy; `known` is the part of `reward` known without scoring (the process learns the rest)."""
         features = np.asarray(features, dtype=np.float64).reshape(-1)
         if features.shape != (self.n_units,):
             raise ValueError(f"expected {self.n_units} features (one per unit), got {features.shape[0]}")
         if not math.isfinite(reward):
             return  # a reward the model cannot regress on (a failed evaluation) teaches it nothing
         self.features.append(features)
-        self.rewards.append(float(reward))
+        self.rewards.append(float(reward) - known)
+        self.known.append(float(known))
 
     def _initial_kernel(self) -> Kernel:
         return (ConstantKernel(1.0, (1e-2, 1e2))
@@ -125,6 +141,7 @@ class RewardModel:
         mean, std = self._fitted().predict(np.atleast_2d(features), return_std=True)
         return mean, std
 
-    def expected_improvement(self, features: np.ndarray) -> np.ndarray:
+    def expected_improvement(self, features: np.ndarray, known: np.ndarray | float = 0.0) -> np.ndarray:
+        """EI of each row's whole reward: the process's prediction plus the row's known part."""
         mean, std = self.predict(features)
-        return expected_improvement(mean, std, self.best)
+        return expected_improvement(mean + known, std, self.best)

@@ -177,11 +177,11 @@ class TransferredRewardModel(RewardModel):
         return np.concatenate([policy_features(policy, graph, round_to),
                                depth_bin_features(policy.vector(graph), self.profile, self.prior.kinds, self.prior.bins)[0]])
 
-    def add(self, features: np.ndarray, reward: float) -> None:
+    def add(self, features: np.ndarray, reward: float, known: float = 0.0) -> None:
         features = np.asarray(features, dtype=np.float64).reshape(-1)
         if not math.isfinite(reward):
             return
-        super().add(features[:self.n_units], reward)
+        super().add(features[:self.n_units], reward, known)
         self.bin_features.append(features[self.n_units:])
 
     @property

@@ -28,6 +28,7 @@ from bench.search_efficiency import measure
 from bench.transfer import (check_transfer_method, dense_digests, is_recorded, keep_source, keep_zero_shot,
                             source_files, transfer_runs, transfer_table)
 from bench.zoo import display_zoo, zoo_rows
+from envs.factory import check_env_settings
 from envs.rewards import describe_latency_penalty
 from pruning.baseline import known_digest
 from pruning.config import RunConfig, load_config, validated
@@ -69,7 +70,12 @@ def check_methods(cfg: RunConfig) -> None:
         if name in SEARCHERS:
             raise UserError(f"{field}: a variant needs a name of its own, not the searcher name {name!r}")
         check_searcher(variant.searcher, field=f"{field}.searcher")
-        validated(cfg.model_dump(), variant.overrides, f"{field}.overrides")
+        resolved = validated(cfg.model_dump(), variant.overrides, f"{field}.overrides")
+        if name in cfg.bench.methods:
+            try:
+                check_env_settings(resolved)
+            except UserError as exc:
+                raise UserError(f"{field}.overrides: {exc}") from None
 
 
 # ------------------------------------------------------------------------------------------- parts

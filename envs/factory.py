@@ -25,7 +25,16 @@ DEFAULT_OVERRIDES = [
 ]
 
 
+def check_env_settings(cfg: RunConfig) -> None:
+    """Env settings valid alone but not together, checked where an env is built (a bench variant may set one for the
+    runs whose overrides set the other)."""
+    if cfg.env.latency_features and cfg.env.latency_weight == 0:
+        raise UserError("env.latency_features: the features describe the latency the reward prices; "
+                        "set env.latency_weight > 0 (and env.latency_table)")
+
+
 def env_kwargs(cfg: RunConfig) -> dict[str, Any]:
+    check_env_settings(cfg)
     e = cfg.env
     kwargs: dict[str, Any] = dict(macs_target=e.macs_target, r_min=e.r_min, r_max=e.r_max, reward=e.reward,
                                   reward_lambda=e.reward_lambda, round_to=cfg.prune.round_to, budget=e.budget,
@@ -35,7 +44,7 @@ def env_kwargs(cfg: RunConfig) -> dict[str, Any]:
             raise UserError("env.latency_table: env.latency_weight > 0 needs a table; `prunepilot latency-table CONFIG "
                             "--out FILE` measures one (a search measures its own when none is given)")
         kwargs.update(latency_table=LatencyTable.load(e.latency_table), latency_weight=e.latency_weight,
-                      latency_target=e.latency_target)
+                      latency_target=e.latency_target, latency_features=e.latency_features)
     return kwargs
 
 

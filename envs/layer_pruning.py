@@ -18,6 +18,8 @@ from pruning.units import UnitGraph
 UNIT_KINDS = ("conv", "pointwise", "depthwise-group", "residual-group", "linear")
 FEATURES = ("depth", *(f"kind_{k}" for k in UNIT_KINDS), "log_in_channels", "log_out_channels", "kernel", "stride",
             "resolution", "unit_macs", "macs_removed", "macs_rest", "previous_ratio", "macs_target")
+LATENCY_FEATURES = ("removable", "unit_latency", "latency_removed", "latency_target")
+"""Appended with `latency_features=True`: what the table predicts, as FEATURES say it of MACs."""
 BUDGETS = ("exact", "cap")
 ACTION_RANGES = ("absolute", "feasible")
 OBS_VERSION = 1
@@ -74,6 +76,13 @@ class LayerPruningEnv(gym.Env):
     MACs of the units still to come, each as a fraction of dense MACs; the previous ratio; the
     MACs target.
 
+    With `latency_features=True` (a latency table needed) 4 more, the same for the latency the reward
+    prices (`LATENCY_FEATURES`): whether the unit's block can be removed; the predicted latency saved by
+    pruning the unit as far as it goes (its whole block where removable); the predicted latency already
+    saved, with the units still to come whole; each as a fraction of dense latency; the latency target
+    (0 without one). MACs alone do not tell the agent which units buy latency: removing a block saves its
+    per-op costs, which narrowing its convs keeps.
+
     ## Rewards
     0 on every step but the last. The last step scores the policy with the evaluator (adaptive
     BN + validation accuracy) and returns `reward` by name: `accuracy_minus_compute`
@@ -95,7 +104,8 @@ class LayerPruningEnv(gym.Env):
                  r_min: float = 0.0, r_max: float = 0.8, reward: str = "accuracy_minus_compute",
                  reward_lambda: float = 0.5, round_to: int = 1, budget: str = "exact", deferred: bool = False,
                  action_range: str = "absolute", latency_table: LatencyTable | None = None,
-                 latency_weight: float = 0.0, latency_target: float | None = None, remove_blocks: bool = False):
+                 latency_weight: float = 0.0, latency_target: float | None = None, remove_blocks: bool = False,
+                 latency_features: bool = False):
         super().__init__()
         if not 0.0 <= r_min < r_max < 1.0:
             raise ValueError(f"`0 <= r_min < r_max < 1` must hold, but got ({r_min=}, {r_max=})")
@@ -116,6 +126,11 @@ class LayerPruningEnv(gym.Env):
         if latency_table is not None:
             latency_table.check(graph, self.round_to)
         self.latency_table, self.latency_weight, self.latency_target = latency_table, latency_weight, latency_target
+        if latency_features and latency_table is None:
+            raise UserError("env.latency_features: the latency features are predicted from a latency table; "
+                            "set env.latency_table (and env.latency_weight > 0)")
+        self.features = (*FEATURES, *LATENCY_FEATURES) if latency_features else FEATURES
+        """What each observation entry is; saved with an agent, so it is only fed the embedding it learned on."""
         self.cache: dict[str, Any] = {}
         self.units = graph.units
         self.remove_blocks = remove_blocks and bool(graph.removable)
@@ -126,8 +141,12 @@ class LayerPruningEnv(gym.Env):
             raise UserError(f"env.macs_target: {macs_target} cannot be met with r_max={r_max} on this model "
                             f"(pruning every unit at r_max keeps {floor:.3f} of dense MACs); raise env.r_max or the target")
         self._static = self._static_features()
+        self._static_latency = None if self.features == FEATURES else np.clip(np.array(
+            [[1.0 if most == 1.0 else 0.0, saved] for most, saved in zip(self.unit_max, self._latency_saved_alone())]),
+            0.0, 1.0)
+        """Per unit: can its block go, and the latency it saves alone at its largest ratio (`latency_features`)."""
         self.action_space = spaces.Box(-1.0, 1.0, (1,), dtype=np.float32)
-        self.observation_space = spaces.Box(0.0, 1.0, (len(FEATURES),), dtype=np.float32)
+        self.observation_space = spaces.Box(0.0, 1.0, (len(self.features),), dtype=np.float32)
         self._ratios: list[float] = []
         self._kept_around: dict[tuple[int, float], dict[str, int]] = {}
         """Kept counts of the other units, by (unit index, ratio of the later units), for `_macs_with`."""
@@ -145,6 +164,11 @@ class LayerPruningEnv(gym.Env):
                          unit.macs / dense])
         return np.clip(np.array(rows, dtype=np.float64), 0.0, 1.0)
 
+    def _latency_saved_alone(self) -> list[float]:
+        """Each unit's predicted latency saved, as a fraction of dense, when it alone is pruned at its largest ratio."""
+        return [1.0 - self.latency_table.ratio({u.name: self.graph.kept(u, self.unit_max[u.index], self.round_to)})
+                for u in self.units]
+
     def _kept(self, ratios: list[float], rest: float | None = None) -> dict[str, int]:
         """Kept counts with the first units at `ratios` and the others at `rest`: whole when None, and at r_max each
         at its largest ratio (a removable block's inside at 1: the block goes)."""
@@ -157,8 +181,11 @@ class LayerPruningEnv(gym.Env):
         removed = 1.0 - self.graph.macs(self._kept(self._ratios)) / dense
         rest = sum(self.graph.shapes[layer].macs for u in self.units[t + 1:] for layer in u.out_layers) / dense
         previous = self._ratios[-1] / self.r_max if self._ratios else 0.0
-        dynamic = [removed, rest, previous, self.macs_target]
-        return np.clip(np.concatenate([self._static[t], dynamic]), 0.0, 1.0).astype(np.float32)
+        parts = [self._static[t], [removed, rest, previous, self.macs_target]]
+        if self._static_latency is not None:
+            parts += [self._static_latency[t], [1.0 - self.latency_table.ratio(self._kept(self._ratios)),
+                                                self.latency_target or 0.0]]
+        return np.clip(np.concatenate(parts), 0.0, 1.0).astype(np.float32)
 
     # ---------------------------------------------------------------------------- mapping
     @staticmethod
@@ -316,9 +343,13 @@ class LayerPruningEnv(gym.Env):
 
     def reward(self, result: Any) -> float:
         value = self.reward_fn(result.accuracy, result.macs_ratio, result.macs, self.reward_lambda)
-        if self.latency_weight > 0:
-            value -= latency_penalty(self.latency_ratio(result.kept), self.latency_weight, self.latency_target)
-        return float(value)
+        return float(value - self.latency_cost(result.kept))
+
+    def latency_cost(self, kept: dict[str, int]) -> float:
+        """What the reward loses for a policy's predicted latency (0 with the latency term off): known before scoring."""
+        if self.latency_weight <= 0:
+            return 0.0
+        return latency_penalty(self.latency_ratio(kept), self.latency_weight, self.latency_target)
 
     def latency_ratio(self, kept: dict[str, int]) -> float | None:
         """Predicted latency of a policy's kept counts as a fraction of dense; None without a latency table."""

@@ -139,6 +139,11 @@ class EnvConfig(Section):
     BasicBlock, MobileNetV2's residual bottleneck) may take ratio 1 as well as [r_min, r_max], and at 1 the block
     goes. Actions mapped above r_max go to the nearer of r_max and 1. Removing a block removes its per-op costs
     with its MACs, which narrow convs keep (a CPU's speed-up at equal MACs)."""
+    latency_features: bool = False
+    """Add the latency table's view to the agent's observation (envs.layer_pruning.LATENCY_FEATURES): whether the
+    unit's block can be removed, the latency the unit can save, the latency saved so far, the latency target.
+    Needs latency_weight > 0 (checked where the env is built, so that a bench variant may set it for the
+    latency-aware runs alone). An agent saved with them is only reused with them."""
 
     @model_validator(mode="after")
     def _range(self) -> "EnvConfig":
@@ -195,6 +200,10 @@ class AgentConfig(Section):
     candidate k of K with a std spaced geometrically from the schedule's (k = 0) to noise_sigma (k = K - 1), so that
     the reward model chooses how far to explore: once AMC's std has decayed, K candidates at that std are nearly one
     policy, and screening has nothing left to choose from (ddpg, td3)."""
+    screen_known_latency: bool = False
+    """With screening (candidates > 1) in a latency-aware search (env.latency_weight > 0): the reward model learns
+    each reward less its latency penalty, which the latency table gives exactly before any evaluation, and the screen
+    adds each candidate's penalty back. False: the model learns the whole reward, hinge at the target included."""
     warm_start_random_candidates: int = Field(0, ge=0)
     """Of a warm start's screened candidates (`agent.candidates`), how many are uniformly random episodes, as in a
     fresh agent's warm-up, in place of the widest-noise ones: the screen can then leave the transferred policy's

@@ -8,10 +8,11 @@ import numpy as np
 import pytest
 from torch import nn
 
-from envs.layer_pruning import LayerPruningEnv
+from agents.agent import PruningAgent
+from envs.layer_pruning import FEATURES, LATENCY_FEATURES, LayerPruningEnv
 from envs.synthetic import SyntheticEvaluator
 from pruning.apply import prune_structured
-from pruning.config import load_config
+from pruning.config import AgentConfig, load_config
 from pruning.errors import UserError
 from pruning.latency_table import LatencyTable, kept_options, measure_latency_table
 from pruning.models import build_model
@@ -134,3 +135,80 @@ def test_grouped_convs_are_refused_by_name():
     graph = discover_units(model, (1, 6, 6))
     with pytest.raises(UserError, match=r"layer 2 is a grouped conv \(groups=2\)"):
         measure_latency_table(model, graph, batch_size=2, repeats=1, rounds=1)
+
+
+def test_latency_features_say_what_the_table_predicts_at_every_step(resnet):
+    _, graph, table = resnet
+    plain = LayerPruningEnv(graph, deferred=True, macs_target=0.4, round_to=ROUND_TO, remove_blocks=True)
+    env = LayerPruningEnv(graph, deferred=True, macs_target=0.4, round_to=ROUND_TO, remove_blocks=True,
+                          latency_table=table, latency_weight=1.0, latency_target=0.45, latency_features=True)
+    assert env.observation_space.shape == (len(FEATURES) + len(LATENCY_FEATURES),)
+    rng = np.random.default_rng(3)
+    actions = rng.uniform(-1, 1, env.n_units)
+    policy, steps = env.rollout(lambda _obs, t: actions[t:t + 1])
+    plain_policy, plain_steps = plain.rollout(lambda _obs, t: actions[t:t + 1])
+    assert plain_policy.ratios == policy.ratios  # same clamp, same policy
+    column = {name: i for i, name in enumerate(env.features)}
+    ratios = [step.info["ratio"] for step in steps]
+    removable = {u.name for u in graph.units if u.name in graph.removable}
+    assert removable and any(r == 1.0 for r in ratios)  # this rollout removes a block: the feature has work to do
+    for t, (step, unit) in enumerate(zip(steps, graph.units)):
+        obs = step.obs
+        assert obs[:len(FEATURES)] == pytest.approx(plain_steps[t].obs)  # the AMC embedding first, unchanged
+        assert obs[column["removable"]] == (1.0 if unit.name in removable else 0.0)
+        alone = {unit.name: graph.kept(unit, 1.0 if unit.name in removable else 0.8, ROUND_TO)}
+        assert obs[column["unit_latency"]] == pytest.approx(np.clip(1 - table.ratio(alone), 0, 1), abs=1e-6)
+        so_far = {u.name: graph.kept(u, r, ROUND_TO) for u, r in zip(graph.units, ratios[:t])}
+        assert obs[column["latency_removed"]] == pytest.approx(np.clip(1 - table.ratio(so_far), 0, 1), abs=1e-6)
+        assert obs[column["latency_target"]] == pytest.approx(0.45)
+    assert steps[0].obs[column["latency_removed"]] == 0.0
+    assert steps[-1].obs[column["latency_removed"]] > 0.0  # pruning before the last unit saved latency
+
+
+def test_latency_features_need_a_table_and_an_agent_keeps_the_features_it_learned_on(resnet, tmp_path):
+    _, graph, table = resnet
+    with pytest.raises(UserError, match="env.latency_features: .*latency table"):
+        LayerPruningEnv(graph, deferred=True, latency_features=True)
+    from bench.runner import check_methods
+    from envs.factory import env_kwargs
+
+    with pytest.raises(UserError, match="env.latency_features: the features describe the latency the reward prices"):
+        env_kwargs(load_config(None, ["env.latency_features=true"]))
+    bench = load_config("configs/bench/resnet20_search.yaml", ["bench.methods=[ddpg_screened_exec_w10_spread_lat]"])
+    with pytest.raises(UserError, match="bench.variants.ddpg_screened_exec_w10_spread_lat.overrides: env.latency_f"):
+        check_methods(bench)  # the latency-aware variant without a latency term: refused before anything runs
+    fake = SyntheticEvaluator(graph, np.full(len(graph.units), 0.5), round_to=ROUND_TO)
+    kwargs = dict(macs_target=0.4, round_to=ROUND_TO, reward="amc_error", latency_table=table, latency_weight=1.0)
+    seen = LayerPruningEnv(graph, fake, latency_features=True, **kwargs)
+    agent = PruningAgent.create(AgentConfig(warmup_episodes=2, net_arch=[16, 16], batch_size=8), seen, seed=0)
+    agent.learn(seen, 3)
+    path = agent.save(tmp_path / "agent")  # no env: the features come from the networks' input size
+    assert json.loads(path.with_suffix(".json").read_text())["features"] == [*FEATURES, *LATENCY_FEATURES]
+    assert PruningAgent.load(path, seen).propose(seen)[0].ratios == agent.propose(seen)[0].ratios
+    with pytest.raises(UserError, match="trained with env.latency_features=true; set it so"):
+        PruningAgent.load(path, LayerPruningEnv(graph, fake, **kwargs))
+
+
+def test_the_screen_adds_the_known_latency_penalty_instead_of_learning_it(resnet):
+    """Rewards = accuracy part - penalty; with agent.screen_known_latency the process holds the accuracy part only,
+    the best is the best whole reward, and a candidate's prediction is the process's mean minus its exact penalty."""
+    _, graph, table = resnet
+    fake = SyntheticEvaluator(graph, np.full(len(graph.units), 0.5), round_to=ROUND_TO)
+    ratios = [table.ratio(fake.evaluate(p).kept) for p in random_policies(graph, table, count=8)]
+    env = LayerPruningEnv(graph, fake, macs_target=0.3, round_to=ROUND_TO, reward="amc_error", latency_table=table,
+                          latency_weight=2.0, latency_target=float(np.median(ratios)))
+    screened = dict(warmup_episodes=40, candidates=8, screen_after=4, net_arch=[16, 16], batch_size=8)
+    for known in (False, True):
+        agent = PruningAgent.create(AgentConfig(screen_known_latency=known, **screened), env, seed=0)
+        evaluations = agent.learn(env, 12)
+        model = agent.reward_model
+        penalties = [env.latency_cost(e.policy.kept(graph, ROUND_TO)) for e in evaluations]
+        assert max(penalties) > 0  # some policies were over the target
+        rewards = [e.reward for e in evaluations]
+        assert [agent.known_reward(env, e.policy) for e in evaluations] == ([-p for p in penalties] if known
+                                                                             else [0.0] * len(penalties))
+        learned = [r + p for r, p in zip(rewards, penalties)] if known else rewards
+        assert model.rewards == pytest.approx(learned) and model.best == pytest.approx(max(rewards))
+        policy, _ = agent.propose(env, deterministic=False, exclude=env.cache)
+        mean, _ = model.predict(model.inputs(policy, graph, ROUND_TO)[None])
+        assert agent.last_screen["predicted_reward"] == pytest.approx(mean[0] + agent.known_reward(env, policy))
