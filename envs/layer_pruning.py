@@ -343,7 +343,9 @@ class LayerPruningEnv(gym.Env):
 
     def reward(self, result: Any) -> float:
         value = self.reward_fn(result.accuracy, result.macs_ratio, result.macs, self.reward_lambda)
-        return float(value - self.latency_cost(result.kept))
+        if self.latency_weight > 0:  # results without kept counts (a surrogate's) score MACs and accuracy only
+            value -= self.latency_cost(result.kept)
+        return float(value)
 
     def latency_cost(self, kept: dict[str, int]) -> float:
         """What the reward loses for a policy's predicted latency (0 with the latency term off): known before scoring."""
