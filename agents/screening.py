@@ -141,7 +141,7 @@ class RewardModel:
         mean, std = self._fitted().predict(np.atleast_2d(features), return_std=True)
         return mean, std
 
-    def expected_improvement(self, features: np.ndarray, known: np.ndarray | float = 0.0) -> np.ndarray:
-        """EI of each row's whole reward: the process's prediction plus the row's known part."""
+    def expected_improvement(self, features: np.ndarray) -> np.ndarray:
+        """EI of each row over the best whole reward, for rows with no known part (the agent adds its own)."""
         mean, std = self.predict(features)
-        return expected_improvement(mean + known, std, self.best)
+        return expected_improvement(mean, std, self.best)
