@@ -220,7 +220,7 @@ class PruningAgent:
     def known_reward(self, env: LayerPruningEnv, policy: SparsityPolicy) -> float:
         """The part of a policy's reward known before scoring it, which the screen adds rather than learns: minus its
         latency penalty from the table with `agent.screen_known_latency`, else 0."""
-        if not self.cfg.screen_known_latency or env.latency_weight <= 0:
+        if not self.cfg.screen_known_latency:
             return 0.0
         return -env.latency_cost(policy.kept(env.graph, env.round_to))
 
