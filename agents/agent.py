@@ -18,6 +18,7 @@ from agents.sb3_agents import CLASSES, build_algorithm
 from agents.screening import RewardModel, expected_improvement
 from agents.transfer_prior import SourceRewards, TransferredRewardModel
 from envs.layer_pruning import FEATURES, LATENCY_FEATURES, OBS_VERSION, LayerPruningEnv, Step
+from envs.rewards import latency_penalty
 from pruning.config import AgentConfig
 from pruning.errors import UserError
 from pruning.policy import SparsityPolicy, unit_profile
@@ -202,7 +203,11 @@ class PruningAgent:
         if self.reward_model is None or self.reward_model.fingerprint != env.graph.fingerprint:
             seed, fingerprint = int(self.model.seed or 0), env.graph.fingerprint
             if self.prior is not None and self.prior.fingerprint != fingerprint:
-                self.reward_model = TransferredRewardModel(env.n_units, self.prior.prior_for(env.graph, seed),
+                source = self.prior
+                if self.cfg.screen_known_latency and env.latency_weight > 0:  # as this model's process learns
+                    source = source.less_known(lambda ratio: -latency_penalty(ratio, env.latency_weight,
+                                                                              env.latency_target))
+                self.reward_model = TransferredRewardModel(env.n_units, source.prior_for(env.graph, seed),
                                                            list(unit_profile(env.graph).values()),
                                                            min_points=self.cfg.screen_after, seed=seed,
                                                            fingerprint=fingerprint)

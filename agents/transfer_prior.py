@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import math
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -74,11 +75,28 @@ class SourceRewards:
     """Another model's scored policies (per-unit ratios, unit profile, rewards): what a prior is fitted to."""
 
     def __init__(self, ratios: np.ndarray, profile: list[tuple[float, str]], rewards: np.ndarray, source: str,
-                 fingerprint: str = ""):
+                 fingerprint: str = "", latency_ratios: np.ndarray | None = None):
         if len(rewards) < 2:
             raise UserError(f"{source}: a prior needs at least 2 scored policies, found {len(rewards)}")
         self.ratios, self.profile, self.rewards = np.asarray(ratios, float), profile, np.asarray(rewards, float)
         self.source, self.fingerprint = source, fingerprint
+        self.latency_ratios = None if latency_ratios is None else np.asarray(latency_ratios, float)
+        """Each policy's predicted latency ratio as the source search recorded it (None: searched without a table)."""
+
+    def less_known(self, known: Callable[[float], float]) -> "SourceRewards":
+        """These rewards less the part a screen adds back itself (`agent.screen_known_latency`): `known(L)` of
+        each policy's recorded latency ratio L, 0 where none was recorded.
+
+        The target's own process learns each reward less its known latency penalty and the screen adds the exact
+        penalty back, so a prior of whole rewards would count the penalty twice. The source's latency term is
+        not recorded beside its evaluations; `known` is this search's, so the source is taken to have been
+        searched with the same latency weight and target (as `bench` transfers are). A source searched without
+        a latency table recorded no ratios and had no latency term: its rewards are kept as they are."""
+        if self.latency_ratios is None:
+            return self
+        parts = np.array([known(r) if math.isfinite(r) else 0.0 for r in self.latency_ratios])
+        return SourceRewards(self.ratios, self.profile, self.rewards - parts, self.source, self.fingerprint,
+                             self.latency_ratios)
 
     @classmethod
     def load(cls, path: str | Path, field: str = "--prior") -> "SourceRewards":
@@ -106,8 +124,10 @@ class SourceRewards:
                                       f"come from the same search")
         frame = frame[np.isfinite(pd.to_numeric(frame["reward"], errors="coerce"))]
         ratios = frame[[ratio_column(n) for n in names]].to_numpy(float)
+        latency = (pd.to_numeric(frame["latency_ratio"], errors="coerce").to_numpy(float)
+                   if "latency_ratio" in frame.columns else None)
         return cls(ratios, [policy.profile[n] for n in names], frame["reward"].to_numpy(float), str(path),
-                   policy.model_fingerprint)
+                   policy.model_fingerprint, latency)
 
     @classmethod
     def pooled(cls, sources: list["SourceRewards"]) -> "SourceRewards":
@@ -122,9 +142,11 @@ class SourceRewards:
                                 f"(expected searches of one model)")
         if len(sources) == 1:
             return first
+        latency = (None if all(s.latency_ratios is None for s in sources) else np.concatenate(
+            [np.full(len(s.rewards), np.nan) if s.latency_ratios is None else s.latency_ratios for s in sources]))
         return cls(np.concatenate([s.ratios for s in sources]), first.profile,
                    np.concatenate([s.rewards for s in sources]), " + ".join(s.source for s in sources),
-                   first.fingerprint)
+                   first.fingerprint, latency)
 
     def prior_for(self, graph: UnitGraph, seed: int = 0, bins: int = DEPTH_BINS) -> "Prior":
         """The prior of a search on `graph`: in the depth-bin space of its unit kinds."""

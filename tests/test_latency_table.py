@@ -9,13 +9,16 @@ import pytest
 from torch import nn
 
 from agents.agent import PruningAgent
+from agents.transfer_prior import SourceRewards
 from envs.layer_pruning import FEATURES, LATENCY_FEATURES, LayerPruningEnv
+from envs.rewards import latency_penalty
 from envs.synthetic import SyntheticEvaluator
 from pruning.apply import prune_structured
 from pruning.config import AgentConfig, load_config
 from pruning.errors import UserError
 from pruning.latency_table import LatencyTable, kept_options, measure_latency_table
 from pruning.models import build_model
+from pruning.policy import unit_profile
 from pruning.units import discover_units
 
 SHAPE = (1, 28, 28)
@@ -224,3 +227,37 @@ def test_the_screen_adds_the_known_latency_penalty_instead_of_learning_it(resnet
         policy, _ = agent.propose(env, deterministic=False, exclude=env.cache)
         mean, _ = model.predict(model.inputs(policy, graph, ROUND_TO)[None])
         assert agent.last_screen["predicted_reward"] == pytest.approx(mean[0] + agent.known_reward(env, policy))
+
+
+def test_a_prior_screening_with_the_known_latency_penalty_learns_the_source_rewards_without_theirs(resnet):
+    """The target's process learns rewards less their latency penalty and the screen adds the exact penalty back:
+    a prior of another search's whole rewards would count it twice, so it learns them less their own penalty
+    (from the latency ratio each source evaluation recorded)."""
+    _, graph, table = resnet
+    fake = SyntheticEvaluator(graph, np.full(len(graph.units), 0.5), round_to=ROUND_TO)
+    policies = random_policies(graph, table, count=12)
+    latency = np.array([table.ratio(fake.evaluate(p).kept) for p in policies])
+    target = float(np.median(latency))
+    env = LayerPruningEnv(graph, fake, macs_target=0.3, round_to=ROUND_TO, reward="amc_error", latency_table=table,
+                          latency_weight=2.0, latency_target=target)
+    accuracy_part = np.array([-(1 - fake.evaluate(p).accuracy) for p in policies])
+    penalty = np.array([latency_penalty(r, 2.0, target) for r in latency])
+    assert penalty.max() > 0 and penalty.min() == 0  # half the source's policies were over the target
+    ratios = np.stack([p.vector(graph) for p in policies])
+    profile = list(unit_profile(graph).values())
+
+    def learned_by_prior(source: SourceRewards, known: bool) -> np.ndarray:
+        agent = PruningAgent.create(AgentConfig(screen_known_latency=known, candidates=8, net_arch=[16, 16]), env,
+                                    seed=0)
+        agent.prior = source
+        return agent.screening_model(env).prior.gp.y_train_
+
+    def standardised(y: np.ndarray) -> np.ndarray:
+        return (y - y.mean()) / y.std()
+
+    recorded = SourceRewards(ratios, profile, accuracy_part - penalty, "source", "another model", latency)
+    assert learned_by_prior(recorded, known=True) == pytest.approx(standardised(accuracy_part))
+    assert learned_by_prior(recorded, known=False) == pytest.approx(standardised(accuracy_part - penalty))
+    # a source searched without a table recorded no latency ratios and had no latency term: kept as it is
+    plain = SourceRewards(ratios, profile, accuracy_part, "source", "another model")
+    assert learned_by_prior(plain, known=True) == pytest.approx(standardised(accuracy_part))

@@ -148,6 +148,14 @@ def test_a_run_folder_loads_as_a_prior_and_bad_folders_are_named(graphs, tmp_pat
     assert len(loaded.rewards) == 4  # the failed evaluation is left out
     assert loaded.ratios == pytest.approx(frame[[ratio_column(n) for n in source.names]].to_numpy()[:4])
     assert loaded.fingerprint == source.fingerprint
+    assert loaded.latency_ratios is None  # searched without a latency table
+    frame.assign(latency_ratio=[0.6, 0.5, None, 0.7, 0.4]).to_csv(tmp_path / "run" / "evaluations.csv", index=False)
+    timed = SourceRewards.load(tmp_path / "run")
+    assert timed.latency_ratios[[0, 1, 3]] == pytest.approx([0.6, 0.5, 0.7]) and np.isnan(timed.latency_ratios[2])
+    # less a known part of each recorded ratio; none where none was recorded
+    less = timed.less_known(lambda ratio: -ratio)
+    assert less.rewards == pytest.approx(timed.rewards + np.array([0.6, 0.5, 0.0, 0.7]))
+    assert loaded.less_known(lambda ratio: -ratio) is loaded
     with pytest.raises(UserError, match="evaluations.csv not found"):
         SourceRewards.load(tmp_path / "nowhere")
     frame.drop(columns=[ratio_column(source.names[0])]).to_csv(tmp_path / "run" / "evaluations.csv", index=False)
@@ -176,6 +184,10 @@ def test_a_bench_csv_loads_as_a_prior_and_searches_of_one_model_pool(graphs, tmp
     assert len(pooled.rewards) == 11 and pooled.ratios.shape == (11, len(source.units))
     assert pooled.rewards[4:] == pytest.approx(other.rewards) and pooled.ratios[:4] == pytest.approx(from_bench.ratios)
     assert SourceRewards.pooled([other]) is other
+    assert pooled.latency_ratios is None
+    timed = SourceRewards(other.ratios, other.profile, other.rewards, "timed", other.fingerprint, np.full(7, 0.5))
+    mixed = SourceRewards.pooled([from_bench, timed]).latency_ratios  # NaN where a source recorded none
+    assert np.isnan(mixed[:4]).all() and mixed[4:] == pytest.approx(np.full(7, 0.5))
     with pytest.raises(UserError, match="units differ"):
         SourceRewards.pooled([other, scored_source(target)])
 
