@@ -200,9 +200,17 @@ def aggregate(frame: pd.DataFrame) -> pd.DataFrame:
     stats.columns = [f"{c}_{s}" for c, s in stats.columns]
     stats["seeds"] = grouped.size()
     stats["evaluations"] = grouped["evaluations"].max()
+    stats["evaluations_min"] = grouped["evaluations"].min()  # a searcher that converged stops early (README)
     if "device" in frame:  # runs of one protocol may come from several machines (`bench --collect-only`)
         stats["device"] = grouped["device"].agg(lambda d: "+".join(sorted(set(d.dropna().astype(str)) - {""})))
     return stats.reset_index()
+
+
+def evaluations_range(row: pd.Series) -> str:
+    """"200", or "45–200" where a seed's searcher stopped early: the max alone would hide a shorter run."""
+    most = int(row["evaluations"])
+    least = row.get("evaluations_min")
+    return f"{int(least)}–{most}" if least is not None and not pd.isna(least) and int(least) < most else str(most)
 
 
 def display_table(stats: pd.DataFrame) -> pd.DataFrame:
@@ -217,7 +225,7 @@ def display_table(stats: pd.DataFrame) -> pd.DataFrame:
     rows = []
     for _, r in stats.iterrows():
         rows.append({"MACs target": f"{100 * r['macs_target']:.0f}%", "method": r["method"],
-                     "evals": int(r["evaluations"]), "seeds": int(r["seeds"]),
+                     "evals": evaluations_range(r), "seeds": int(r["seeds"]),
                      "val acc % (adaptive BN)": pm(r, "val_accuracy", 100), "reward": pm(r, "reward", 1, 4),
                      "test acc % one-shot (adaptive BN)": pm(r, "test_accuracy_oneshot", 100),
                      "test acc % after final pass": pm(r, "test_accuracy", 100),

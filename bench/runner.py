@@ -18,6 +18,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from agents.agent import MAX_EPISODES_PER_EVALUATION
 from bench.comparison import (aggregate, best_reward_curves, check_one_dense_model, collect, comparison_runs,
                               display_table, is_rl_method, is_rule, keep_run_files, missing_runs, plot_best_reward,
                               recorded_rows, rows_outside_grid)
@@ -276,6 +277,10 @@ def write_summary(cfg: RunConfig, config: str, folder: Path, overrides: list[str
         rules = [m for m in b.methods if is_rule(cfg, m)]
         if rules:
             lines += [f"Rules ({', '.join(rules)}) evaluate a single policy; their 'evaluations' column is 1.", ""]
+        if "evaluations_min" in stats and (stats["evaluations_min"] < stats["evaluations"]).any():
+            lines += ["An 'evals' range (e.g. 45–200) means at least one seed's searcher stopped before its budget: "
+                      f"it had only repeated scored policies for {MAX_EPISODES_PER_EVALUATION} proposals per budgeted "
+                      "evaluation (converged); `runs.csv` has each run's count.", ""]
     if (folder / "transfer.json").is_file():
         t = json.loads((folder / "transfer.json").read_text())
         ratio = t["warm_over_scratch"]

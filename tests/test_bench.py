@@ -476,6 +476,17 @@ def test_a_search_only_table_leaves_out_the_final_pass_columns():
     assert table.loc[0, "val acc % (adaptive BN)"] == "70.50 ± 0.71"
 
 
+def test_the_table_shows_a_seed_that_stopped_before_its_budget():
+    from bench.comparison import aggregate, display_table
+
+    runs = pd.DataFrame([{"run": f"tpe-m25-s{s}", "method": "tpe", "macs_target": 0.25, "seed": s, "evaluations": n,
+                          "search_seconds": 10.0, "reward": -0.9, "val_accuracy": 0.3} for s, n in ((0, 45), (1, 200))]
+                        + [{"run": "ddpg-m25-s0", "method": "ddpg", "macs_target": 0.25, "seed": 0, "evaluations": 200,
+                            "search_seconds": 10.0, "reward": -0.8, "val_accuracy": 0.3}])
+    table = display_table(aggregate(runs)).set_index("method")
+    assert table.loc["tpe", "evals"] == "45–200" and table.loc["ddpg", "evals"] == "200"
+
+
 def test_latency_forms_times_every_finished_run_in_each_form(bench_run, tmp_path, capsys):
     from bench.latency_forms import main as forms_main
 
