@@ -279,8 +279,9 @@ def write_summary(cfg: RunConfig, config: str, folder: Path, overrides: list[str
             lines += [f"Rules ({', '.join(rules)}) evaluate a single policy; their 'evaluations' column is 1.", ""]
         if "evaluations_min" in stats and (stats["evaluations_min"] < stats["evaluations"]).any():
             lines += ["An 'evals' range (e.g. 45–200) means at least one seed's searcher stopped before its budget: "
-                      f"it had only repeated scored policies for {MAX_EPISODES_PER_EVALUATION} proposals per budgeted "
-                      "evaluation (converged); `runs.csv` has each run's count.", ""]
+                      f"its {MAX_EPISODES_PER_EVALUATION} proposals per budgeted evaluation ran out with fewer new "
+                      "policies than the budget, the rest repeats of scored ones (it had converged); `runs.csv` has "
+                      "each run's count.", ""]
     if (folder / "transfer.json").is_file():
         t = json.loads((folder / "transfer.json").read_text())
         ratio = t["warm_over_scratch"]
