@@ -24,6 +24,7 @@ from torch import nn
 
 from bench.latency import run_models
 from pruning.cost import count_macs, time_forward
+from pruning.errors import UserError
 from pruning.export import export_onnx
 from pruning.inference import inference_form, timing_form
 from pruning.runtime import set_threads
@@ -127,6 +128,20 @@ def summary_table(frame: pd.DataFrame) -> pd.DataFrame:
     return frame.groupby(keys)[["macs_reduction", *[f"{f}_speedup" for f in forms], *columns]].mean().reset_index()
 
 
+def check_keeps_earlier_runs(earlier: Path, timed: set[str]) -> None:
+    """Raise if `earlier` (a timing file this call would overwrite) lists runs this call did not time.
+
+    Final models are not committed, so on another clone or after a clean-up a rerun can time only the runs made
+    there: overwriting would silently drop the committed re-timings of the others.
+    """
+    if not earlier.is_file():
+        return
+    dropped = sorted(set(pd.read_csv(earlier, usecols=["run"])["run"]) - timed)
+    if dropped:
+        raise UserError(f"{earlier}: lists runs whose final models are not here ({', '.join(dropped)}); overwriting it "
+                        "would drop their re-timing. Give --out FOLDER to write elsewhere, or --replace")
+
+
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(prog="python -m bench.latency_forms", description=__doc__.split("\n\n")[0])
     p.add_argument("folder", type=Path, help="a bench results folder with finished runs (e.g. results/bench/resnet20), "
@@ -135,20 +150,28 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--rounds", type=int, default=8, help="alternation rounds the repeats are split into (>= 1)")
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: all)")
     p.add_argument("--onnxruntime", action="store_true", help="also time the ONNX export in onnxruntime")
+    p.add_argument("--out", type=Path, default=None, help="folder for the CSV and Markdown (default: FOLDER)")
+    p.add_argument("--replace", action="store_true",
+                   help="overwrite an earlier timing that lists runs whose final models are no longer here")
     args = p.parse_args(argv)
     if args.repeats < 3 or args.rounds < 1 or (args.threads is not None and args.threads < 1):
         sys.exit(f"error: --repeats must be >= 3, --rounds and --threads >= 1 (got {args.repeats}, {args.rounds}, "
                  f"{args.threads})")
     threads = set_threads(args.threads)
+    stem = f"latency_forms-t{threads}"  # one file per thread count: the figures differ with it
+    out = args.out or args.folder
     try:
+        if not args.replace:  # before the timing, which takes minutes
+            check_keeps_earlier_runs(out / f"{stem}.csv", {run.name for run in finished_runs(args.folder)})
         forms = {**FORMS, **(ONNXRUNTIME if args.onnxruntime else {})}
         frame = compare_forms(args.folder, args.repeats, args.rounds, forms)
-    except FileNotFoundError as exc:
+    except (UserError, FileNotFoundError) as exc:
         sys.exit(f"error: {exc}")
-    stem = f"latency_forms-t{threads}"  # one file per thread count: the figures differ with it
-    frame.to_csv(args.folder / f"{stem}.csv", index=False)
+    out.mkdir(parents=True, exist_ok=True)
+    frame.to_csv(out / f"{stem}.csv", index=False)
     command = f"python -m bench.latency_forms {args.folder} --repeats {args.repeats} --rounds {args.rounds}" + (
-        f" --threads {args.threads}" if args.threads else "") + (" --onnxruntime" if args.onnxruntime else "")
+        f" --threads {args.threads}" if args.threads else "") + (" --onnxruntime" if args.onnxruntime else "") + (
+        f" --out {args.out}" if args.out else "")
     md = (f"# Latency: eager modules vs BatchNorm folded vs as deployed (folded, channels-last on a CPU)"
           f"{' vs the ONNX export in onnxruntime' if args.onnxruntime else ''}, "
           f"`{args.folder}`\n\n"
@@ -159,7 +182,7 @@ def main(argv: list[str] | None = None) -> None:
           f"least 0.8 x the MACs reduction at batch 64.\n\n"
           f"## Mean over runs\n\n{markdown_table(summary_table(frame), '.3g')}\n\n"
           f"## Per run\n\n{markdown_table(frame, '.3g')}\n\nRegenerate: `{command}`\n")
-    (args.folder / f"{stem}.md").write_text(md)
+    (out / f"{stem}.md").write_text(md)
     print(md)
 
 

@@ -21,6 +21,7 @@ import pandas as pd
 import torch
 
 from bench.comparison import target_tag
+from bench.latency_layers import in_place_ms, layer_rows, summarise_layers
 from envs.factory import env_kwargs
 from envs.layer_pruning import LayerPruningEnv
 from pruning.apply import channel_rankings, prune_structured
@@ -68,13 +69,22 @@ def saved_policies(folder: Path, graph, targets: list[float], max_ratio: float) 
 
 
 def compare(model: torch.nn.Module, table: LatencyTable, named: list[tuple[str, float, SparsityPolicy]],
-            graph, round_to: int, batch: int, repeats: int) -> pd.DataFrame:
-    """One row per policy: MACs ratio, predicted and measured latency ratio (dense timed beside each)."""
+            graph, round_to: int, batch: int, repeats: int, layers: list[dict] | None = None) -> pd.DataFrame:
+    """One row per policy: MACs ratio, predicted and measured latency ratio (dense timed beside each).
+
+    With `layers` (a list), each pruned model's layers are also timed in place and their rows appended to it
+    (`bench.latency_layers`), the dense model's first.
+    """
     rankings = channel_rankings(model, graph, "l1")
+    if layers is not None:
+        layers += layer_rows("dense", table, {}, in_place_ms(model, graph.input_shape, batch, repeats))
     rows = []
     for name, target, policy in named:
         kept = policy.kept(graph, round_to)
         pruned = prune_structured(copy.deepcopy(model), graph, kept, "l1", rankings).eval()
+        if layers is not None:
+            layers += layer_rows(f"{name} ({target_tag(target)})", table, kept,
+                                 in_place_ms(pruned, graph.input_shape, batch, repeats))
         dense_ms, pruned_ms = paired_latency(model, pruned, graph.input_shape, batch, repeats)
         rows.append({"policy": name, "macs_target": target, "macs_ratio": graph.macs(kept) / graph.dense_macs,
                      "predicted_ratio": table.ratio(kept), "measured_ratio": pruned_ms / dense_ms,
@@ -125,6 +135,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--draws", type=int, default=0,
                         help="also price this many random policies per target from the table alone (no timing): the "
                              "least latency ratio any policy reaches")
+    parser.add_argument("--layers", action="store_true",
+                        help="also time each layer of each pruned model in place beside its table entry "
+                             "(latency_layers-<model>-t<threads>.csv; see bench.latency_layers)")
     parser.add_argument("--out", default="results/bench", help="folder for the CSV and Markdown")
     args = parser.parse_args(argv)
     try:
@@ -152,11 +165,14 @@ def main(argv: list[str] | None = None) -> int:
     except UserError as exc:
         print(f"bench.latency_model: error: {exc}", file=sys.stderr)
         return 2
-    frame = compare(model, table, named, graph, cfg.prune.round_to, table.batch_size, args.repeats)
+    layers: list[dict] | None = [] if args.layers else None
+    frame = compare(model, table, named, graph, cfg.prune.round_to, table.batch_size, args.repeats, layers)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     stem = f"latency_model-{cfg.model.name.replace(':', '_')}-t{torch.get_num_threads()}"
     frame.to_csv(out / f"{stem}.csv", index=False)
+    if layers is not None:
+        pd.DataFrame(layers).to_csv(out / f"{stem.replace('latency_model', 'latency_layers')}.csv", index=False)
     lines = [f"# Latency table vs measured latency: {cfg.model.name}, batch {table.batch_size}, "
              f"{torch.get_num_threads()} thread(s)", "",
              f"`python -m bench.latency_model {' '.join(sys.argv[1:] if argv is None else argv)}`", "",
@@ -169,6 +185,11 @@ def main(argv: list[str] | None = None) -> int:
         lines += [f"Predicted by the table alone, {args.draws} random policies per target (seed {args.seed}):", "",
                   markdown_table(predicted_floor(graph, table, envs, args.draws, args.seed, cfg.prune.round_to,
                                                  cfg.prune.max_ratio)), ""]
+    if layers is not None:
+        lines += ["Each conv/linear layer timed in place (forward hooks inside whole passes; the hooks add a little to "
+                  "every layer alike) against its table entry, summed per policy; the per-layer rows are in "
+                  f"`{stem.replace('latency_model', 'latency_layers')}.csv`:", "",
+                  markdown_table(summarise_layers(pd.DataFrame(layers))), ""]
     lines += [markdown_table(frame), ""]
     (out / f"{stem}.md").write_text("\n".join(lines))
     print("\n".join(lines[4:-2]))  # the summary and the floor, without the per-policy rows

@@ -508,6 +508,27 @@ def test_latency_forms_times_every_finished_run_in_each_form(bench_run, tmp_path
         forms_main([str(out), "--threads", "0"])
 
 
+def test_latency_forms_keeps_the_timing_of_runs_whose_models_are_gone(bench_run, tmp_path):
+    from bench.latency_forms import main as forms_main
+
+    _, out = bench_run
+    earlier = out / "latency_forms-t1.csv"
+    forms_main([str(out), "--repeats", "3", "--rounds", "1", "--threads", "1"])
+    frame = pd.read_csv(earlier)
+    gone = frame.iloc[:1].assign(run="timed-on-another-clone")
+    pd.concat([frame, gone]).to_csv(earlier, index=False)
+    before = earlier.read_text()
+    with pytest.raises(SystemExit, match="timed-on-another-clone.*--out FOLDER"):
+        forms_main([str(out), "--repeats", "3", "--rounds", "1", "--threads", "1"])
+    assert earlier.read_text() == before
+    forms_main([str(out), "--repeats", "3", "--rounds", "1", "--threads", "1", "--out", str(tmp_path / "elsewhere")])
+    assert earlier.read_text() == before
+    assert set(pd.read_csv(tmp_path / "elsewhere" / "latency_forms-t1.csv")["run"]) == set(frame["run"])
+    assert f"--out {tmp_path / 'elsewhere'}" in (tmp_path / "elsewhere" / "latency_forms-t1.md").read_text()
+    forms_main([str(out), "--repeats", "3", "--rounds", "1", "--threads", "1", "--replace"])
+    assert set(pd.read_csv(earlier)["run"]) == set(frame["run"])
+
+
 def test_final_passes_of_chosen_policies_are_tabled_with_their_retimed_speedups(bench_run, tmp_path):
     from bench.final_passes import main as final_main
     from bench.latency_forms import main as forms_main
@@ -592,6 +613,33 @@ def test_latency_model_compares_the_table_with_measured_models(bench_run, tmp_pa
     assert latency_model([str(config), "--targets", "half"]) == 2
     assert latency_model([str(config), "--table", str(tmp_path / "none.json")]) == 2
     assert "env.latency_table: file not found" in capsys.readouterr().err
+
+
+def test_latency_model_times_each_layer_in_place_beside_its_table_entry(bench_run, tmp_path):
+    from bench.latency_model import main as latency_model
+    from pruning.baseline import architecture, build_from_arch
+    from pruning.config import load_config
+    from pruning.data import load_data
+    from pruning.units import discover_units
+
+    config, _ = bench_run
+    args = [str(config), "--targets", "0.5", "--policies-per-target", "1", "--repeats", "3", "--out", str(tmp_path),
+            "--layers"]
+    assert latency_model(args) == 0
+    frame = pd.read_csv(tmp_path / "latency_layers-tests.fixtures_tiny_cnn-t1.csv", dtype={"layer": str})
+    cfg = load_config(str(config))
+    data = load_data(cfg.data.name, cfg.data.path, cfg.data.val_fraction, cfg.data.val_size, **cfg.data.options)
+    graph = discover_units(build_from_arch(architecture(cfg, data)), data.input_shape, cfg.prune.mode)
+    assert list(frame["policy"].unique()) == ["dense", "uniform (m50)", "random 0 (m50)"]
+    dense = frame[frame["policy"] == "dense"]
+    assert set(dense["layer"]) == set(graph.shapes)  # every conv and linear, at its dense width
+    pruned = frame[frame["policy"] == "uniform (m50)"].set_index("layer")
+    assert (pruned["out_channels"] <= dense.set_index("layer").loc[pruned.index, "out_channels"]).all()
+    assert (pruned["out_channels"] < dense.set_index("layer").loc[pruned.index, "out_channels"]).any()
+    assert (frame[["table_ms", "in_place_ms"]] > 0).all().all()
+    assert frame["excess_ms"].to_numpy() == pytest.approx((frame["in_place_ms"] - frame["table_ms"]).to_numpy())
+    md = (tmp_path / "latency_model-tests.fixtures_tiny_cnn-t1.md").read_text()
+    assert "timed in place" in md and "| worst_layer |" in md
 
 
 def test_settings_that_pick_runs_may_change_and_the_others_may_not():
