@@ -26,6 +26,7 @@ from pruning.runtime import seed_everything
 from search.cli import run_folder
 from search.jobs import baseline_of, final_pass, measure_table, prepare, unit_graph
 from search.local import check_searcher, run_local
+from search.ray_address import check_ray_address
 from search.recording import SCREEN_ATTRS, EvaluationSink
 from search.report import markdown_table, plot_lines, plot_unit_ratios, write_json, write_table
 from search.review import policy_of_row, sqlite_url
@@ -210,11 +211,17 @@ def search_job(args: argparse.Namespace) -> int:
     ctx = prepare(args)
     cfg = ctx.cfg
     check_searcher(cfg.search.searcher)
-    check_seed_policies(args.policy, cfg.search.searcher)  # before any training
+    check_ray_address(args.address)  # before any training: Ray would retry a wrong one forever
+    check_seed_policies(args.policy, cfg.search.searcher)  # likewise
     prior = load_prior(args, cfg)  # likewise
     table = LatencyTable.load(cfg.env.latency_table) if cfg.env.latency_table else None  # likewise
     backend = "ray" if args.resume or args.address else (args.backend or cfg.search.backend)
     out, state = prepare_run_folder(args, cfg.name)
+    created = not out.exists()  # a folder this call makes (the sweep may write first) goes again if --storage fails
+    if backend == "ray":
+        from search.ray_backend import connect
+
+        connect(args.address)  # before any file or training: a cluster that refuses us (token, version) fails now
     base = baseline_of(ctx)
     graph = unit_graph(ctx, base.model)
     if table is not None:  # another model's table fails before the run folder exists
@@ -228,7 +235,6 @@ def search_job(args: argparse.Namespace) -> int:
     state["macs_target"] = cfg.env.macs_target
     sink = EvaluationSink(state["storage"], state["study_name"], graph.names, cfg.search.searcher,
                           cfg.search.evaluations, ctx.show_progress)
-    created = not out.exists()
     out.mkdir(parents=True, exist_ok=True)
     try:
         sink.recorder  # open (and create) the study now: a bad --storage fails before any work
@@ -256,10 +262,9 @@ def search_job(args: argparse.Namespace) -> int:
         if agent is not None:
             agent.save(out / "agent", env)
     else:
-        from search.ray_backend import RecordingCallback, connect, run_tune, search_algorithm, trainable
+        from search.ray_backend import RecordingCallback, run_tune, search_algorithm, trainable
 
         env = build_env(cfg, base.model, ctx.data, graph, deferred=True)
-        connect(args.address)
         searcher, space, samples = search_algorithm(cfg, env, base.model, graph, out / "agent", warm,
                                                     load_seed_policies(args.policy, env))
         tune_start = time.perf_counter()

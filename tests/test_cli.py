@@ -1,5 +1,6 @@
 import json
 import os
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -28,11 +29,11 @@ def tiny_config(tmp_path):
     return path
 
 
-def run_cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+def run_cli(*args: str, cwd: Path, timeout: float | None = None) -> subprocess.CompletedProcess:
     # the repo first, then whatever the caller's PYTHONPATH holds (packages installed with --target, say)
     path = os.pathsep.join(p for p in (str(Path(__file__).parents[1]), os.environ.get("PYTHONPATH")) if p)
     return subprocess.run([sys.executable, "-m", "search.cli", *args], cwd=cwd, capture_output=True, text=True,
-                          env={**os.environ, "PYTHONPATH": path})
+                          env={**os.environ, "PYTHONPATH": path}, timeout=timeout)
 
 
 @pytest.mark.parametrize("args, message", [
@@ -190,6 +191,31 @@ def test_reuse_input_errors_exit_2_and_write_nothing(tmp_path, tiny_config, args
     assert not out.exists()
 
 
+def closed_port() -> int:
+    """A loopback port nothing listens on (bound, then released)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--address", "127.0.0.1:{port}"], "--address: nothing answers at 127.0.0.1:{port} (Connection refused"),
+    (["--address", "head-node"], "--address: expected HOST:PORT"),
+    (["--address", "ray://127.0.0.1:70000"], "--address: expected HOST:PORT"),
+    (["--storage", "sqlite:///{tmp}/no/such/dir/study.db"], "--storage: cannot open Optuna storage"),
+])
+def test_a_wrong_cluster_or_storage_fails_at_once_and_leaves_no_run_folder(tmp_path, tiny_config, args, message):
+    """Ray retries an unreachable --address forever; the global sweep writes into the run folder before the storage
+    opens. Both must end in a message, exit 2, and nothing to block the corrected rerun."""
+    port = closed_port()
+    out = tmp_path / "run"
+    result = run_cli("search", str(tiny_config), *[a.format(port=port, tmp=tmp_path) for a in args], "--out", str(out),
+                     "--quiet", "search.evaluations=2", cwd=tmp_path, timeout=120)  # a hang fails, not blocks, the suite
+    assert result.returncode == 2, result.stderr
+    assert message.format(port=port) in result.stderr and "Traceback" not in result.stderr
+    assert not out.exists()
+
+
 def test_same_config_and_seed_give_the_same_search(tmp_path, tiny_config):
     args = ["--backend", "local", "--quiet", "search.evaluations=8", "agent.warmup_episodes=3", "agent.net_arch=[16]",
             "agent.batch_size=8", "search.final_pass=false", "sweep.accuracy_floor=null"]
@@ -287,3 +313,12 @@ def test_ratio_one_is_refused_for_a_unit_that_is_no_removable_block(tmp_path, ti
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert "ratio of unit 'conv1' must lie in [0, " in result.stderr
     assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("address, expected", [
+    ("10.0.0.5:6379", ("10.0.0.5", 6379)), ("ray://head:10001", ("head", 10001)), ("[::1]:6379", ("::1", 6379)),
+])
+def test_an_address_splits_into_host_and_port(address, expected):
+    from search.ray_address import host_and_port
+
+    assert host_and_port(address) == expected

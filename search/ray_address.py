@@ -1,0 +1,44 @@
+"""Check a `--address` before any work: Ray itself retries an unreachable one forever.
+
+`ray.init(address="10.0.0.5:1")` logs "Failed to connect to GCS" every 30 s and never returns, so a
+typo in a cluster job's address would hang the job after its run folder was made. A TCP connect with a
+timeout answers the same question in seconds, without importing Ray.
+"""
+
+from __future__ import annotations
+
+import socket
+
+from pruning.errors import UserError
+
+FORMS = "HOST:PORT (a head's GCS, e.g. 10.0.0.5:6379), ray://HOST:PORT (Ray Client) or auto"
+CONNECT_TIMEOUT_S = 10.0
+
+
+def host_and_port(address: str) -> tuple[str, int]:
+    """Split 'host:port' or 'ray://host:port' (IPv6 hosts in brackets: '[::1]:6379')."""
+    rest = address.strip()
+    if rest.startswith("ray://"):
+        rest = rest[len("ray://"):]
+    host, sep, port = rest.rpartition(":")
+    host = host[1:-1] if host.startswith("[") and host.endswith("]") else host
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise UserError(f"--address: expected {FORMS}; got {address!r}")
+    return host, int(port)
+
+
+def check_ray_address(address: str | None, timeout_s: float = CONNECT_TIMEOUT_S) -> None:
+    """Raise a UserError unless something accepts TCP connections at `address` (None: embedded Ray, nothing to check).
+
+    'auto' and 'local' are left to Ray: it finds (or fails to find) a cluster started on this machine at once.
+    """
+    if address is None or address.strip() in ("auto", "local"):
+        return
+    host, port = host_and_port(address)
+    try:
+        with socket.create_connection((host, port), timeout=timeout_s):
+            pass
+    except OSError as exc:
+        reason = "timed out" if isinstance(exc, TimeoutError) else (exc.strerror or str(exc))
+        raise UserError(f"--address: nothing answers at {host}:{port} ({reason} within {timeout_s:.0f} s); "
+                        f"is the head node up (`ray start --head --port={port}`) and the address right?") from None
