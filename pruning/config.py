@@ -8,12 +8,15 @@ describes one whole run.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
 from pruning.errors import UserError
+
+Seed = Annotated[int, Field(ge=0, lt=2**31)]
+"""What numpy, torch, Gymnasium and the searchers all accept (numpy refuses a negative seed mid-run)."""
 
 
 class Section(BaseModel):
@@ -269,7 +272,7 @@ class SearchConfig(Section):
     gpus_per_trial: float = Field(0.0, ge=0)
     max_failures: int = Field(2, ge=0)
     """Retries of a trial whose worker died (Ray Tune FailureConfig)."""
-    seed: int | None = None
+    seed: Seed | None = None
     """Seed of the searcher and of the final pass (None = the run's seed). Benchmarks vary it over
     repeats while the run's seed, and so the cached dense baseline, stays the same."""
 
@@ -296,7 +299,7 @@ class BenchConfig(Section):
     """Named variants of a searcher that `methods` may list, each with its own settings."""
     macs_targets: list[float] = Field(default_factory=lambda: [0.5, 0.25])
     """Operating points: fractions of dense MACs."""
-    seeds: list[int] = Field(default_factory=lambda: [0, 1, 2])
+    seeds: list[Seed] = Field(default_factory=lambda: [0, 1, 2])
     """Values of search.seed; figures are mean and std over them."""
     evaluations: int = Field(200, ge=1)
     """Evaluation budget of every searcher."""
@@ -322,11 +325,11 @@ class BenchConfig(Section):
     """Budget of the warm-started search, as a fraction of `evaluations`."""
     transfer_overrides: list[str] = Field(default_factory=list)
     """Extra dotted.key=value overrides for the transfer model's runs (e.g. its baseline's train.epochs)."""
-    transfer_warm_seeds: list[int] = Field(default_factory=list)
+    transfer_warm_seeds: list[Seed] = Field(default_factory=list)
     """More warm starts, one per search.seed listed, beside the first seed's (a quarter of the from-scratch cost
     each): the target is then also checked on their mean. The from-scratch search runs once, with the first seed,
     unless `transfer_scratch_seeds` lists more."""
-    transfer_scratch_seeds: list[int] = Field(default_factory=list)
+    transfer_scratch_seeds: list[Seed] = Field(default_factory=list)
     """More from-scratch searches, one per search.seed listed, beside the first seed's (the whole budget each): the
     target is then also checked against the mean of the from-scratch bests, not one seed's, which may be a lucky draw."""
     zoo: list[str] = Field(default_factory=lambda: ["lenet5", "vgg_small", "resnet20", "resnet56", "mobilenetv2_small"])
@@ -361,7 +364,7 @@ class RunConfig(Section):
 
     name: str = "run"
     """Run name; results go to results/<name>/ unless --out is given."""
-    seed: int = 0
+    seed: Seed = 0
     device: str = "auto"
     """auto (CUDA when present), cpu, cuda, cuda:N."""
     threads: int | None = Field(None, ge=1)

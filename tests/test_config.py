@@ -50,6 +50,16 @@ def test_missing_and_malformed_files(tmp_path):
         load_config(write(tmp_path, "- 1\n- 2\n"))
 
 
+@pytest.mark.parametrize("override, field", [
+    ("seed=-1", "seed"), ("search.seed=4294967296", "search.seed"), ("bench.seeds=[0,-1]", "bench.seeds.1"),
+    ("bench.transfer_warm_seeds=[-2]", "bench.transfer_warm_seeds.0"),
+])
+def test_a_seed_numpy_would_refuse_mid_run_is_refused_at_load(tmp_path, override, field):
+    """A negative seed used to pass the config and fail every benchmark run at its first numpy call."""
+    with pytest.raises(UserError, match=rf"field `{field}`"):
+        load_config(write(tmp_path, ""), [override])
+
+
 def test_target_and_uniform_ratio_are_exclusive(tmp_path):
     with pytest.raises(UserError, match="not both"):
         load_config(write(tmp_path, "prune:\n  macs_target: 0.5\n  uniform_ratio: 0.3\n"))
