@@ -13,6 +13,13 @@ from pruning.errors import UserError
 log = logging.getLogger("prunepilot")
 
 
+def port_number(text: str) -> int:
+    """argparse type of --port: a TCP port, so a typo is a usage error, not a bind() traceback."""
+    if not text.isdigit() or not 0 < int(text) < 65536:
+        raise argparse.ArgumentTypeError(f"expected a TCP port 1-65535, got {text!r}")
+    return int(text)
+
+
 def _common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("config", help="YAML config (see configs/)")
     parser.add_argument("--out", help="run folder (default results/<config name>/)")
@@ -60,7 +67,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("dashboard", help="optuna-dashboard on a search run's study (bound to 127.0.0.1)")
     p.add_argument("run", help="run folder written by `prunepilot search`")
-    p.add_argument("--port", type=int, default=8080)
+    p.add_argument("--port", type=port_number, default=8080)
     p.add_argument("--host", default="127.0.0.1", help="bind address (default 127.0.0.1: this machine only)")
     p.add_argument("--storage", help="a storage URL instead of the run's")
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import socket
 from pathlib import Path
 
 import optuna
@@ -22,6 +23,18 @@ def storage_of(run: Path, override: str | None = None) -> str:
     return json.loads(state.read_text())["storage"]
 
 
+def check_can_listen(host: str, port: int) -> None:
+    """Bind once as the dashboard's server will (address reuse on), so a taken port or an unknown host is a
+    message before the 'open http://...' line, not a traceback after it."""
+    try:
+        with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM) as sock:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            sock.bind((host, port))
+    except OSError as exc:
+        raise UserError(f"--host/--port: cannot listen on {host}:{port} ({exc.strerror or exc}); "
+                        "choose another --port, or stop what uses it") from None
+
+
 def dashboard_job(args: argparse.Namespace) -> int:
     from optuna_dashboard import run_server
 
@@ -31,6 +44,7 @@ def dashboard_job(args: argparse.Namespace) -> int:
         studies = retry_schema_race(lambda: optuna.get_all_study_summaries(storage))
     except Exception as exc:
         raise UserError(f"{storage}: cannot open Optuna storage ({type(exc).__name__}: {exc})") from None
+    check_can_listen(args.host, args.port)
     names = ", ".join(s.study_name for s in studies) or "none yet"
     print(f"optuna-dashboard on {storage} (studies: {names})")
     print(f"open http://{args.host}:{args.port}/dashboard/  (Ctrl-C to stop)", flush=True)

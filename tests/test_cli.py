@@ -322,3 +322,24 @@ def test_an_address_splits_into_host_and_port(address, expected):
     from search.ray_address import host_and_port
 
     assert host_and_port(address) == expected
+
+
+def test_the_dashboard_refuses_a_taken_or_impossible_port_with_a_message(tmp_path):
+    """Both were bind() tracebacks, the taken port's after the 'open http://...' line."""
+    import optuna
+
+    from search.review import sqlite_url
+
+    storage = sqlite_url(str(tmp_path / "study.db"))
+    optuna.create_study(storage=storage, study_name="s")
+    (tmp_path / "search.json").write_text(json.dumps({"storage": storage}))
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = run_cli("dashboard", str(tmp_path), "--port", str(port), cwd=tmp_path, timeout=60)
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert f"cannot listen on 127.0.0.1:{port} (Address already in use)" in result.stderr
+    assert "open http" not in result.stdout
+    result = run_cli("dashboard", str(tmp_path), "--port", "99999", cwd=tmp_path, timeout=60)
+    assert result.returncode == 2 and "argument --port: expected a TCP port 1-65535, got '99999'" in result.stderr
