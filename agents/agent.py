@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import json
 import logging
+import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Container
 
 import numpy as np
+from pydantic import ValidationError
 from stable_baselines3.common.base_class import BaseAlgorithm
 from stable_baselines3.common.callbacks import BaseCallback
 from stable_baselines3.common.logger import configure as configure_logger
@@ -19,6 +21,7 @@ from agents.screening import RewardModel, expected_improvement
 from agents.transfer_prior import SourceRewards, TransferredRewardModel
 from envs.layer_pruning import FEATURES, LATENCY_FEATURES, OBS_VERSION, LayerPruningEnv, Step
 from envs.rewards import latency_penalty
+from pruning.checkpoint import read_json_object
 from pruning.config import AgentConfig
 from pruning.errors import UserError
 from pruning.policy import SparsityPolicy, unit_profile
@@ -417,7 +420,7 @@ class PruningAgent:
         meta_path = path.with_suffix(".json")
         if not path.is_file() or not meta_path.is_file():
             raise UserError(f"{path}: agent not found (expected {path.name} and {meta_path.name} side by side)")
-        meta = json.loads(meta_path.read_text())
+        meta = read_json_object(meta_path, "the agent's metadata")
         if meta.get("obs_version") != OBS_VERSION:
             raise UserError(f"{meta_path}: agent was trained on observation version {meta.get('obs_version')}, "
                             f"this PrunePilot uses {OBS_VERSION}; retrain it")
@@ -426,7 +429,15 @@ class PruningAgent:
         if env is not None and meta["features"] != list(env.features):
             raise UserError(f"{meta_path}: agent was trained with env.latency_features="
                             f"{str(len(meta['features']) > len(FEATURES)).lower()}; set it so to reuse the agent")
-        cfg = AgentConfig.model_validate(meta["agent"])
-        model = CLASSES[cfg.name].load(path, env=env, device="cpu")
+        try:
+            cfg = AgentConfig.model_validate(meta.get("agent"))
+        except ValidationError as exc:
+            raise UserError(f"{meta_path}: field `agent` is not an agent's settings ({exc.errors()[0]['msg']})") from None
+        if cfg.name not in CLASSES:
+            raise UserError(f"{meta_path}: field `agent.name`: unknown agent {cfg.name!r}; expected one of {sorted(CLASSES)}")
+        try:
+            model = CLASSES[cfg.name].load(path, env=env, device="cpu")
+        except (ValueError, KeyError, RuntimeError, EOFError, zipfile.BadZipFile) as exc:
+            raise UserError(f"{path}: not a readable {cfg.name.upper()} agent archive ({exc})") from None
         model.set_logger(configure_logger(None, []))
         return cls(model, cfg)

@@ -55,6 +55,19 @@ def atomic_write_text(path: Path, text: str) -> None:
     tmp.replace(path)
 
 
+def read_json_object(path: Path, what: str) -> dict[str, Any]:
+    """A JSON object a user handed us (a policy, an agent's metadata, a run's state), or a UserError naming the file."""
+    if not path.is_file():
+        raise UserError(f"{path}: {what} not found")
+    try:
+        payload = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise UserError(f"{path}: not valid JSON ({exc})") from None
+    if not isinstance(payload, dict):
+        raise UserError(f"{path}: expected {what} (a JSON object), got a JSON {type(payload).__name__}")
+    return payload
+
+
 def atomic_save(obj: Any, path: Path) -> None:
     """Write to a temporary file in the same folder, then rename: a crash never leaves half a file."""
     path.parent.mkdir(parents=True, exist_ok=True)

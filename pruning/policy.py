@@ -17,7 +17,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from pruning.checkpoint import atomic_write_text, stable_hash
+from pruning.checkpoint import atomic_write_text, read_json_object, stable_hash
 from pruning.errors import UserError
 from pruning.units import UnitGraph
 
@@ -154,13 +154,7 @@ class SparsityPolicy:
     @classmethod
     def load(cls, path: str | Path) -> "SparsityPolicy":
         path = Path(path)
-        if not path.is_file():
-            raise UserError(f"{path}: policy file not found")
-        try:
-            payload = json.loads(path.read_text())
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-            raise UserError(f"{path}: not valid JSON ({exc})") from None
-        return cls.from_dict(payload, source=str(path))
+        return cls.from_dict(read_json_object(path, "policy file"), source=str(path))
 
 
 def _parse_profile(raw: Any, source: str) -> dict[str, tuple[float, str]]:

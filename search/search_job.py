@@ -7,7 +7,9 @@ import json
 import logging
 import shutil
 import time
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Iterator
 
 import pandas as pd
 
@@ -206,6 +208,18 @@ def best_evaluation(frame: pd.DataFrame) -> pd.Series:
     return complete.loc[complete["reward"].idxmax()]
 
 
+@contextmanager
+def discarded_on_user_error(out: Path, created: bool) -> Iterator[None]:
+    """A run folder this call made goes again when a user error stops the set-up (a bad --storage, --agent or
+    latency table found after the sweep wrote into it): the corrected rerun must not find 'already holds a search'."""
+    try:
+        yield
+    except UserError:
+        if created and out.exists():
+            shutil.rmtree(out)
+        raise
+
+
 def search_job(args: argparse.Namespace) -> int:
     use_stored_overrides(args)
     ctx = prepare(args)
@@ -217,40 +231,36 @@ def search_job(args: argparse.Namespace) -> int:
     table = LatencyTable.load(cfg.env.latency_table) if cfg.env.latency_table else None  # likewise
     backend = "ray" if args.resume or args.address else (args.backend or cfg.search.backend)
     out, state = prepare_run_folder(args, cfg.name)
-    created = not out.exists()  # a folder this call makes (the sweep may write first) goes again if --storage fails
+    created = not out.exists()
     if backend == "ray":
         from search.ray_backend import connect
 
         connect(args.address)  # before any file or training: a cluster that refuses us (token, version) fails now
-    base = baseline_of(ctx)
-    graph = unit_graph(ctx, base.model)
-    if table is not None:  # another model's table fails before the run folder exists
-        table.check(graph, cfg.prune.round_to)
-    # built once (rankings, Taylor gradients, fixed BN batches): the sweep, the search and the final pass share it
-    evaluator = Evaluator(base.model, ctx.data, graph, EvalSettings.from_config(cfg))
-    if args.resume:
-        cfg.env.macs_target = state.get("macs_target", cfg.env.macs_target)  # the target the search started with
-    elif cfg.sweep.accuracy_floor is not None:
-        cfg.env.macs_target = target_from_floor(cfg, evaluator, out)
-    state["macs_target"] = cfg.env.macs_target
-    sink = EvaluationSink(state["storage"], state["study_name"], graph.names, cfg.search.searcher,
-                          cfg.search.evaluations, ctx.show_progress)
-    out.mkdir(parents=True, exist_ok=True)
-    try:
+    with discarded_on_user_error(out, created):
+        base = baseline_of(ctx)
+        graph = unit_graph(ctx, base.model)
+        if table is not None:  # another model's table fails before the run folder exists
+            table.check(graph, cfg.prune.round_to)
+        # built once (rankings, Taylor gradients, fixed BN batches): the sweep, the search and the final pass share it
+        evaluator = Evaluator(base.model, ctx.data, graph, EvalSettings.from_config(cfg))
+        if args.resume:
+            cfg.env.macs_target = state.get("macs_target", cfg.env.macs_target)  # the target the search started with
+        elif cfg.sweep.accuracy_floor is not None:
+            cfg.env.macs_target = target_from_floor(cfg, evaluator, out)
+        state["macs_target"] = cfg.env.macs_target
+        sink = EvaluationSink(state["storage"], state["study_name"], graph.names, cfg.search.searcher,
+                              cfg.search.evaluations, ctx.show_progress)
+        out.mkdir(parents=True, exist_ok=True)
         sink.recorder  # open (and create) the study now: a bad --storage fails before any work
-    except UserError:
-        if created:
-            shutil.rmtree(out)
-        raise
-    (out / "search.json").write_text(json.dumps(state, indent=2))
-    if cfg.env.latency_weight > 0 and cfg.env.latency_table is None:  # measured once per run folder, kept on resume
-        table_path = out / "latency_table.json"
-        if not table_path.is_file():
-            measure_table(cfg, base.model, graph).save(table_path)
-        cfg.env.latency_table = str(table_path)
-    start = time.perf_counter()
-    agent, tune_seconds = None, None
-    warm = with_prior(load_warm_agent(args, cfg, graph), prior, cfg, graph)
+        (out / "search.json").write_text(json.dumps(state, indent=2))
+        if cfg.env.latency_weight > 0 and cfg.env.latency_table is None:  # measured once per run folder, kept on resume
+            table_path = out / "latency_table.json"
+            if not table_path.is_file():
+                measure_table(cfg, base.model, graph).save(table_path)
+            cfg.env.latency_table = str(table_path)
+        start = time.perf_counter()
+        agent, tune_seconds = None, None
+        warm = with_prior(load_warm_agent(args, cfg, graph), prior, cfg, graph)
     if backend == "local":
         env = build_env(cfg, base.model, ctx.data, graph, evaluator=evaluator)
         seeds = load_seed_policies(args.policy, env)

@@ -139,6 +139,25 @@ def test_save_load_round_trip_and_version_check(graphs, tmp_path):
         PruningAgent.load(tmp_path / "nothing", env)
 
 
+def test_a_damaged_agent_is_a_user_error_that_names_the_file(graphs, tmp_path):
+    """A truncated archive or a hand-edited metadata file was a stable-baselines3 or KeyError traceback."""
+    env, _ = fake_env(graphs["vgg_small"])
+    path = PruningAgent.create(AgentConfig(warmup_episodes=3, net_arch=[8]), env, seed=1).save(tmp_path / "agent", env)
+    meta_path, meta = path.with_suffix(".json"), json.loads(path.with_suffix(".json").read_text())
+    path.write_bytes(path.read_bytes()[:100])
+    with pytest.raises(UserError, match=r"agent.zip: not a readable DDPG agent archive"):
+        PruningAgent.load(path, env)
+    for damaged, message in ((dict(meta, agent={**meta["agent"], "name": "a2c"}), r"field `agent.name`: unknown agent"),
+                             (dict(meta, agent=None), r"field `agent` is not an agent's settings"),
+                             ([meta], r"expected the agent's metadata \(a JSON object\), got a JSON list")):
+        meta_path.write_text(json.dumps(damaged))
+        with pytest.raises(UserError, match=message):
+            PruningAgent.load(path, env)
+    meta_path.write_text("{")
+    with pytest.raises(UserError, match=r"agent.json: not valid JSON"):
+        PruningAgent.load(path, env)
+
+
 def test_agent_from_resnet20_acts_on_resnet56_within_budget(graphs):
     env20, _ = fake_env(graphs["resnet20"], macs_target=0.5)
     agent = PruningAgent.create(AgentConfig(warmup_episodes=5, net_arch=[64, 64]), env20, seed=0)

@@ -9,6 +9,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from envs.layer_pruning import FEATURES, OBS_VERSION
 from search.cli import main
 
 TINY = """
@@ -176,15 +177,20 @@ def test_policy_reuse_zero_shot_and_warm_start(tmp_path, tiny_config):
     (["search", "{cfg}", "env.latency_weight=1", "env.latency_table={table}"], "env.latency_table: measured for another"),
     (["search", "{cfg}", "--prior", "{bare}"], "--prior: a prior screens an agent's candidates"),
     (["search", "{cfg}", "--prior", "nowhere", "agent.candidates=4"], "--prior nowhere: evaluations.csv not found"),
+    (["search", "{cfg}", "--agent", "{broken}"], "broken.zip: not a readable DDPG agent archive"),  # after the sweep
 ])
 def test_reuse_input_errors_exit_2_and_write_nothing(tmp_path, tiny_config, args, message):
     bare = tmp_path / "bare.json"  # another model's policy without its unit profile
     bare.write_text(json.dumps({"format": "prunepilot.sparsity-policy/1", "model_fingerprint": "0123456789abcdef",
                                 "ratios": {"features.0": 0.5}}))
+    broken = tmp_path / "broken.zip"  # an agent archive cut short, beside metadata that reads well
+    broken.write_bytes(b"PK\x03\x04 cut short")
+    broken.with_suffix(".json").write_text(json.dumps({"agent": {"name": "ddpg"}, "obs_version": OBS_VERSION,
+                                                       "features": list(FEATURES)}))
     table = tmp_path / "table.json"  # a latency table of the tiny CNN, not of the VGG searched here
     assert main(["latency-table", str(tiny_config), "--out", str(table), "--quiet", "env.latency_batch=2"]) == 0
     out = tmp_path / "run"
-    result = run_cli(*[a.format(cfg=tiny_config, bare=bare, table=table) for a in args], "--out", str(out), "--quiet",
+    result = run_cli(*[a.format(cfg=tiny_config, bare=bare, table=table, broken=broken) for a in args], "--out", str(out), "--quiet",
                      "model.name=vgg_small", "model.kwargs={widths: [8, M, 16, 16]}", cwd=tmp_path)
     assert result.returncode == 2, result.stderr
     assert message in result.stderr and "Traceback" not in result.stderr
