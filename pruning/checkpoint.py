@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import pickle
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -101,7 +102,11 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # torch raises several types for corrupt or unsafe files
-        raise UserError(f"{path}: not a readable weights-only checkpoint ({type(exc).__name__}: {exc})") from None
+        # torch's unpickling text advises weights_only=False: never for a file a user hands us
+        detail = ("damaged, or it holds objects a weights-only load refuses" if isinstance(exc, pickle.UnpicklingError)
+                  else (str(exc).splitlines() or [""])[0])
+        raise UserError(f"{path}: not a readable weights-only checkpoint ({type(exc).__name__}: {detail}); "
+                        "PrunePilot reloads its own checkpoints without unpickling code") from None
     if isinstance(payload, dict) and "format" not in payload and all(isinstance(v, torch.Tensor) for v in payload.values()):
         return {"format": 0, "arch": None, "data_fingerprint": None, "kept_channels": {}, "metrics": {}, "state_dict": payload}
     if not isinstance(payload, dict) or payload.get("format") != FORMAT_VERSION:

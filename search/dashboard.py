@@ -9,6 +9,7 @@ from pathlib import Path
 
 import optuna
 
+from pruning.checkpoint import read_json_object
 from pruning.errors import UserError
 from search.review import retry_schema_race
 
@@ -20,7 +21,10 @@ def storage_of(run: Path, override: str | None = None) -> str:
     state = run / "search.json"
     if not state.is_file():
         raise UserError(f"{run}: not a search run folder (no search.json); give the folder `prunepilot search` wrote")
-    return json.loads(state.read_text())["storage"]
+    storage = read_json_object(state, "a search's state").get("storage")
+    if not isinstance(storage, str):
+        raise UserError(f"{state}: field `storage`: expected the search's storage URL, got {storage!r}")
+    return storage
 
 
 def check_can_listen(host: str, port: int) -> None:

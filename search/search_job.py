@@ -20,6 +20,7 @@ from envs.factory import build_env, env_kwargs
 from envs.layer_pruning import LayerPruningEnv
 from envs.rewards import describe_latency_penalty
 from pruning.analysis import largest_ratio_above, uniform_sweep
+from pruning.checkpoint import read_json_object
 from pruning.errors import UserError
 from pruning.evaluate import EvalSettings, Evaluator
 from pruning.latency_table import LatencyTable
@@ -72,7 +73,7 @@ def prepare_run_folder(args: argparse.Namespace, cfg_name: str) -> tuple[Path, d
         state_file = out / "search.json"
         if not state_file.is_file():
             raise UserError(f"--resume: {state_file} not found; give the folder of an earlier `prunepilot search`")
-        return out, json.loads(state_file.read_text())
+        return out, read_json_object(state_file, "a search's state")
     out = run_folder(args, cfg_name)
     if (out / "search.json").exists():
         raise UserError(f"{out} already holds a search; continue it with --resume {out}, or choose --out")
@@ -87,7 +88,7 @@ def use_stored_overrides(args: argparse.Namespace) -> None:
     state_file = Path(args.resume) / "search.json" if args.resume else None
     if state_file is None or not state_file.is_file():
         return  # prepare_run_folder reports a missing state
-    stored = json.loads(state_file.read_text()).get("overrides")
+    stored = read_json_object(state_file, "a search's state").get("overrides")
     if stored is None:
         return
     if args.overrides and args.overrides != stored:

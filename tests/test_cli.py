@@ -349,3 +349,14 @@ def test_the_dashboard_refuses_a_taken_or_impossible_port_with_a_message(tmp_pat
     assert "open http" not in result.stdout
     result = run_cli("dashboard", str(tmp_path), "--port", "99999", cwd=tmp_path, timeout=60)
     assert result.returncode == 2 and "argument --port: expected a TCP port 1-65535, got '99999'" in result.stderr
+
+
+@pytest.mark.parametrize("command", [["search", "{cfg}", "--resume", "{run}"], ["dashboard", "{run}"]])
+def test_a_damaged_run_state_is_named_not_a_traceback(tmp_path, tiny_config, command):
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "search.json").write_text("{")
+    result = run_cli(*[a.format(cfg=tiny_config, run=run) for a in command], cwd=tmp_path, timeout=120)
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert "run/search.json: not valid JSON" in result.stderr
+    assert (run / "search.json").read_text() == "{"  # a resume that cannot start changes nothing
