@@ -28,6 +28,9 @@ if [ ! -f "$FMNIST/train-images-idx3-ubyte.gz" ] && [ ! -f "$FMNIST/train-images
     || echo "setup: Fashion-MNIST is not installed and apt could not install it (dataset-fashion-mnist);" \
             "configs that use it will say so; configs/demo.yaml uses scikit-learn's digits and still runs." >&2
 fi
+# a PostgreSQL server for the test that records a search in PostgreSQL (the test starts its own, on loopback)
+ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || command -v initdb >/dev/null || apt_install postgresql \
+  || echo "setup: Debian's postgresql could not be installed; the PostgreSQL storage test will be skipped" >&2
 # headless Chromium: the dashboard test renders optuna-dashboard in a real browser
 command -v chromium >/dev/null || apt_install chromium \
   || echo "setup: Debian's chromium could not be installed; the dashboard browser test will be skipped" >&2

@@ -89,7 +89,10 @@ class OptunaRecorder:
             self.study = retry_schema_race(lambda: optuna.create_study(
                 storage=storage, study_name=study_name, load_if_exists=True, directions=["maximize", "minimize"]))
         except Exception as exc:  # bad URL, unreachable server, missing driver
-            raise UserError(f"--storage: cannot open Optuna storage {storage!r} ({type(exc).__name__}: {exc})") from None
+            hint = ("; install the PostgreSQL driver with: pip install 'prunepilot[postgres]'"
+                    if isinstance(exc, ImportError) and storage.startswith("postgresql") else "")
+            raise UserError(f"--storage: cannot open Optuna storage {storage!r} ({type(exc).__name__}: {exc}){hint}") \
+                from None
         if self.study.metric_names is None:
             with warnings.catch_warnings():  # set_metric_names is marked experimental; the dashboard reads it
                 warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)

@@ -79,6 +79,11 @@ def prepare_run_folder(args: argparse.Namespace, cfg_name: str) -> tuple[Path, d
         raise UserError(f"{out} already holds a search; continue it with --resume {out}, or choose --out")
     storage = args.storage or sqlite_url(str((out / "study.db").resolve()))
     storage_path = Path(args.storage_path).resolve() if args.storage_path else (out / "ray").resolve()
+    if args.storage_path:  # Tune would fail with a pyarrow traceback after the set-up; a shared folder may be made
+        try:
+            storage_path.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise UserError(f"--storage-path: cannot make folder {storage_path} ({exc.strerror or exc})") from None
     return out, {"storage": storage, "study_name": cfg_name, "storage_path": str(storage_path),
                  "overrides": list(args.overrides)}
 

@@ -209,6 +209,7 @@ def closed_port() -> int:
     (["--address", "head-node"], "--address: expected HOST:PORT"),
     (["--address", "ray://127.0.0.1:70000"], "--address: expected HOST:PORT"),
     (["--storage", "sqlite:///{tmp}/no/such/dir/study.db"], "--storage: cannot open Optuna storage"),
+    (["--storage-path", "{tmp}/tiny.yaml/ray"], "--storage-path: cannot make folder"),  # under a file
 ])
 def test_a_wrong_cluster_or_storage_fails_at_once_and_leaves_no_run_folder(tmp_path, tiny_config, args, message):
     """Ray retries an unreachable --address forever; the global sweep writes into the run folder before the storage

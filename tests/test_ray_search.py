@@ -1,4 +1,5 @@
-"""The search on a real Ray cluster, recorded in a real Optuna SQLite study, reviewed in the real dashboard.
+"""The search on a real Ray cluster, recorded in a real Optuna study (SQLite, or a PostgreSQL server started here),
+reviewed in the real dashboard.
 
 Each test runs `prunepilot search` as a user would (a subprocess), against a two-node cluster
 started with `ray start` on loopback, or embedded Ray; faults are real: SIGKILL of a Ray worker
@@ -7,6 +8,7 @@ process mid-search, and SIGKILL of the driver followed by `--resume`.
 
 from __future__ import annotations
 
+import json
 import os
 import secrets
 import shutil
@@ -15,7 +17,9 @@ import socket
 import sqlite3
 import subprocess
 import sys
+import tempfile
 import time
+import urllib.request
 from contextlib import closing
 from pathlib import Path
 
@@ -75,8 +79,8 @@ def search_cmd(config: Path, out: Path, *extra: str) -> list[str]:
     return [sys.executable, "-m", "search.cli", "search", str(config), "--out", str(out), "--quiet", *extra]
 
 
-def study_frame(out: Path) -> pd.DataFrame:
-    study = optuna.load_study(study_name="search", storage=f"sqlite:///{out / 'study.db'}")
+def study_frame(out: Path, storage: str | None = None) -> pd.DataFrame:
+    study = optuna.load_study(study_name="search", storage=storage or f"sqlite:///{out / 'study.db'}")
     return pd.DataFrame([{"state": t.state.name, **t.user_attrs, **{f"ratio:{k}": v for k, v in t.params.items()}}
                          for t in study.get_trials(deepcopy=False)])
 
@@ -294,3 +298,70 @@ def test_an_evaluation_is_keyed_by_its_creation_index_not_its_trial_id():
     recreated = SimpleNamespace(trial_id="e5f6a7b8", experiment_tag="7_ratios=0.3")  # after a stale resume
     assert evaluation_key(first) == evaluation_key(recreated) == "#7"
     assert evaluation_key(SimpleNamespace(trial_id="a1b2c3d4", experiment_tag="")) == "a1b2c3d4"
+
+
+def postgres_tools() -> tuple[str, str] | None:
+    """initdb and pg_ctl from PATH or Debian's postgresql package (which keeps them off PATH)."""
+    for folder in [None, *sorted(Path("/usr/lib/postgresql").glob("*/bin"), reverse=True)]:
+        initdb, pg_ctl = (shutil.which(name, path=None if folder is None else str(folder)) for name in ("initdb", "pg_ctl"))
+        if initdb and pg_ctl:
+            return initdb, pg_ctl
+    return None
+
+
+@pytest.fixture(scope="module")
+def postgres_url():
+    """A real PostgreSQL server on loopback, in a throw-away cluster; torn down after the module.
+
+    The server refuses to run as root, so under root (CI) it runs as `nobody` in a folder handed to it.
+    """
+    tools = postgres_tools()
+    if tools is None:
+        pytest.skip("PostgreSQL's initdb/pg_ctl are not installed (scripts/setup.sh installs Debian's postgresql)")
+    initdb, pg_ctl = tools
+    folder = Path(tempfile.mkdtemp(prefix="prunepilot-pg-"))
+    as_server = ["runuser", "-u", "nobody", "--"] if os.geteuid() == 0 else []
+    if as_server:
+        shutil.chown(folder, user="nobody")
+    port = free_port()
+    run = dict(check=True, capture_output=True, timeout=120)
+    subprocess.run([*as_server, initdb, "-D", str(folder / "data"), "-U", "prunepilot", "--auth=trust", "-E", "UTF8"],
+                   **run)
+    subprocess.run([*as_server, pg_ctl, "-D", str(folder / "data"), "-l", str(folder / "log"), "-w", "start",
+                    "-o", f"-h 127.0.0.1 -p {port} -k {folder}"], **run)
+    try:
+        yield f"postgresql://prunepilot@127.0.0.1:{port}/postgres"
+    finally:
+        subprocess.run([*as_server, pg_ctl, "-D", str(folder / "data"), "-m", "immediate", "stop"],
+                       capture_output=True, timeout=120)
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def test_a_ray_search_records_into_postgresql_and_the_dashboard_reads_it_there(ray_env, config, tmp_path,
+                                                                               postgres_url):
+    """The cluster set-up the README shows: `--storage postgresql://...`, nothing in a local study.db."""
+    out = tmp_path / "run"
+    result = subprocess.run(search_cmd(config, out, "--storage", postgres_url), env=ray_env, cwd=tmp_path,
+                            capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert not (out / "study.db").exists()
+    frame = study_frame(out, postgres_url)
+    table = pd.read_csv(out / "evaluations.csv")
+    assert len(frame) == len(table) == 8 and (frame["state"] == "COMPLETE").all()
+    assert sorted(frame["evaluation_id"]) == sorted(table["evaluation_id"])
+    port = free_port()
+    server = subprocess.Popen([sys.executable, "-m", "search.cli", "dashboard", str(out), "--port", str(port)],
+                              env=ray_env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        def studies() -> list[dict] | None:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/studies", timeout=5) as response:
+                    return json.load(response)["study_summaries"]
+            except OSError:
+                return None
+
+        wait_for(lambda: studies() is not None, 60, "optuna-dashboard to answer")
+        assert [s["study_name"] for s in studies()] == ["search"]
+    finally:
+        server.terminate()
+        server.wait(timeout=30)

@@ -61,3 +61,9 @@ def test_the_progress_line_counts_each_recorded_evaluation_once(tmp_path: Path) 
     resumed("local-3", result, failed=True)
     assert resumed._bar.n == 4 and resumed.best is None
     resumed.close()
+
+
+def test_a_postgresql_url_without_its_driver_says_how_to_install_one():
+    """pg8000 is a PostgreSQL driver PrunePilot does not install: the message names the extra that brings one."""
+    with pytest.raises(UserError, match=r"ImportError.*pip install 'prunepilot\[postgres\]'"):
+        OptunaRecorder("postgresql+pg8000://user@127.0.0.1:1/db", "search", ["conv1"])
