@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
+import threading
 import uuid
 from pathlib import Path
 from typing import Any, Callable
@@ -146,4 +148,28 @@ def run_tune(cfg: RunConfig, fn: Any, searcher: Any, space: dict, samples: int, 
                                       callbacks=[callback], log_to_file=True,
                                       failure_config=tune.FailureConfig(max_failures=cfg.search.max_failures),
                                       checkpoint_config=tune.CheckpointConfig(num_to_keep=1)))
-    tuner.fit()
+    if fit_was_interrupted(tuner):
+        raise KeyboardInterrupt  # the saved experiment is what --resume continues; no final pass on half a search
+
+
+def fit_was_interrupted(tuner: Any) -> bool:
+    """Run `tuner.fit()`; True when Ctrl-C (SIGINT) stopped it.
+
+    Tune catches SIGINT itself, saves the experiment and returns as if the search were done; the only trace it
+    leaves is that it puts back the SIGINT handler it found (after a run that ends normally it keeps its own). So a
+    marker handler goes in first and is looked for afterwards.
+    """
+    if threading.current_thread() is not threading.main_thread() or int(os.getenv("TUNE_DISABLE_SIGINT_HANDLER", "0")):
+        tuner.fit()  # Tune installs no handler here: a Ctrl-C raises KeyboardInterrupt by itself
+        return False
+
+    def marker(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt
+
+    previous = signal.getsignal(signal.SIGINT)
+    signal.signal(signal.SIGINT, marker)
+    try:
+        tuner.fit()
+        return signal.getsignal(signal.SIGINT) is marker
+    finally:
+        signal.signal(signal.SIGINT, previous)

@@ -284,8 +284,14 @@ def search_job(args: argparse.Namespace) -> int:
         searcher, space, samples = search_algorithm(cfg, env, base.model, graph, out / "agent", warm,
                                                     load_seed_policies(args.policy, env))
         tune_start = time.perf_counter()
-        run_tune(cfg, trainable(cfg, evaluator, str(ctx.device)), searcher, space, samples,
-                 Path(state["storage_path"]), RecordingCallback(sink), resume=bool(args.resume))
+        try:
+            run_tune(cfg, trainable(cfg, evaluator, str(ctx.device)), searcher, space, samples,
+                     Path(state["storage_path"]), RecordingCallback(sink), resume=bool(args.resume))
+        except KeyboardInterrupt:
+            sink.close()
+            log.warning("search stopped after %d recorded evaluations; continue it with: prunepilot search %s "
+                        "--resume %s", len(sink.recorder.study.get_trials(deepcopy=False)), args.config, out)
+            raise
         tune_seconds = time.perf_counter() - tune_start
         env = build_env(cfg, base.model, ctx.data, graph, evaluator=evaluator)
     wall = time.perf_counter() - start
@@ -305,13 +311,15 @@ def search_job(args: argparse.Namespace) -> int:
                      out / "best_vs_uniform.png", f"{cfg.model.name}: best policy vs uniform at the same MACs")
     uniform_result = env.evaluate(uniform_policy)
     nodes = complete["node_id"].nunique() if "node_id" in complete else 1
-    log.info("search: %d evaluations (%d failed) in %.0fs on %d node(s); best reward %.4f (val acc %.4f, %.1f%% MACs); "
-             "uniform: val acc %.4f", len(frame), int((frame["state"] != "COMPLETE").sum()), wall, nodes,
+    where = ("this process (no Ray)" if backend == "local" else
+             f"{nodes} Ray node(s)" + (" (each session of a resumed search has its own)" if args.resume else ""))
+    log.info("search: %d evaluations (%d failed) in %.0fs on %s; best reward %.4f (val acc %.4f, %.1f%% MACs); "
+             "uniform: val acc %.4f", len(frame), int((frame["state"] != "COMPLETE").sum()), wall, where,
              best_row["reward"], best_row["accuracy"], 100 * best_row["macs_ratio"], uniform_result.accuracy)
     section = "\n".join([
         "", "## Search", "",
         f"Searcher **{cfg.search.searcher}** ({backend} backend), {len(frame)} evaluations in {wall:.0f} s of this "
-        f"session on {nodes} node(s); MACs target {env.macs_target:.2f}, reward `{env.reward_name}`{latency_term(env)}. "
+        f"session on {where}; MACs target {env.macs_target:.2f}, reward `{env.reward_name}`{latency_term(env)}. "
         f"Optuna study `{state['study_name']}` in `{state['storage']}` (`prunepilot dashboard {out}`).", "",
         markdown_table(pd.DataFrame([
             {"policy": "best found", "val accuracy (adaptive BN)": best_row["accuracy"],

@@ -8,6 +8,7 @@ process mid-search, and SIGKILL of the driver followed by `--resume`.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import secrets
@@ -151,7 +152,7 @@ def test_search_runs_trials_on_both_nodes_of_a_cluster(two_node_cluster, ray_env
     assert by_creation["predicted_reward"].iloc[:4].isna().all() and by_creation["predicted_reward"].iloc[4:].notna().all()
     assert (by_creation["candidates"].iloc[4:] >= 1).all()
     assert (out / "agent.zip").is_file() and (out / "best_policy.json").is_file()
-    assert "2 node(s)" in (out / "report.md").read_text()
+    assert "2 Ray node(s)" in (out / "report.md").read_text()
 
 
 def live_worker_pids(out: Path) -> list[int]:
@@ -224,7 +225,10 @@ def test_a_killed_worker_is_retried_and_nothing_is_lost(ray_env, config, tmp_pat
     assert failures, "Tune recorded no failed attempt: the kill was not noticed"
 
 
-def test_a_killed_driver_resumes_without_loss_or_duplicates(ray_env, config, tmp_path):
+@pytest.mark.parametrize("stop", ["SIGKILL", "SIGINT"])
+def test_a_killed_driver_resumes_without_loss_or_duplicates(ray_env, config, tmp_path, stop):
+    """SIGKILL: a crash. SIGINT: Ctrl-C, which Tune catches and used to report as a finished search (then the final
+    pass ran on half of it); now the job stops with exit code 130 and says how to resume."""
     out = tmp_path / "run"
     # ~1 s evaluations, so that the kill lands while the search still has evaluations to run
     log = tmp_path / "driver.log"
@@ -243,8 +247,17 @@ def test_a_killed_driver_resumes_without_loss_or_duplicates(ray_env, config, tmp
         wait_for(three_recorded, 300, "three recorded evaluations",
                  lambda: f" ({recorded(out)} recorded); the driver's output:\n{log.read_text()[-3000:]}")
     finally:
-        os.killpg(driver.pid, signal.SIGKILL)  # the driver and the embedded Ray it started, mid-search
+        if stop == "SIGINT":
+            os.kill(driver.pid, signal.SIGINT)  # Ctrl-C reaches the driver, mid-search
+            stopped = driver.wait(timeout=120)
+        with contextlib.suppress(ProcessLookupError):  # after SIGINT the whole group may have ended already
+            os.killpg(driver.pid, signal.SIGKILL)  # the driver and the embedded Ray it started, mid-search
         driver.wait()
+    if stop == "SIGINT":
+        said = log.read_text()
+        assert stopped == 130, said[-3000:]
+        assert f"--resume {out}" in said and "prunepilot search: interrupted" in said
+        assert not (out / "report.md").exists() and not (out / "evaluations.csv").exists()  # no final pass
     partial = recorded(out)
     assert 3 <= partial < FAULT_EVALUATIONS
     table = (out / "latency_table.json").read_bytes()
