@@ -36,6 +36,7 @@ from pruning.config import RunConfig, load_config, validated
 from pruning.data import load_data
 from pruning.errors import UserError
 from pruning.runtime import set_threads
+from search.cli import output_folder
 from search.local import SEARCHERS, check_searcher
 from search.report import markdown_table, write_json, write_table
 
@@ -336,7 +337,7 @@ def bench_job(args: argparse.Namespace) -> int:
     collect_only = args.collect_only
     if collect_only and parts != ["comparison"]:
         raise UserError("--collect-only: applies to the comparison part alone; add --parts comparison")
-    folder = Path(args.out) if args.out else default_folder(cfg)
+    folder = output_folder(Path(args.out) if args.out else default_folder(cfg))
     check_same_settings(folder, cfg.model_dump())
     if "transfer" in parts and cfg.bench.transfer_model:
         check_transfer_method(cfg)

@@ -123,7 +123,14 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def run_folder(args: argparse.Namespace, name: str) -> Path:
-    return Path(args.out) if args.out else Path("results") / name
+    """--out, else results/<name>: checked before any work, so a file in its place is a message, not a traceback."""
+    return output_folder(Path(args.out) if args.out else Path("results") / name)
+
+
+def output_folder(path: Path) -> Path:
+    if path.exists() and not path.is_dir():
+        raise UserError(f"--out: {path} is a file; expected a folder (new, or one this command wrote) for the results")
+    return path
 
 
 if __name__ == "__main__":

@@ -258,9 +258,10 @@ def prune_job(args: argparse.Namespace) -> int:
 def evaluator_job(args: argparse.Namespace, suffix: str) -> tuple[Context, Path, Evaluator]:
     """Shared start of the analysis commands: config, baseline, run folder and the shared evaluator."""
     ctx = prepare(args)
+    out = run_folder(args, f"{ctx.cfg.name}-{suffix}")
     base = baseline_of(ctx)
     evaluator = Evaluator(base.model, ctx.data, unit_graph(ctx, base.model), EvalSettings.from_config(ctx.cfg))
-    return ctx, run_folder(args, f"{ctx.cfg.name}-{suffix}"), evaluator
+    return ctx, out, evaluator
 
 
 def sweep_job(args: argparse.Namespace) -> int:

@@ -361,3 +361,13 @@ def test_a_damaged_run_state_is_named_not_a_traceback(tmp_path, tiny_config, com
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert "run/search.json: not valid JSON" in result.stderr
     assert (run / "search.json").read_text() == "{"  # a resume that cannot start changes nothing
+
+
+@pytest.mark.parametrize("command", ["prune", "search", "sweep", "bench"])
+def test_an_out_that_is_a_file_is_refused_before_any_work_and_left_alone(tmp_path, tiny_config, command):
+    taken = tmp_path / "notes.txt"
+    taken.write_text("mine")
+    result = run_cli(command, str(tiny_config), "--out", str(taken), "--quiet", cwd=tmp_path, timeout=120)
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert f"--out: {taken} is a file; expected a folder" in result.stderr
+    assert taken.read_text() == "mine"
