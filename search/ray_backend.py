@@ -53,7 +53,10 @@ def connect(address: str | None, num_cpus: int | None = None) -> None:
             ray.init(num_cpus=num_cpus, include_dashboard=False, dashboard_host="127.0.0.1", log_to_driver=False,
                      logging_level=logging.WARNING)
     except (ConnectionError, RuntimeError, ValueError) as exc:
-        raise UserError(f"--address: cannot connect to Ray at {address!r} ({exc})") from None
+        hint = ("; if the cluster was started under RAY_AUTH_MODE=token, this shell needs RAY_AUTH_MODE=token and the "
+                "cluster's token (RAY_AUTH_TOKEN) too" if os.environ.get("RAY_AUTH_MODE") != "token" else
+                "; check that RAY_AUTH_TOKEN is the cluster's token")
+        raise UserError(f"--address: cannot connect to Ray at {address!r} ({exc}){hint}") from None
 
 
 def evaluation_key(trial: Any) -> str:

@@ -134,6 +134,13 @@ def two_node_cluster(ray_env, tmp_path):
 
 def test_search_runs_trials_on_both_nodes_of_a_cluster(two_node_cluster, ray_env, config, tmp_path):
     out = tmp_path / "run"
+    # first without the cluster's token, as a user who forgot it: a message with the fix, and no run folder
+    tokenless = {k: v for k, v in ray_env.items() if k not in ("RAY_AUTH_MODE", "RAY_AUTH_TOKEN")}
+    refused = subprocess.run(search_cmd(config, out, "--address", two_node_cluster), env=tokenless, cwd=tmp_path,
+                             capture_output=True, text=True, timeout=300)
+    assert refused.returncode == 2 and "Traceback" not in refused.stderr, refused.stderr[-3000:]
+    assert "this shell needs RAY_AUTH_MODE=token and the cluster's token" in refused.stderr
+    assert not out.exists()
     # evaluations long enough (~1 s) that two are in flight: with 0.1 s trials one reused actor could run them all
     screened = ["agent.candidates=4", "agent.screen_after=3"]  # model-based exploration through the Tune searcher
     result = subprocess.run(search_cmd(config, out, "--address", two_node_cluster, *HEAVIER, *LATENCY, *screened),
