@@ -79,11 +79,6 @@ def prepare_run_folder(args: argparse.Namespace, cfg_name: str) -> tuple[Path, d
         raise UserError(f"{out} already holds a search; continue it with --resume {out}, or choose --out")
     storage = args.storage or sqlite_url(str((out / "study.db").resolve()))
     storage_path = Path(args.storage_path).resolve() if args.storage_path else (out / "ray").resolve()
-    if args.storage_path:  # Tune would fail with a pyarrow traceback after the set-up; a shared folder may be made
-        try:
-            storage_path.mkdir(parents=True, exist_ok=True)
-        except OSError as exc:
-            raise UserError(f"--storage-path: cannot make folder {storage_path} ({exc.strerror or exc})") from None
     return out, {"storage": storage, "study_name": cfg_name, "storage_path": str(storage_path),
                  "overrides": list(args.overrides)}
 
@@ -214,6 +209,14 @@ def best_evaluation(frame: pd.DataFrame) -> pd.Series:
     return complete.loc[complete["reward"].idxmax()]
 
 
+def check_storage_path(folder: Path) -> None:
+    """Make the folder Tune keeps its experiment in (a cluster's shared folder may not exist yet), or say why not."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise UserError(f"--storage-path: cannot make folder {folder} ({exc.strerror or exc})") from None
+
+
 @contextmanager
 def discarded_on_user_error(out: Path, created: bool) -> Iterator[None]:
     """A run folder this call made goes again when a user error stops the set-up (a bad --storage, --agent or
@@ -238,6 +241,8 @@ def search_job(args: argparse.Namespace) -> int:
     backend = "ray" if args.resume or args.address else (args.backend or cfg.search.backend)
     out, state = prepare_run_folder(args, cfg.name)
     created = not out.exists()
+    if args.storage_path and not args.resume:  # Tune would fail with a pyarrow traceback after the set-up
+        check_storage_path(Path(state["storage_path"]))
     if backend == "ray":
         from search.ray_backend import connect
 
