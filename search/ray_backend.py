@@ -139,7 +139,9 @@ def run_tune(cfg: RunConfig, fn: Any, searcher: Any, space: dict, samples: int, 
     experiment = storage_path / EXPERIMENT
     if resume:
         if not tune.Tuner.can_restore(str(experiment)):
-            raise UserError(f"--resume: no restorable Tune experiment at {experiment}")
+            raise UserError(f"--resume: no restorable Tune experiment at {experiment}: the search stopped before "
+                            f"Tune first saved it (within {CHECKPOINT_S} s of its start), so there is nothing to continue: "
+                            "start the search again without --resume, in another folder")
         tuner = tune.Tuner.restore(str(experiment), trainable=fn, resume_unfinished=True, restart_errored=True)
     else:
         tuner = tune.Tuner(

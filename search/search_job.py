@@ -218,12 +218,13 @@ def check_storage_path(folder: Path) -> None:
 
 
 @contextmanager
-def discarded_on_user_error(out: Path, created: bool) -> Iterator[None]:
-    """A run folder this call made goes again when a user error stops the set-up (a bad --storage, --agent or
-    latency table found after the sweep wrote into it): the corrected rerun must not find 'already holds a search'."""
+def discarded_if_setup_stops(out: Path, created: bool) -> Iterator[None]:
+    """A run folder this call made goes again when a user error (a bad --storage, --agent or latency table found
+    after the sweep wrote into it) or Ctrl-C stops the set-up: nothing was evaluated, and the rerun must not find
+    'already holds a search' with no Tune experiment to resume."""
     try:
         yield
-    except UserError:
+    except (UserError, KeyboardInterrupt):
         if created and out.exists():
             shutil.rmtree(out)
         raise
@@ -247,7 +248,7 @@ def search_job(args: argparse.Namespace) -> int:
         from search.ray_backend import connect
 
         connect(args.address)  # before any file or training: a cluster that refuses us (token, version) fails now
-    with discarded_on_user_error(out, created):
+    with discarded_if_setup_stops(out, created):
         base = baseline_of(ctx)
         graph = unit_graph(ctx, base.model)
         if table is not None:  # another model's table fails before the run folder exists

@@ -371,3 +371,17 @@ def test_an_out_that_is_a_file_is_refused_before_any_work_and_left_alone(tmp_pat
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert f"--out: {taken} is a file; expected a folder" in result.stderr
     assert taken.read_text() == "mine"
+
+
+def test_ctrl_c_in_a_searchs_set_up_leaves_no_folder_to_block_the_rerun(tmp_path, tiny_config, monkeypatch):
+    """The floor sweep and search.json are written before the last set-up step; a Ctrl-C there used to leave a
+    folder that refused a new search ('already holds a search') and had no Tune experiment to resume."""
+    import search.search_job as search_job
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(search_job, "load_warm_agent", interrupted)
+    out = tmp_path / "run"
+    assert main(["search", str(tiny_config), "--backend", "local", "--out", str(out), "--quiet"]) == 130
+    assert not out.exists()
