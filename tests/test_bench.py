@@ -758,3 +758,40 @@ def test_prior_replay_screens_a_recorded_pool(bench_run, tmp_path, capsys):
     assert "fewer than --budget + --candidates" in capsys.readouterr().err
     assert prior_replay([str(tmp_path), *args[1:]]) == 2
     assert "evaluations.csv not found" in capsys.readouterr().err
+
+
+def test_ctrl_c_stops_the_running_runs_and_starts_no_more(tmp_path):
+    """It used to end only the waiting loop: the pool then started every queued run, one after another."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+    from pathlib import Path
+
+    config = tmp_path / "tiny.yaml"
+    config.write_text(TINY_BENCH.replace("evaluations: 6", "evaluations: 100000").replace("seeds: [0, 1]",
+                                                                                         "seeds: [0, 1, 2]"))
+    out = tmp_path / "out"
+    root = str(Path(__file__).parents[1])
+    bench = subprocess.Popen([sys.executable, "-m", "search.cli", "bench", str(config), "--out", str(out), "--quiet",
+                              "--parts", "comparison", "bench.methods=[random]", "bench.parallel=1"],
+                             env={**os.environ, "PYTHONPATH": root}, stdout=subprocess.PIPE,
+                             stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    try:
+        deadline = time.time() + 120
+        while not list((out / "runs").glob("*.log")) and time.time() < deadline:  # the first run has started
+            time.sleep(0.2)
+        time.sleep(3)
+        started = sorted(p.name for p in (out / "runs").glob("*.log"))
+        assert len(started) == 1, started
+        bench.send_signal(signal.SIGINT)
+        said, _ = bench.communicate(timeout=90)
+    finally:
+        if bench.poll() is None:
+            os.killpg(bench.pid, signal.SIGKILL)
+            bench.wait()
+    assert bench.returncode == 130 and "prunepilot bench: interrupted" in said, said[-2000:]
+    assert sorted(p.name for p in (out / "runs").glob("*.log")) == started  # nothing started after the Ctrl-C
+    leftovers = subprocess.run(["pgrep", "-f", str(out)], capture_output=True, text=True).stdout.split()
+    assert not leftovers, leftovers  # the run that was going stopped too
