@@ -217,6 +217,24 @@ def check_storage_path(folder: Path) -> None:
         raise UserError(f"--storage-path: cannot make folder {folder} ({exc.strerror or exc})") from None
 
 
+def searched_identity(cfg, graph) -> dict:
+    """What a search's evaluations are of: the model (its units) and the data (not its folder, which may differ
+    between the machines of a cluster). Kept in search.json so that a resume cannot mix two searches in one study."""
+    return {"model_fingerprint": graph.fingerprint, "model": cfg.model.name,
+            "data": cfg.data.model_dump(mode="json", exclude={"path"})}
+
+
+def check_same_search(state: dict, searched: dict, run: Path) -> None:
+    """A resumed search must search what it started with (states written before these keys were kept pass)."""
+    if "model_fingerprint" in state and state["model_fingerprint"] != searched["model_fingerprint"]:
+        raise UserError(f"--resume: {run} searched {state.get('model')} (units fingerprint {state['model_fingerprint']}), "
+                        f"this config gives {searched['model']} ({searched['model_fingerprint']}); give the config "
+                        "the search started with")
+    if "data" in state and state["data"] != searched["data"]:
+        raise UserError(f"--resume: {run} searched data {state['data']}, this config gives {searched['data']}; give "
+                        "the config the search started with")
+
+
 @contextmanager
 def discarded_if_setup_stops(out: Path, created: bool) -> Iterator[None]:
     """A run folder this call made goes again when a user error (a bad --storage, --agent or latency table found
@@ -253,6 +271,10 @@ def search_job(args: argparse.Namespace) -> int:
         graph = unit_graph(ctx, base.model)
         if table is not None:  # another model's table fails before the run folder exists
             table.check(graph, cfg.prune.round_to)
+        searched = searched_identity(cfg, graph)
+        if args.resume:
+            check_same_search(state, searched, Path(args.resume))
+        state.update(searched)
         # built once (rankings, Taylor gradients, fixed BN batches): the sweep, the search and the final pass share it
         evaluator = Evaluator(base.model, ctx.data, graph, EvalSettings.from_config(cfg))
         if args.resume:

@@ -244,6 +244,38 @@ def test_resume_keeps_the_overrides_the_search_started_with(tmp_path, tiny_confi
     assert sorted(p.name for p in run.iterdir()) == ["search.json"]
 
 
+@pytest.mark.parametrize("change, message", [
+    (["model.kwargs={width: 12}"], "searched tests.fixtures:tiny_cnn (units fingerprint"),
+    (["data.options={size: 10, n_train: 300, n_test: 100}"], "searched data"),
+])
+def test_resume_refuses_a_config_of_another_model_or_data(tmp_path, tiny_config, change, message):
+    """It used to go on: the study then mixed two models' evaluations and the final pass pruned the second."""
+    run = tmp_path / "run"
+    assert main(["search", str(tiny_config), "--backend", "local", "--out", str(run), "--quiet", "search.evaluations=2",
+                 "search.final_pass=false"]) == 0
+    state = json.loads((run / "search.json").read_text())
+    assert state["model"] == "tests.fixtures:tiny_cnn" and "path" not in state["data"]
+    other = tmp_path / "other.yaml"
+    other.write_text(TINY)
+    result = run_cli("search", str(load_into(other, change)), "--resume", str(run), "--quiet", cwd=tmp_path, timeout=300)
+    assert result.returncode == 2 and message in result.stderr and "Traceback" not in result.stderr, result.stderr
+    assert json.loads((run / "search.json").read_text()) == state
+
+
+def load_into(config: Path, overrides: list[str]) -> Path:
+    """`config` with `overrides` written into it (a resume takes no new overrides, so the change goes in the file)."""
+    import yaml
+
+    from pruning.config import load_config
+
+    body = yaml.safe_load(config.read_text())
+    changed = load_config(config, overrides).model_dump(mode="json")
+    for section in ("model", "data"):
+        body[section] = changed[section]
+    config.write_text(yaml.safe_dump(body))
+    return config
+
+
 def test_latency_table_command_and_a_latency_aware_local_search(tmp_path, tiny_config):
     table = tmp_path / "tables" / "tiny.json"
     assert main(["latency-table", str(tiny_config), "--out", str(table), "--quiet"]) == 0
