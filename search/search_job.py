@@ -269,11 +269,11 @@ def search_job(args: argparse.Namespace) -> int:
     with discarded_if_setup_stops(out, created):
         base = baseline_of(ctx)
         graph = unit_graph(ctx, base.model)
-        if table is not None:  # another model's table fails before the run folder exists
+        if table is not None:  # another model's table fails before the sweep writes the run folder
             table.check(graph, cfg.prune.round_to)
         searched = searched_identity(cfg, graph)
         if args.resume:
-            check_same_search(state, searched, Path(args.resume))
+            check_same_search(state, searched, out)
         state.update(searched)
         # built once (rankings, Taylor gradients, fixed BN batches): the sweep, the search and the final pass share it
         evaluator = Evaluator(base.model, ctx.data, graph, EvalSettings.from_config(cfg))
@@ -340,7 +340,7 @@ def search_job(args: argparse.Namespace) -> int:
     uniform_result = env.evaluate(uniform_policy)
     nodes = complete["node_id"].nunique() if "node_id" in complete else 1
     where = ("this process (no Ray)" if backend == "local" else
-             f"{nodes} Ray node(s)" + (" (each session of a resumed search has its own)" if args.resume else ""))
+             f"{nodes} Ray node(s)" + (" (counted over every session of this resumed search)" if args.resume else ""))
     log.info("search: %d evaluations (%d failed) in %.0fs on %s; best reward %.4f (val acc %.4f, %.1f%% MACs); "
              "uniform: val acc %.4f", len(frame), int((frame["state"] != "COMPLETE").sum()), wall, where,
              best_row["reward"], best_row["accuracy"], 100 * best_row["macs_ratio"], uniform_result.accuracy)
