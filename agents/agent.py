@@ -432,9 +432,9 @@ class PruningAgent:
         try:
             cfg = AgentConfig.model_validate(meta.get("agent"))
         except ValidationError as exc:
-            raise UserError(f"{meta_path}: field `agent` is not an agent's settings ({exc.errors()[0]['msg']})") from None
-        if cfg.name not in CLASSES:
-            raise UserError(f"{meta_path}: field `agent.name`: unknown agent {cfg.name!r}; expected one of {sorted(CLASSES)}")
+            error = exc.errors()[0]
+            field = ".".join(["agent", *map(str, error["loc"])])
+            raise UserError(f"{meta_path}: field `{field}` is not an agent's setting ({error['msg']})") from None
         try:
             model = CLASSES[cfg.name].load(path, env=env, device="cpu")
         except (ValueError, KeyError, RuntimeError, EOFError, zipfile.BadZipFile) as exc:

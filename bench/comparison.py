@@ -49,6 +49,13 @@ def method_searcher(cfg: RunConfig, method: str) -> str:
     return variant.searcher if variant else method
 
 
+def searcher_overrides(cfg: RunConfig, method: str) -> tuple[str, ...]:
+    """The overrides that make a run search with `method`'s searcher: an agent searcher's agent.name too, so that a
+    config naming another agent is overridden, not refused, for this method's runs."""
+    searcher = method_searcher(cfg, method)
+    return (f"search.searcher={searcher}", *((f"agent.name={searcher}",) if searcher in BUILDERS else ()))
+
+
 def is_rl_method(cfg: RunConfig, method: str) -> bool:
     """Whether a method runs an RL agent (ddpg, td3, sac, ppo or a variant of one) and is judged as RL, not as a
     baseline (a variant marked `baseline: true` runs an agent's searcher but learns nothing)."""
@@ -65,7 +72,7 @@ def comparison_runs(cfg: RunConfig, config: str, folder: Path, overrides: list[s
         name = run_name(method, target, seed)
         variant = b.variants[method].overrides if method in b.variants else []
         runs.append(Run(name, "search", config, folder / "runs" / name, (
-            *overrides, f"search.searcher={method_searcher(cfg, method)}", f"search.seed={seed}",
+            *overrides, *searcher_overrides(cfg, method), f"search.seed={seed}",
             f"env.macs_target={target}", f"search.evaluations={b.evaluations}",
             f"search.final_pass={str(b.final_pass).lower()}", "search.backend=local", "sweep.accuracy_floor=null",
             "threads=1", *variant), done_when=done_when))

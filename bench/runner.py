@@ -21,7 +21,7 @@ import pandas as pd
 from agents.agent import MAX_EPISODES_PER_EVALUATION
 from bench.comparison import (aggregate, best_reward_curves, check_one_dense_model, collect, comparison_runs,
                               display_table, is_rl_method, is_rule, keep_run_files, missing_runs, plot_best_reward,
-                              recorded_rows, rows_outside_grid)
+                              recorded_rows, rows_outside_grid, searcher_overrides)
 from bench.grid import GridOutcome, require, run_grid
 from bench.latency import quiet_latency
 from bench.resume_guard import check_same_settings
@@ -67,12 +67,15 @@ def check_methods(cfg: RunConfig) -> None:
     for method in cfg.bench.methods:
         if method not in cfg.bench.variants:
             check_searcher(method, field="bench.methods")
+            # the config's agent settings as this searcher's agent reads them (sac refuses some of ddpg's)
+            validated(cfg.model_dump(), list(searcher_overrides(cfg, method)), f"bench.methods: {method}")
     for name, variant in cfg.bench.variants.items():
         field = f"bench.variants.{name}"
         if name in SEARCHERS:
             raise UserError(f"{field}: a variant needs a name of its own, not the searcher name {name!r}")
         check_searcher(variant.searcher, field=f"{field}.searcher")
-        resolved = validated(cfg.model_dump(), variant.overrides, f"{field}.overrides")
+        resolved = validated(cfg.model_dump(), [*searcher_overrides(cfg, name), *variant.overrides],
+                             f"{field}.overrides")
         if name in cfg.bench.methods:
             try:
                 check_env_settings(resolved)

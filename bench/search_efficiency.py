@@ -26,7 +26,7 @@ def run(config: str, evaluations: int, concurrency: int, folder: Path, overrides
     out = folder / f"c{concurrency}"
     cmd = [sys.executable, "-m", "search.cli", "search", config, "--backend", "ray", "--out", str(out), "--quiet",
            *overrides, f"search.evaluations={evaluations}", f"search.concurrency={concurrency}",
-           "search.cpus_per_trial=1", "search.final_pass=false", "search.searcher=ddpg",
+           "search.cpus_per_trial=1", "search.final_pass=false", "search.searcher=ddpg", "agent.name=ddpg",
            f"agent.warmup_episodes={evaluations // 2}"]
     subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
     summary = json.loads((out / "search_summary.json").read_text())

@@ -27,7 +27,7 @@ from typing import NamedTuple
 import pandas as pd
 
 from agents.sb3_agents import BUILDERS
-from bench.comparison import is_rl_method, kept_path, method_searcher, run_name, target_tag
+from bench.comparison import is_rl_method, kept_path, method_searcher, run_name, searcher_overrides, target_tag
 from bench.grid import Run
 from pruning.config import RunConfig, validated
 from pruning.errors import UserError
@@ -63,16 +63,16 @@ def check_transfer_method(cfg: RunConfig) -> None:
 def transfer_agent_candidates(cfg: RunConfig) -> int:
     """`agent.candidates` of the searches on the transfer model (the config, its transfer overrides, the variant's)."""
     searcher, variant = method_settings(cfg)
-    overrides = [*cfg.bench.transfer_overrides, searcher, *variant]
+    overrides = [*cfg.bench.transfer_overrides, *searcher, *variant]
     return validated(cfg.model_dump(), overrides, "bench.transfer_overrides").agent.candidates
 
 
-def method_settings(cfg: RunConfig) -> tuple[str, tuple[str, ...]]:
-    """The search.searcher override and the variant overrides of `bench.transfer_method`, for the searches on the
+def method_settings(cfg: RunConfig) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """The searcher overrides and the variant overrides of `bench.transfer_method`, for the searches on the
     transfer model (the variant's after everything else, as in the comparison)."""
     method = cfg.bench.transfer_method
     variant = cfg.bench.variants.get(method)
-    return f"search.searcher={method_searcher(cfg, method)}", tuple(variant.overrides if variant else ())
+    return searcher_overrides(cfg, method), tuple(variant.overrides if variant else ())
 
 
 def source_files(cfg: RunConfig, folder: Path) -> tuple[Path, Path]:
@@ -126,7 +126,7 @@ def transfer_runs(cfg: RunConfig, config: str, folder: Path, overrides: list[str
               f"env.macs_target={target}", f"search.seed={seed}", "sweep.accuracy_floor=null")
     # the zero-shot run goes first and alone (it trains the target's baseline): it keeps the config's threads
     searcher, variant = method_settings(cfg)
-    search = (*common, "threads=1", searcher, "search.backend=local", "search.final_pass=false", *variant)
+    search = (*common, "threads=1", *searcher, "search.backend=local", "search.final_pass=false", *variant)
     base = folder / "transfer" / f"{b.transfer_model}-{target_tag(target)}"
     warm_budget = max(1, round(b.transfer_fraction * b.evaluations))
     reuse = ("--agent", agent, "--policy", policy)

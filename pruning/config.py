@@ -18,6 +18,10 @@ from pruning.errors import UserError
 Seed = Annotated[int, Field(ge=0, lt=2**31)]
 """What numpy, torch, Gymnasium and the searchers all accept (numpy refuses a negative seed mid-run)."""
 
+AgentName = Literal["ddpg", "td3", "sac", "ppo"]
+AGENT_NAMES: tuple[str, ...] = AgentName.__args__
+"""The stable-baselines3 agents (agents/sb3_agents.py); each is also a search.searcher."""
+
 
 class Section(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
@@ -160,8 +164,8 @@ class EnvConfig(Section):
 class AgentConfig(Section):
     """The deciding agent (agents/); DDPG defaults are AMC's."""
 
-    name: str = "ddpg"
-    """ddpg, td3, sac, ppo."""
+    name: AgentName = "ddpg"
+    """ddpg, td3, sac, ppo; an agent searcher (search.searcher) runs the agent of its own name."""
     warmup_episodes: int = Field(100, ge=0)
     """Episodes of uniformly random actions before the agent learns (AMC: 100)."""
     noise_sigma: float = Field(0.5, ge=0)
@@ -384,6 +388,23 @@ class RunConfig(Section):
     def search_seed(self) -> int:
         return self.seed if self.search.seed is None else self.search.seed
 
+    @model_validator(mode="before")
+    @classmethod
+    def _searcher_runs_its_own_agent(cls, data: Any) -> Any:
+        """search.searcher names the agent an agent search runs, and agent.name is the agent built: one given alone
+        sets the other (a `search.searcher: td3` once ran agent.name's default, DDPG), two that differ are refused."""
+        if not isinstance(data, dict):
+            return data
+        searcher, name = explicit(data.get("search"), "searcher"), explicit(data.get("agent"), "name")
+        if searcher in AGENT_NAMES and name is None:
+            return {**data, "agent": with_value(data.get("agent"), "name", searcher)}
+        if searcher is None and name in AGENT_NAMES:
+            return {**data, "search": with_value(data.get("search"), "searcher", name)}
+        if searcher in AGENT_NAMES and name in AGENT_NAMES and name != searcher:  # an unknown name: its own error
+            raise ValueError(f"search.searcher is {searcher!r} but agent.name is {name!r}: an agent search runs the "
+                             f"agent it names; set search.searcher alone (agent.name follows it)")
+        return data
+
     @model_validator(mode="after")
     def _one_target(self) -> "RunConfig":
         if self.prune.macs_target is not None and self.prune.uniform_ratio is not None:
@@ -391,14 +412,35 @@ class RunConfig(Section):
         return self
 
 
+def explicit(section: Any, key: str) -> Any:
+    """The value `key` was given in a raw section (a mapping, or a section built in code), else None."""
+    if isinstance(section, dict):
+        return section.get(key)
+    if isinstance(section, BaseModel) and key in section.model_fields_set:
+        return getattr(section, key)
+    return None
+
+
+def with_value(section: Any, key: str, value: Any) -> Any:
+    """A raw section (absent, a mapping or a section built in code) with `key` set to `value`; anything else is
+    returned as it is, for validation to refuse."""
+    if isinstance(section, BaseModel):  # validated again: its other fields' checks may depend on `key`
+        return type(section).model_validate({**section.model_dump(exclude_unset=True), key: value})
+    if section is None or isinstance(section, dict):
+        return {**(section or {}), key: value}
+    return section
+
+
 def format_errors(exc: ValidationError, source: str) -> str:
     lines = []
     for err in exc.errors():
-        field = ".".join(str(p) for p in err["loc"]) or "(top level)"
         got = err.get("input")
         got_text = "" if isinstance(got, dict) else f" (got {got!r})"
-        message = "unknown key" if err["type"] == "extra_forbidden" else err["msg"]
-        lines.append(f"{source}: field `{field}`: {message}{got_text}")
+        message = "unknown key" if err["type"] == "extra_forbidden" else err["msg"].removeprefix("Value error, ")
+        if not err["loc"]:  # a check across sections names its fields in its message
+            lines.append(f"{source}: {message}")
+            continue
+        lines.append(f"{source}: field `{'.'.join(str(p) for p in err['loc'])}`: {message}{got_text}")
     return "\n".join(lines)
 
 

@@ -126,6 +126,9 @@ def load_warm_agent(args: argparse.Namespace, cfg, graph) -> PruningAgent | None
         raise UserError(f"--agent: warm starts need an agent searcher, but search.searcher is {cfg.search.searcher!r}")
     env = LayerPruningEnv(graph, deferred=True, **env_kwargs(cfg))
     agent = PruningAgent.load(args.agent, env)
+    if agent.cfg.name != cfg.search.searcher:  # it would go on as its own algorithm under this searcher's name
+        raise UserError(f"--agent: {args.agent} is a {agent.cfg.name} agent, but search.searcher is "
+                        f"{cfg.search.searcher!r}; search with search.searcher={agent.cfg.name} to continue it")
     agent.cfg = agent.cfg.model_copy(update={k: getattr(cfg.agent, k) for k in SEARCH_OWNED_AGENT_SETTINGS})
     agent.warm_start(seed=cfg.search_seed)
     return agent

@@ -282,6 +282,14 @@ def test_a_variant_runs_beside_its_searcher_under_its_own_name(tmp_path):
      "bench.variants.ddpg_x.overrides: field `agent.candidates`"),
     (["bench.methods=[ddpg_x]", "bench.variants={ddpg_x: {searcher: ddpg, overrides: [candidates]}}"],
      "bench.variants.ddpg_x.overrides: override 'candidates': expected dotted.key=value"),
+    # each method's agent reads the config's agent settings: sac refuses AMC's noise options up front, not in its runs
+    (["bench.methods=[ddpg, sac]", "agent.repeat_noise_growth=1.1"],
+     "bench.methods: sac: field `agent.repeat_noise_growth`: expected 1 with sac"),
+    (["bench.methods=[sac_x]", "bench.variants={sac_x: {searcher: sac, overrides: [agent.candidates=4, "
+      "agent.candidate_noise=spread]}}"], "bench.variants.sac_x.overrides: field `agent.candidate_noise`: expected "
+                                          "'schedule' with sac"),
+    (["bench.methods=[td3_x]", "bench.variants={td3_x: {searcher: td3, overrides: [agent.name=sac]}}"],
+     "bench.variants.td3_x.overrides: search.searcher is 'td3' but agent.name is 'sac'"),
     (["bench.macs_targets=[1.5]"], "field `bench.macs_targets`"),
     (["bench.transfer_method=tpe"], "bench.transfer_method: expected an agent searcher"),
     (["bench.methods=[ddpg, random_x]", "bench.transfer_method=random_x",

@@ -44,6 +44,8 @@ def run_cli(*args: str, cwd: Path, timeout: float | None = None) -> subprocess.C
     (["prune", "{cfg}", "--policy", "nope.json"], "nope.json: policy file not found"),
     (["prune", "{cfg}", "model.name=resnet9000"], "model.name: unknown model 'resnet9000'"),
     (["prune", "{cfg}", "device=cuda:7"], "device"),
+    (["search", "{cfg}", "agent.name=dqn"], "field `agent.name`: Input should be 'ddpg', 'td3', 'sac' or 'ppo'"),
+    (["search", "{cfg}", "search.searcher=td3", "agent.name=sac"], "search.searcher is 'td3' but agent.name is 'sac'"),
 ])
 def test_bad_input_exits_2_with_a_message_and_writes_nothing(tmp_path, tiny_config, args, message):
     out = tmp_path / "run"
@@ -107,7 +109,7 @@ def test_sweep_and_sensitivity(tmp_path, tiny_config):
     assert (tmp_path / "se" / "sensitivity.png").is_file() and (tmp_path / "se" / "sensitivity.csv").is_file()
 
 
-@pytest.mark.parametrize("searcher", ["ddpg", "tpe", "random", "lamp"])
+@pytest.mark.parametrize("searcher", ["ddpg", "td3", "tpe", "random", "lamp"])
 def test_local_search_writes_the_run_folder(tmp_path, tiny_config, searcher):
     out = tmp_path / searcher
     args = ["search", str(tiny_config), "--backend", "local", "--out", str(out), "--quiet", f"search.searcher={searcher}",
@@ -119,7 +121,9 @@ def test_local_search_writes_the_run_folder(tmp_path, tiny_config, searcher):
     assert len(table) == (1 if searcher == "lamp" else 6)
     assert (table["macs_ratio"] <= 0.6 + 1e-9).all()
     assert (out / "best_policy.json").is_file() and (out / "report.md").is_file()
-    assert (out / "agent.zip").is_file() == (searcher == "ddpg")
+    assert (out / "agent.zip").is_file() == (searcher in ("ddpg", "td3"))
+    if searcher in ("ddpg", "td3"):  # the agent the searcher names (td3 once ran DDPG under its name)
+        assert json.loads((out / "agent.json").read_text())["agent"]["name"] == searcher
 
 
 def test_unknown_searcher_is_a_user_error(tmp_path, tiny_config):
@@ -166,6 +170,10 @@ def test_policy_reuse_zero_shot_and_warm_start(tmp_path, tiny_config):
     assert prior["prior_weight"].iloc[1:].between(0, 1).all() and prior["prior_weight"].iloc[1] == 1.0
     assert main(["transfer", str(tiny_config), "--agent", str(tmp_path / "none.zip"), "--out", str(tmp_path / "x"),
                  "--quiet"]) == 2
+    # a DDPG agent would go on as DDPG under a td3 search's name
+    assert main(["search", str(tiny_config), "--out", str(tmp_path / "wt"), "--agent", str(agent), *common,
+                 *other_model, "search.searcher=td3"]) == 2
+    assert not (tmp_path / "wt").exists()
 
 
 @pytest.mark.parametrize("args, message", [

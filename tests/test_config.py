@@ -2,7 +2,7 @@ from pathlib import Path
 
 import pytest
 
-from pruning.config import load_config, parse_override
+from pruning.config import RunConfig, SearchConfig, load_config, parse_override
 from pruning.errors import UserError
 
 
@@ -69,6 +69,26 @@ def test_repeat_noise_growth_is_refused_for_agents_without_amc_noise(tmp_path):
     with pytest.raises(UserError, match=r"field `agent.repeat_noise_growth`: .*expected 1 with sac.*\(got 1.1\)"):
         load_config(write(tmp_path, "agent:\n  name: sac\n  repeat_noise_growth: 1.1\n"))
     assert load_config(write(tmp_path, "agent:\n  name: td3\n  repeat_noise_growth: 1.1\n")).agent.repeat_noise_growth == 1.1
+
+
+def test_an_agent_searcher_runs_the_agent_it_names(tmp_path):
+    """`search.searcher: td3` used to build agent.name's default, DDPG, and name the run td3."""
+    assert load_config(None, ["search.searcher=td3"]).agent.name == "td3"
+    assert load_config(None, ["agent.name=sac"]).search.searcher == "sac"  # agent.name alone: as before, that agent
+    assert load_config(None, ["search.searcher=tpe", "agent.name=sac"]).agent.name == "sac"  # no agent runs
+    assert RunConfig(search=SearchConfig(searcher="td3")).agent.name == "td3"
+    # the agent's own checks read the searcher's agent, not the default one
+    with pytest.raises(UserError, match=r"field `agent.repeat_noise_growth`: expected 1 with sac"):
+        load_config(write(tmp_path, "search:\n  searcher: sac\nagent:\n  repeat_noise_growth: 1.1\n"))
+    with pytest.raises(UserError, match=r"defaults: search.searcher is 'td3' but agent.name is 'sac': an agent search "
+                                        r"runs the agent it names; set search.searcher alone"):
+        load_config(None, ["search.searcher=td3", "agent.name=sac"])
+
+
+def test_an_unknown_agent_is_refused_when_the_config_loads():
+    """It used to pass the config and fail after the baseline and the floor sweep, leaving the run folder behind."""
+    with pytest.raises(UserError, match=r"field `agent.name`: Input should be 'ddpg', 'td3', 'sac' or 'ppo' \(got 'dqn'\)"):
+        load_config(None, ["agent.name=dqn"])
 
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
