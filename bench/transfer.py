@@ -27,7 +27,7 @@ from typing import NamedTuple
 import pandas as pd
 
 from agents.sb3_agents import BUILDERS
-from bench.comparison import is_rl_method, kept_path, method_searcher, run_name, searcher_overrides, target_tag
+from bench.comparison import is_rl_method, kept_path, run_name, searcher_overrides, target_tag
 from bench.grid import Run
 from pruning.config import RunConfig, validated
 from pruning.errors import UserError
