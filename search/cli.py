@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from pathlib import Path
 from typing import Callable, Sequence
@@ -130,7 +131,27 @@ def run_folder(args: argparse.Namespace, name: str) -> Path:
 def output_folder(path: Path) -> Path:
     if path.exists() and not path.is_dir():
         raise UserError(f"--out: {path} is a file; expected a folder (new, or one this command wrote) for the results")
+    check_can_create(path)
     return path
+
+
+def output_file(path: Path, suffix: str) -> Path:
+    """A file the command writes at its end (`--out`), checked before the work: the write would fail after it."""
+    if path.suffix != suffix:
+        raise UserError(f"--out: expected a {suffix} file, got {path}")
+    if path.is_dir():
+        raise UserError(f"--out: {path} is a folder; expected a {suffix} file")
+    check_can_create(path)
+    return path
+
+
+def check_can_create(path: Path) -> None:
+    """The folder `path` goes in can be made and written: its nearest existing ancestor is a writable folder."""
+    ancestor = next(p for p in path.absolute().parents if p.exists())
+    if not ancestor.is_dir():
+        raise UserError(f"--out: cannot make {path}: {ancestor} is a file, not a folder")
+    if not os.access(ancestor, os.W_OK | os.X_OK):
+        raise UserError(f"--out: cannot make {path}: no permission to write in {ancestor}")
 
 
 if __name__ == "__main__":

@@ -26,7 +26,7 @@ from pruning.progressive import ProgressiveSettings, progressive_prune
 from pruning.runtime import resolve_device, seed_everything, set_threads
 from pruning.training import evaluate_accuracy
 from pruning.units import UnitGraph, discover_units
-from search.cli import run_folder
+from search.cli import output_file, run_folder
 from search.report import markdown_table, plot_heatmap, plot_lines, plot_unit_ratios, write_json, write_table
 
 log = logging.getLogger("prunepilot")
@@ -79,10 +79,8 @@ def measure_table(cfg: RunConfig, model: torch.nn.Module, graph: UnitGraph) -> L
 def latency_table_job(args: argparse.Namespace) -> int:
     """Measure a latency table (`env.latency_table`) for the config's model; shapes only, so no training."""
     ctx = prepare(args)
+    out = output_file(Path(args.out) if args.out else Path("results") / ctx.cfg.name / "latency_table.json", ".json")
     model = build_from_arch(architecture(ctx.cfg, ctx.data)).to(ctx.device).eval()
-    out = Path(args.out) if args.out else Path("results") / ctx.cfg.name / "latency_table.json"
-    if out.suffix != ".json":
-        raise UserError(f"--out: expected a .json file for the latency table, got {out}")
     path = measure_table(ctx.cfg, model, unit_graph(ctx, model)).save(out)
     log.info("latency table saved: %s (use it with env.latency_table=%s env.latency_weight=W)", path, path)
     return 0

@@ -403,14 +403,23 @@ def test_a_damaged_run_state_is_named_not_a_traceback(tmp_path, tiny_config, com
     assert (run / "search.json").read_text() == "{"  # a resume that cannot start changes nothing
 
 
-@pytest.mark.parametrize("command", ["prune", "search", "sweep", "bench"])
-def test_an_out_that_is_a_file_is_refused_before_any_work_and_left_alone(tmp_path, tiny_config, command):
-    taken = tmp_path / "notes.txt"
+@pytest.mark.parametrize("command, out, message", [
+    *[(c, "{taken}", "--out: {taken} is a file; expected a folder") for c in ("prune", "search", "sweep", "bench")],
+    # under a file: the folder could not be made, a NotADirectoryError traceback after the work
+    *[(c, "{taken}/run", "--out: cannot make {taken}/run: {taken} is a file, not a folder") for c in ("prune", "sweep")],
+    ("latency-table", "{taken}/table.json", "--out: cannot make {taken}/table.json: {taken} is a file, not a folder"),
+    ("latency-table", "{folder}", "--out: {folder} is a folder; expected a .json file"),
+])
+def test_an_out_that_cannot_be_written_is_refused_before_any_work(tmp_path, tiny_config, command, out, message):
+    taken, folder = tmp_path / "notes.txt", tmp_path / "tables.json"
     taken.write_text("mine")
-    result = run_cli(command, str(tiny_config), "--out", str(taken), "--quiet", cwd=tmp_path, timeout=120)
-    assert result.returncode == 2 and "Traceback" not in result.stderr
-    assert f"--out: {taken} is a file; expected a folder" in result.stderr
-    assert taken.read_text() == "mine"
+    folder.mkdir()
+    result = run_cli(command, str(tiny_config), "--out", out.format(taken=taken, folder=folder), "--quiet",
+                     cwd=tmp_path, timeout=120)
+    assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
+    assert message.format(taken=taken, folder=folder) in result.stderr
+    assert "timing every layer" not in result.stderr  # refused before the work, not after it
+    assert taken.read_text() == "mine" and not any(folder.iterdir())
 
 
 def test_ctrl_c_in_a_searchs_set_up_leaves_no_folder_to_block_the_rerun(tmp_path, tiny_config, monkeypatch):
