@@ -132,9 +132,12 @@ def measure_speedups(dense: torch.nn.Module, pruned: torch.nn.Module, ctx: Conte
     return speedups
 
 
-def final_pass(ctx: Context, base: Baseline, graph: UnitGraph, policy: SparsityPolicy, out: Path,
+def final_pass(ctx: Context, base: Baseline, graph: UnitGraph, policy: SparsityPolicy, out: Path, seed: int,
                extra_report: str = "", evaluator: Evaluator | None = None) -> dict:
-    """Progressive prune-finetune to `policy`, then measure, export and report into `out`."""
+    """Progressive prune-finetune to `policy`, then measure, export and report into `out`.
+
+    Its data order and augmentation start from `seed` itself, so that the pruned model does not depend on what ran
+    before it (training the baseline drew from the run's generator; loading it from the cache did not)."""
     cfg = ctx.cfg
     out.mkdir(parents=True, exist_ok=True)
     policy.save(out / "policy.json")
@@ -152,8 +155,8 @@ def final_pass(ctx: Context, base: Baseline, graph: UnitGraph, policy: SparsityP
         "step %d/%d: %.1f%% MACs, val %.4f after pruning, %.4f after %.2g epochs of fine-tuning (%.0fs)",
         r.step, cfg.prune.steps, 100 * r.macs_ratio, r.val_accuracy_pruned, r.val_accuracy_finetuned,
         r.finetune_epochs, r.seconds)
-    model, steps = progressive_prune(model, ctx.data, graph, policy, ProgressiveSettings.from_config(cfg), ctx.generator,
-                                     teacher, ctx.show_progress, report_step)
+    model, steps = progressive_prune(model, ctx.data, graph, policy, ProgressiveSettings.from_config(cfg),
+                                     seed_everything(seed), teacher, ctx.show_progress, report_step)
     steps_frame = write_table([s.as_dict() for s in steps], out, "steps")
 
     sparse = graph.mode == "unstructured"
@@ -249,7 +252,7 @@ def prune_job(args: argparse.Namespace) -> int:
     base = baseline_of(ctx)
     graph = unit_graph(ctx, base.model)
     policy = policy_from_args(ctx, graph, args.policy)
-    final_pass(ctx, base, graph, policy, out)
+    final_pass(ctx, base, graph, policy, out, ctx.cfg.seed)
     return 0
 
 

@@ -25,7 +25,6 @@ from pruning.errors import UserError
 from pruning.evaluate import EvalSettings, Evaluator
 from pruning.latency_table import LatencyTable
 from pruning.policy import SparsityPolicy
-from pruning.runtime import seed_everything
 from search.cli import run_folder
 from search.jobs import baseline_of, final_pass, measure_table, prepare, unit_graph
 from search.local import check_searcher, run_local
@@ -364,10 +363,8 @@ def search_job(args: argparse.Namespace) -> int:
                 "nodes": int(nodes), "best": best.to_dict(), "uniform_accuracy": uniform_result.accuracy,
                 "backend": backend, "tune_seconds": tune_seconds, "concurrency": cfg.search.concurrency,
                 "baseline": base.identity()}, out / "search_summary.json")
-    if cfg.search.final_pass:
-        if cfg.search.seed is not None:  # repeats differ in fine-tuning order too, not only in the search
-            ctx.generator = seed_everything(cfg.search.seed)
-        final_pass(ctx, base, graph, best, out, extra_report=section, evaluator=evaluator)
+    if cfg.search.final_pass:  # search.seed: repeats differ in fine-tuning order too, not only in the search
+        final_pass(ctx, base, graph, best, out, cfg.search_seed, extra_report=section, evaluator=evaluator)
     else:
         (out / "report.md").write_text(f"# Search report: {cfg.model.name} ({cfg.name})\n{section}")
     return 0

@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 
 from envs.layer_pruning import FEATURES, OBS_VERSION
 from search.cli import main
@@ -97,6 +98,14 @@ def test_prune_writes_a_complete_run_folder(tmp_path, tiny_config):
     assert main(["prune", str(tiny_config), "--out", str(tmp_path / "again"), "--quiet"]) == 0
     again = json.loads((tmp_path / "again" / "summary.json").read_text())
     assert again["dense"]["test_accuracy"] == summary["dense"]["test_accuracy"]
+    # same config and seed on a CPU: the same pass (importance, fine-tuning order, distillation), the same weights
+    from pruning.checkpoint import load_checkpoint
+
+    first, second = (load_checkpoint(folder / "model.pt")["state_dict"] for folder in (out, tmp_path / "again"))
+    assert first.keys() == second.keys() and all(torch.equal(first[k], second[k]) for k in first)
+    steps = ["val_accuracy_pruned", "val_accuracy_finetuned", "macs"]
+    assert pd.read_csv(out / "steps.csv")[steps].equals(pd.read_csv(tmp_path / "again" / "steps.csv")[steps])
+    assert again["pruned"]["test_accuracy"] == summary["pruned"]["test_accuracy"]
 
 
 def test_sweep_and_sensitivity(tmp_path, tiny_config):
