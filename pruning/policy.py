@@ -104,12 +104,15 @@ class SparsityPolicy:
 
     # ------------------------------------------------------------------ validation
     def validate(self, graph: UnitGraph, max_ratio: float = 1.0, source: str = "policy") -> "SparsityPolicy":
-        """Raise UserError naming the first problem: other model, other mode, unknown unit, bad ratio."""
+        """Raise UserError naming the first problem: other mode, other model, unknown unit, bad ratio.
+
+        The mode goes first: the fingerprint covers it, so a policy used in the other mode on its own model would
+        otherwise read as made for another model."""
+        if self.mode != graph.mode:
+            raise UserError(f"{source}: a {self.mode} policy cannot prune in {graph.mode} mode")
         if self.model_fingerprint != graph.fingerprint:
             raise UserError(f"{source}: made for another model (fingerprint {self.model_fingerprint}, this model "
                             f"{graph.fingerprint}); re-express it with `prunepilot transfer` or a depth profile")
-        if self.mode != graph.mode:
-            raise UserError(f"{source}: a {self.mode} policy cannot prune in {graph.mode} mode")
         known = set(graph.names)
         unknown = sorted(set(self.ratios) - known)
         if unknown:

@@ -87,6 +87,13 @@ def test_policy_validation_errors(tmp_path, graphs, edit, message):
         SparsityPolicy.load(tmp_path / "p.json").validate(graph, 0.9, source="p.json")
 
 
+def test_a_policy_in_the_other_mode_of_its_own_model_names_the_mode(graphs):
+    """prune.mode=unstructured with a structured search's policy read 'made for another model'."""
+    model, graph = graphs["resnet20"]
+    with pytest.raises(UserError, match="p.json: a structured policy cannot prune in unstructured mode"):
+        SparsityPolicy.uniform(graph, 0.3).validate(discover_units(model, SHAPE, "unstructured"), source="p.json")
+
+
 @pytest.mark.parametrize("profile", [[1, 2], {"conv1": {"depth": 1.5, "kind": "conv"}}, {"conv1": {"kind": "conv"}},
                                      {"conv1": {"depth": 0.5, "kind": 3}}, {"conv1": 0.5}])
 def test_policy_profile_errors_name_the_field(tmp_path, graphs, profile):
