@@ -59,6 +59,22 @@ def connect(address: str | None, num_cpus: int | None = None) -> None:
         raise UserError(f"--address: cannot connect to Ray at {address!r} ({exc}){hint}") from None
 
 
+def check_trial_fits(cpus: float, gpus: float, embedded: bool) -> None:
+    """A trial that no node can hold would wait forever (Tune only warns each minute): refused on the embedded Ray,
+    which cannot grow; on a cluster, said once, since an autoscaler or a `ray start` may still add such a node."""
+    nodes = [n.get("Resources", {}) for n in ray.nodes() if n.get("Alive")]
+    if any(n.get("CPU", 0) >= cpus and n.get("GPU", 0) >= gpus for n in nodes):
+        return
+    most_cpus, most_gpus = (max((n.get(k, 0) for n in nodes), default=0) for k in ("CPU", "GPU"))
+    field = "search.gpus_per_trial" if gpus > most_gpus else "search.cpus_per_trial"
+    where = "this machine has" if embedded else f"the largest of the cluster's {len(nodes)} node(s) has"
+    text = (f"{field}: a trial asks for {cpus:g} CPU(s) and {gpus:g} GPU(s), but {where} {most_cpus:g} CPU(s) and "
+            f"{most_gpus:g} GPU(s)")
+    if embedded:
+        raise UserError(f"{text}; lower it, or join a cluster that has such a node with --address")
+    log.warning("%s: the search waits until such a node joins", text)
+
+
 def evaluation_key(trial: Any) -> str:
     """The trial's creation index in the experiment ('#7' from experiment tag '7_ratios=...').
 

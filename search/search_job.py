@@ -265,9 +265,10 @@ def search_job(args: argparse.Namespace) -> int:
     if args.storage_path and not args.resume:  # Tune would fail with a pyarrow traceback after the set-up
         check_storage_path(Path(state["storage_path"]))
     if backend == "ray":
-        from search.ray_backend import connect
+        from search.ray_backend import check_trial_fits, connect
 
         connect(args.address)  # before any file or training: a cluster that refuses us (token, version) fails now
+        check_trial_fits(cfg.search.cpus_per_trial, cfg.search.gpus_per_trial, embedded=not args.address)
     with discarded_if_setup_stops(out, created):
         base = baseline_of(ctx)
         graph = unit_graph(ctx, base.model)

@@ -227,6 +227,9 @@ def closed_port() -> int:
     (["--address", "ray://127.0.0.1:70000"], "--address: expected HOST:PORT"),
     (["--storage", "sqlite:///{tmp}/no/such/dir/study.db"], "--storage: cannot open Optuna storage"),
     (["--storage-path", "{tmp}/tiny.yaml/ray"], "--storage-path: cannot make folder"),  # under a file
+    # a trial no node can hold: Tune waits for it forever, warning once a minute
+    (["search.gpus_per_trial=64"], "search.gpus_per_trial: a trial asks for 1 CPU(s) and 64 GPU(s), but this machine has"),
+    (["search.cpus_per_trial=4096"], "search.cpus_per_trial: a trial asks for 4096 CPU(s) and 0 GPU(s), but this machine"),
 ])
 def test_a_wrong_cluster_or_storage_fails_at_once_and_leaves_no_run_folder(tmp_path, tiny_config, args, message):
     """Ray retries an unreachable --address forever; the global sweep writes into the run folder before the storage

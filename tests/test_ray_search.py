@@ -141,6 +141,21 @@ def test_search_runs_trials_on_both_nodes_of_a_cluster(two_node_cluster, ray_env
     assert refused.returncode == 2 and "Traceback" not in refused.stderr, refused.stderr[-3000:]
     assert "this shell needs RAY_AUTH_MODE=token and the cluster's token" in refused.stderr
     assert not out.exists()
+    # trials that no node can hold: a cluster may still grow, so the search says so and waits (Tune alone only
+    # warned a minute later); Ctrl-C then stops it
+    log = tmp_path / "waiting.log"
+    with log.open("w") as stderr:
+        waiting = subprocess.Popen(search_cmd(config, tmp_path / "waiting", "--address", two_node_cluster,
+                                              "search.gpus_per_trial=64"), env=ray_env, cwd=tmp_path, stderr=stderr)
+        try:
+            wait_for(lambda: "the search waits until such a node joins" in log.read_text(), 120, "the warning",
+                     lambda: log.read_text()[-3000:])
+            assert ("search.gpus_per_trial: a trial asks for 1 CPU(s) and 64 GPU(s), but the largest of the cluster's "
+                    "2 node(s) has 1 CPU(s) and 0 GPU(s)") in log.read_text()
+            waiting.send_signal(signal.SIGINT)
+            assert waiting.wait(timeout=120) == 130
+        finally:
+            waiting.kill()
     # evaluations long enough (~1 s) that two are in flight: with 0.1 s trials one reused actor could run them all
     screened = ["agent.candidates=4", "agent.screen_after=3"]  # model-based exploration through the Tune searcher
     result = subprocess.run(search_cmd(config, out, "--address", two_node_cluster, *HEAVIER, *LATENCY, *screened),
