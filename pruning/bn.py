@@ -13,8 +13,12 @@ from torch import nn
 
 @torch.no_grad()
 def recalibrate_batchnorm(model: nn.Module, batches: list[torch.Tensor]) -> None:
-    """Reset every BN layer's running stats and re-estimate them as an exact average over `batches`."""
+    """Reset every BN layer's running stats and re-estimate them as an exact average over `batches`.
+
+    No batch (or only empty ones) keeps the statistics the model has: resetting them with nothing to re-estimate
+    from would leave every layer broken."""
     bns = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    batches = [xb for xb in batches if len(xb)]
     if not bns or not batches:
         model.eval()
         return

@@ -93,7 +93,8 @@ class PruneConfig(Section):
 
 class EvalConfig(Section):
     bn_batches: int = Field(20, ge=0)
-    """Training batches used to recalibrate BatchNorm statistics (adaptive BN) before scoring."""
+    """Training batches used to recalibrate BatchNorm statistics (adaptive BN) before scoring; 0 = no adaptive BN
+    (a pruned model is scored with the dense model's statistics, EagleEye's ablation)."""
     bn_batch_size: int = Field(128, ge=1)
     val_batch_size: int = Field(1000, ge=1)
     val_limit: int | None = Field(None, ge=1)

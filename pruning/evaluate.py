@@ -79,7 +79,7 @@ class Evaluator:
         generator = torch.Generator().manual_seed(0)
         order = torch.randperm(len(data.y_train), generator=generator)[: settings.bn_batches * settings.bn_batch_size]
         self.bn_batches = [data.x_train[idx.to(data.x_train.device)].to(self.device)
-                           for idx in order.split(settings.bn_batch_size)]
+                           for idx in order.split(settings.bn_batch_size) if len(idx)]  # bn_batches=0: none
         self.dense_params = count_params(self.dense)
         self.dense_accuracy = evaluate_accuracy(self.dense, self.x_val, self.y_val, settings.val_batch_size)
         scored = copy.deepcopy(self.dense)

@@ -47,6 +47,20 @@ def test_adaptive_bn_helps_a_pruned_model(evaluator, digits):
     assert evaluate_accuracy(model, digits.x_val, digits.y_val) > stale
 
 
+def test_no_adaptive_bn_scores_with_the_dense_statistics(trained_vgg, digits):
+    """eval.bn_batches=0 (an ablation of adaptive BN) made one empty calibration batch: every BN layer's statistics
+    were reset and left broken, and the dense policy scored 0.29 instead of the dense accuracy."""
+    graph = discover_units(trained_vgg, digits.input_shape)
+    plain = Evaluator(trained_vgg, digits, graph, EvalSettings(criterion="taylor", bn_batches=0, bn_batch_size=64))
+    assert plain.bn_batches == []
+    assert plain.evaluate(SparsityPolicy.uniform(graph, 0.0)).accuracy == plain.dense_accuracy
+    model, _ = plain.prune_copy(SparsityPolicy.uniform(graph, 0.5))
+    stale = evaluate_accuracy(model, digits.x_val, digits.y_val)  # pruned, with the dense model's statistics
+    assert plain.evaluate(SparsityPolicy.uniform(graph, 0.5)).accuracy == stale
+    recalibrate_batchnorm(model, [digits.x_train[:0]])  # an empty batch changes nothing either
+    assert evaluate_accuracy(model, digits.x_val, digits.y_val) == stale
+
+
 def test_latency_is_measured_on_request(evaluator):
     result = evaluator.evaluate(SparsityPolicy.uniform(evaluator.graph, 0.3), latency=True)
     assert set(result.latency_ms) == {"b1", "b64"} and all(v > 0 for v in result.latency_ms.values())
