@@ -72,7 +72,14 @@ def prepare_run_folder(args: argparse.Namespace, cfg_name: str) -> tuple[Path, d
         state_file = out / "search.json"
         if not state_file.is_file():
             raise UserError(f"--resume: {state_file} not found; give the folder of an earlier `prunepilot search`")
-        return out, read_json_object(state_file, "a search's state")
+        state = read_json_object(state_file, "a search's state")
+        given = {"--storage": (args.storage, state.get("storage")),
+                 "--storage-path": (args.storage_path and str(Path(args.storage_path).resolve()), state.get("storage_path"))}
+        for flag, (asked, kept) in given.items():  # the study and Tune's experiment are where the search left them
+            if asked and asked != kept:
+                raise UserError(f"--resume: {out} keeps its search in {flag} {kept}, not {asked}; leave {flag} out "
+                                f"to continue it there")
+        return out, state
     out = run_folder(args, cfg_name)
     if (out / "search.json").exists():
         raise UserError(f"{out} already holds a search; continue it with --resume {out}, or choose --out")

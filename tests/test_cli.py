@@ -415,6 +415,23 @@ def test_a_damaged_run_state_is_named_not_a_traceback(tmp_path, tiny_config, com
     assert (run / "search.json").read_text() == "{"  # a resume that cannot start changes nothing
 
 
+@pytest.mark.parametrize("flag, value, kept", [("--storage", "sqlite:///{tmp}/other.db", "sqlite:///{run}/study.db"),
+                                              ("--storage-path", "{tmp}/shared", "{run}/ray")])
+def test_a_resume_does_not_take_another_storage_silently(tmp_path, tiny_config, flag, value, kept):
+    """The study and Tune's experiment stay where the search started; another --storage was ignored without a word."""
+    run = tmp_path / "run"
+    run.mkdir()
+    state = json.dumps({"storage": f"sqlite:///{run}/study.db", "study_name": "tiny", "storage_path": f"{run}/ray",
+                        "overrides": []})
+    (run / "search.json").write_text(state)
+    result = run_cli("search", str(tiny_config), "--resume", str(run), flag, value.format(tmp=tmp_path), cwd=tmp_path,
+                     timeout=120)
+    assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
+    assert (f"--resume: {run} keeps its search in {flag} {kept.format(run=run)}, not {value.format(tmp=tmp_path)}; "
+            f"leave {flag} out") in result.stderr
+    assert (run / "search.json").read_text() == state and not (tmp_path / "shared").exists()
+
+
 @pytest.mark.parametrize("command, out, message", [
     *[(c, "{taken}", "--out: {taken} is a file; expected a folder") for c in ("prune", "search", "sweep", "bench")],
     # under a file: the folder could not be made, a NotADirectoryError traceback after the work
