@@ -105,7 +105,8 @@ class EvalConfig(Section):
 class SweepConfig(Section):
     ratios: list[float] = Field(default_factory=lambda: [0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8])
     accuracy_floor: float | None = Field(None, gt=0, le=1)
-    """With a floor, the sweep reports the largest uniform ratio whose accuracy stays above it."""
+    """With a floor, the sweep reports the largest uniform ratio whose accuracy stays above it, and a new search
+    takes that policy's MACs as its target (global first); a search then refuses a given env.macs_target."""
     sensitivity_ratios: list[float] = Field(default_factory=lambda: [0.25, 0.5, 0.75])
 
     @field_validator("ratios", "sensitivity_ratios")

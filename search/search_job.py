@@ -103,6 +103,15 @@ def use_stored_overrides(args: argparse.Namespace) -> None:
     args.overrides = stored
 
 
+def check_one_search_target(cfg) -> None:
+    """A floor sets the search's MACs target from the global sweep, which used to replace a given env.macs_target
+    without a word (the log named the new target, nothing said the given one was dropped)."""
+    if cfg.sweep.accuracy_floor is not None and "macs_target" in cfg.env.model_fields_set:
+        raise UserError(f"env.macs_target ({cfg.env.macs_target}) and sweep.accuracy_floor ({cfg.sweep.accuracy_floor}) "
+                        "both set the search's MACs target; give sweep.accuracy_floor=null to search at env.macs_target, "
+                        "or leave env.macs_target out to take it from the global sweep")
+
+
 def target_from_floor(cfg, evaluator: Evaluator, out: Path) -> float:
     """Global first (seed article): the uniform sweep's largest ratio above the accuracy floor sets the MACs target."""
     rows = uniform_sweep(evaluator, cfg.sweep.ratios)
@@ -262,6 +271,8 @@ def search_job(args: argparse.Namespace) -> int:
     ctx = prepare(args)
     cfg = ctx.cfg
     check_searcher(cfg.search.searcher)
+    if not args.resume:  # a resume keeps the target its search started with
+        check_one_search_target(cfg)
     check_ray_address(args.address)  # before any training: Ray would retry a wrong one forever
     check_seed_policies(args.policy, cfg.search.searcher)  # likewise
     prior = load_prior(args, cfg)  # likewise

@@ -47,6 +47,9 @@ def run_cli(*args: str, cwd: Path, timeout: float | None = None) -> subprocess.C
     (["prune", "{cfg}", "device=cuda:7"], "device"),
     (["search", "{cfg}", "agent.name=dqn"], "field `agent.name`: Input should be 'ddpg', 'td3', 'sac' or 'ppo'"),
     (["search", "{cfg}", "search.searcher=td3", "agent.name=sac"], "search.searcher is 'td3' but agent.name is 'sac'"),
+    # the floor's sweep used to replace the given target without a word
+    (["search", "{cfg}", "env.macs_target=0.4"], "env.macs_target (0.4) and sweep.accuracy_floor (0.3) both set the "
+                                               "search's MACs target; give sweep.accuracy_floor=null"),
 ])
 def test_bad_input_exits_2_with_a_message_and_writes_nothing(tmp_path, tiny_config, args, message):
     out = tmp_path / "run"
