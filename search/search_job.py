@@ -383,7 +383,14 @@ def search_job(args: argparse.Namespace) -> int:
                 "backend": backend, "tune_seconds": tune_seconds, "concurrency": cfg.search.concurrency,
                 "baseline": base.identity()}, out / "search_summary.json")
     if cfg.search.final_pass:  # search.seed: repeats differ in fine-tuning order too, not only in the search
-        final_pass(ctx, base, graph, best, out, cfg.search_seed, extra_report=section, evaluator=evaluator)
+        try:
+            final_pass(ctx, base, graph, best, out, cfg.search_seed, extra_report=section, evaluator=evaluator)
+        except KeyboardInterrupt:
+            again = (f"prunepilot search {args.config} --resume {out} (Tune's finished search is not run again)"
+                     if backend == "ray" else f"prunepilot prune {args.config} --policy {out / 'best_policy.json'}")
+            log.warning("final pass stopped; the search's %d evaluations and its best policy are kept in %s; run the "
+                        "pass again with: %s", len(frame), out, again)
+            raise
     else:
         (out / "report.md").write_text(f"# Search report: {cfg.model.name} ({cfg.name})\n{section}")
     return 0

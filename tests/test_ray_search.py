@@ -247,6 +247,34 @@ def test_a_killed_worker_is_retried_and_nothing_is_lost(ray_env, config, tmp_pat
     assert failures, "Tune recorded no failed attempt: the kill was not noticed"
 
 
+def test_ctrl_c_in_the_final_pass_keeps_the_search_and_resume_runs_only_the_pass(ray_env, config, tmp_path):
+    """The search is done and recorded; Ctrl-C in the (long) final pass said only 'interrupted'."""
+    out = tmp_path / "run"
+    long_pass = ["search.final_pass=true", "prune.final_epochs=150", "search.evaluations=4"]  # its last step ~20 s
+    log = tmp_path / "driver.log"
+    with log.open("w") as sink:
+        driver = subprocess.Popen(search_cmd(config, out, *long_pass), env=ray_env, cwd=tmp_path,
+                                  start_new_session=True, stdout=sink, stderr=subprocess.STDOUT)
+    try:
+        wait_for(lambda: "step 1/" in log.read_text() or driver.poll() is not None, 300, "the final pass's first step",
+                 lambda: log.read_text()[-3000:])
+        os.kill(driver.pid, signal.SIGINT)
+        assert driver.wait(timeout=120) == 130, log.read_text()[-3000:]
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(driver.pid, signal.SIGKILL)
+        driver.wait()
+    said = log.read_text()
+    assert (f"final pass stopped; the search's 4 evaluations and its best policy are kept in {out}; run the pass "
+            f"again with: prunepilot search {config} --resume {out}") in said
+    assert (out / "best_policy.json").is_file() and not (out / "report.md").exists()
+    result = subprocess.run(search_cmd(config, tmp_path / "ignored", "--resume", str(out)), env=ray_env,
+                            cwd=tmp_path, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert_complete_once(out, 4)  # no evaluation run again
+    assert (out / "report.md").is_file() and (out / "model.pt").is_file()
+
+
 @pytest.mark.parametrize("stop", ["SIGKILL", "SIGINT"])
 def test_a_killed_driver_resumes_without_loss_or_duplicates(ray_env, config, tmp_path, stop):
     """SIGKILL: a crash. SIGINT: Ctrl-C, which Tune catches and used to report as a finished search (then the final
