@@ -67,9 +67,9 @@ def check_trial_fits(cpus: float, gpus: float, embedded: bool) -> None:
         return
     most_cpus, most_gpus = (max((n.get(k, 0) for n in nodes), default=0) for k in ("CPU", "GPU"))
     field = "search.gpus_per_trial" if gpus > most_gpus else "search.cpus_per_trial"
-    where = "this machine has" if embedded else f"the largest of the cluster's {len(nodes)} node(s) has"
+    where = "this machine has" if embedded else f"the cluster's {len(nodes)} node(s) have at most"
     text = (f"{field}: a trial asks for {cpus:g} CPU(s) and {gpus:g} GPU(s), but {where} {most_cpus:g} CPU(s) and "
-            f"{most_gpus:g} GPU(s)")
+            f"{most_gpus:g} GPU(s)" + ("" if embedded else " each"))
     if embedded:
         raise UserError(f"{text}; lower it, or join a cluster that has such a node with --address")
     log.warning("%s: the search waits until such a node joins", text)

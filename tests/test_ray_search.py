@@ -150,8 +150,8 @@ def test_search_runs_trials_on_both_nodes_of_a_cluster(two_node_cluster, ray_env
         try:
             wait_for(lambda: "the search waits until such a node joins" in log.read_text(), 120, "the warning",
                      lambda: log.read_text()[-3000:])
-            assert ("search.gpus_per_trial: a trial asks for 1 CPU(s) and 64 GPU(s), but the largest of the cluster's "
-                    "2 node(s) has 1 CPU(s) and 0 GPU(s)") in log.read_text()
+            assert ("search.gpus_per_trial: a trial asks for 1 CPU(s) and 64 GPU(s), but the cluster's 2 node(s) have "
+                    "at most 1 CPU(s) and 0 GPU(s) each") in log.read_text()
             waiting.send_signal(signal.SIGINT)
             assert waiting.wait(timeout=120) == 130
         finally:
