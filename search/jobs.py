@@ -5,11 +5,14 @@ from __future__ import annotations
 import argparse
 import copy
 import logging
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable, Iterator
 
 import pandas as pd
 import torch
+from tqdm.auto import tqdm
 
 from pruning.analysis import largest_ratio_above, sensitivity, uniform_sweep
 from pruning.baseline import Baseline, architecture, build_from_arch, get_baseline
@@ -265,9 +268,28 @@ def evaluator_job(args: argparse.Namespace, suffix: str) -> tuple[Context, Path,
     return ctx, out, evaluator
 
 
+@contextmanager
+def evaluation_bar(description: str, show: bool) -> Iterator[Callable[[int, int], None]]:
+    """A progress bar for the analyses' `progress(done, total)` callback, hidden by `--quiet` like training's."""
+    bar: tqdm | None = None
+
+    def advance(done: int, total: int) -> None:
+        nonlocal bar
+        if bar is None:
+            bar = tqdm(total=total, desc=description, unit="eval", disable=not show, leave=False)
+        bar.update(done - bar.n)
+
+    try:
+        yield advance
+    finally:
+        if bar is not None:
+            bar.close()
+
+
 def sweep_job(args: argparse.Namespace) -> int:
     ctx, out, evaluator = evaluator_job(args, "sweep")
-    rows = uniform_sweep(evaluator, ctx.cfg.sweep.ratios, lambda i, n: log.info("sweep %d/%d", i, n))
+    with evaluation_bar("sweep", ctx.show_progress) as advance:
+        rows = uniform_sweep(evaluator, ctx.cfg.sweep.ratios, advance)
     frame = write_table(rows, out, "sweep")
     plot_lines(frame, "ratio", ["accuracy"], out / "sweep_ratio.png", "adaptive-BN accuracy vs uniform ratio")
     plot_lines(frame, "macs_ratio", ["accuracy"], out / "sweep_macs.png", "adaptive-BN accuracy vs MACs",
@@ -287,7 +309,8 @@ def sweep_job(args: argparse.Namespace) -> int:
 
 def sensitivity_job(args: argparse.Namespace) -> int:
     ctx, out, evaluator = evaluator_job(args, "sensitivity")
-    rows = sensitivity(evaluator, ctx.cfg.sweep.sensitivity_ratios, lambda i, n: log.info("sensitivity %d/%d", i, n))
+    with evaluation_bar("sensitivity", ctx.show_progress) as advance:
+        rows = sensitivity(evaluator, ctx.cfg.sweep.sensitivity_ratios, advance)
     frame = write_table(rows, out, "sensitivity")
     plot_heatmap(frame, "unit", "ratio", "drop", out / "sensitivity.png", "accuracy drop when one unit is pruned")
     print(markdown_table(frame.pivot_table(index="unit", columns="ratio", values="drop", sort=False).reset_index()))

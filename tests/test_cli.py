@@ -111,13 +111,16 @@ def test_prune_writes_a_complete_run_folder(tmp_path, tiny_config):
     assert again["pruned"]["test_accuracy"] == summary["pruned"]["test_accuracy"]
 
 
-def test_sweep_and_sensitivity(tmp_path, tiny_config):
+def test_sweep_and_sensitivity(tmp_path, tiny_config, capsys):
     assert main(["sweep", str(tiny_config), "--out", str(tmp_path / "sw"), "--quiet"]) == 0
+    assert "sweep" not in capsys.readouterr().err  # --quiet: no progress, as for training and search
     sweep = json.loads((tmp_path / "sw" / "summary.json").read_text())
     assert [r["ratio"] for r in sweep["rows"]] == [0.0, 0.5]
     assert sweep["rows"][1]["macs_ratio"] < sweep["rows"][0]["macs_ratio"]
     assert "chosen" in sweep
-    assert main(["sensitivity", str(tiny_config), "--out", str(tmp_path / "se"), "--quiet"]) == 0
+    assert main(["sensitivity", str(tiny_config), "--out", str(tmp_path / "se")]) == 0
+    err = capsys.readouterr().err
+    assert "sensitivity:" in err and "sensitivity 1/" not in err  # one bar, not a log line per evaluation
     assert (tmp_path / "se" / "sensitivity.png").is_file() and (tmp_path / "se" / "sensitivity.csv").is_file()
 
 
