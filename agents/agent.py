@@ -416,6 +416,9 @@ class PruningAgent:
 
     @classmethod
     def load(cls, path: str | Path, env: LayerPruningEnv | None = None) -> "PruningAgent":
+        if Path(path).suffix not in ("", ".zip"):  # e.g. best_policy.json: name what was given, not a .zip beside it
+            raise UserError(f"{path}: not an agent (expected the agent.zip that `prunepilot search` writes, "
+                            f"with its agent.json beside it; a saved policy is given with --policy)")
         path = Path(path).with_suffix(".zip")
         meta_path = path.with_suffix(".json")
         if not path.is_file() or not meta_path.is_file():

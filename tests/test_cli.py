@@ -194,6 +194,7 @@ def test_policy_reuse_zero_shot_and_warm_start(tmp_path, tiny_config):
 @pytest.mark.parametrize("args, message", [
     (["transfer", "{cfg}"], "transfer: give --agent agent.zip, --policy FILE, or both"),
     (["transfer", "{cfg}", "--policy", "{bare}"], "no unit profile"),
+    (["transfer", "{cfg}", "--agent", "{bare}"], "bare.json: not an agent (expected the agent.zip"),  # named bare.zip
     (["search", "{cfg}", "--policy", "{bare}", "search.searcher=tpe"], "--policy: seeding a search needs an agent"),
     (["search", "{cfg}", "--policy", "nope.json"], "nope.json: policy file not found"),
     (["search", "{cfg}", "env.latency_weight=1", "env.latency_table=nope.json"], "env.latency_table: file not found"),
