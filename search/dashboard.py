@@ -7,10 +7,12 @@ import socket
 from pathlib import Path
 
 import optuna
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError
 
 from pruning.checkpoint import read_json_object
 from pruning.errors import UserError
-from search.review import retry_schema_race
+from search.review import follow_moved_run, retry_schema_race
 
 
 def storage_of(run: Path, override: str | None = None) -> str:
@@ -20,10 +22,23 @@ def storage_of(run: Path, override: str | None = None) -> str:
     state = run / "search.json"
     if not state.is_file():
         raise UserError(f"{run}: not a search run folder (no search.json); give the folder `prunepilot search` wrote")
-    storage = read_json_object(state, "a search's state").get("storage")
+    storage = follow_moved_run(run, read_json_object(state, "a search's state")).get("storage")
     if not isinstance(storage, str):
         raise UserError(f"{state}: field `storage`: expected the search's storage URL, got {storage!r}")
     return storage
+
+
+def check_sqlite_file(storage: str) -> None:
+    """SQLAlchemy creates a missing SQLite file, so a mistyped or moved study would open as an empty dashboard
+    and leave an empty database behind; reviewing never creates a storage."""
+    try:
+        url = make_url(storage)
+    except ArgumentError:
+        return  # not a URL at all: opening it reports the error
+    database = url.database
+    if url.get_backend_name() == "sqlite" and database not in (None, "", ":memory:") and not Path(database).is_file():
+        raise UserError(f"{storage}: SQLite file {database} not found (the dashboard reviews an existing search's "
+                        "storage; it does not create one)")
 
 
 def check_can_listen(host: str, port: int) -> None:
@@ -43,6 +58,7 @@ def dashboard_job(args: argparse.Namespace) -> int:
 
     run = Path(args.run)
     storage = storage_of(run, args.storage)
+    check_sqlite_file(storage)
     try:
         studies = retry_schema_race(lambda: optuna.get_all_study_summaries(storage))
     except Exception as exc:

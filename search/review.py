@@ -62,6 +62,34 @@ def sqlite_url(path: str) -> str:
     return f"sqlite:///{path}"
 
 
+def recorded_run_folder(state: dict) -> Path | None:
+    """The folder a search state was written in: recorded since it is kept, else read off the default locations
+    (`<run>/study.db` and `<run>/ray`) when both were used; None where the search kept its study elsewhere."""
+    if isinstance(state.get("run_folder"), str):
+        return Path(state["run_folder"])
+    storage_path = state.get("storage_path")
+    if isinstance(storage_path, str) and Path(storage_path).name == "ray":
+        folder = Path(storage_path).parent
+        if state.get("storage") == sqlite_url(str(folder / "study.db")):
+            return folder
+    return None
+
+
+def follow_moved_run(run: Path, state: dict) -> dict:
+    """The state of a run folder that was moved or copied, with the study and Tune experiment it keeps inside
+    itself (the defaults) found where the folder is now. Its search.json names absolute paths: read as they are,
+    a moved folder resumed a search that was not there, and a copy resumed (and recorded into) the original."""
+    before, now = recorded_run_folder(state), run.resolve()
+    if before is None or before == now:
+        return state
+    moved = dict(state, run_folder=str(now))
+    if state.get("storage") == sqlite_url(str(before / "study.db")):
+        moved["storage"] = sqlite_url(str(now / "study.db"))
+    if state.get("storage_path") == str(before / "ray"):
+        moved["storage_path"] = str(now / "ray")
+    return moved
+
+
 def retry_schema_race(open_storage: Callable[[], T], attempts: int = 8, pause_s: float = 0.25) -> T:
     """Run `open_storage`, again while another process is creating the same storage's schema.
 

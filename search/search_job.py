@@ -31,7 +31,7 @@ from search.local import check_searcher, run_local
 from search.ray_address import check_ray_address
 from search.recording import SCREEN_ATTRS, EvaluationSink
 from search.report import markdown_table, plot_lines, plot_unit_ratios, write_json, write_table
-from search.review import policy_of_row, sqlite_url
+from search.review import policy_of_row, recorded_run_folder, sqlite_url
 from search.reuse import SEEDING_SEARCHERS, check_seed_policies, load_seed_policies, move_policy
 from search.trial import latency_attr
 
@@ -65,7 +65,7 @@ def plot_accuracy_vs_macs(frame: pd.DataFrame, path: Path) -> None:
     plt.close(fig)
 
 
-def prepare_run_folder(args: argparse.Namespace, cfg_name: str) -> tuple[Path, dict]:
+def prepare_run_folder(args: argparse.Namespace, cfg_name: str, backend: str) -> tuple[Path, dict]:
     """The run folder and its search state; a new search refuses a folder that already holds one."""
     if args.resume:
         out = Path(args.resume)
@@ -73,6 +73,11 @@ def prepare_run_folder(args: argparse.Namespace, cfg_name: str) -> tuple[Path, d
         if not state_file.is_file():
             raise UserError(f"--resume: {state_file} not found; give the folder of an earlier `prunepilot search`")
         state = read_json_object(state_file, "a search's state")
+        check_not_moved(out, state)
+        if state.get("backend") == "local":
+            raise UserError(f"--resume: {out} was searched by the local backend, which keeps no state to continue "
+                            "from (Ray Tune's experiment does); search again with another --out, on Ray to be able to "
+                            "resume")
         given = {"--storage": (args.storage, state.get("storage")),
                  "--storage-path": (args.storage_path and str(Path(args.storage_path).resolve()), state.get("storage_path"))}
         for flag, (asked, kept) in given.items():  # the study and Tune's experiment are where the search left them
@@ -86,7 +91,17 @@ def prepare_run_folder(args: argparse.Namespace, cfg_name: str) -> tuple[Path, d
     storage = args.storage or sqlite_url(str((out / "study.db").resolve()))
     storage_path = Path(args.storage_path).resolve() if args.storage_path else (out / "ray").resolve()
     return out, {"storage": storage, "study_name": cfg_name, "storage_path": str(storage_path),
-                 "overrides": list(args.overrides)}
+                 "overrides": list(args.overrides), "backend": backend, "run_folder": str(out.resolve())}
+
+
+def check_not_moved(out: Path, state: dict) -> None:
+    """Tune's saved experiment (its callbacks, the agent's save path) names the folder the search started in, so a
+    moved folder resumed nothing, and a copy resumed the original: it recorded into the original's study."""
+    began = recorded_run_folder(state)
+    if began is not None and began != out.resolve():
+        where = "is still there" if (began / "search.json").is_file() else "is gone"
+        raise UserError(f"--resume: {out} was started as {began} (which {where}), and the search's saved state names "
+                        f"that folder; resume it at {began} (move it back), or start a new search")
 
 
 def use_stored_overrides(args: argparse.Namespace) -> None:
@@ -278,7 +293,7 @@ def search_job(args: argparse.Namespace) -> int:
     prior = load_prior(args, cfg)  # likewise
     table = LatencyTable.load(cfg.env.latency_table) if cfg.env.latency_table else None  # likewise
     backend = "ray" if args.resume or args.address else (args.backend or cfg.search.backend)
-    out, state = prepare_run_folder(args, cfg.name)
+    out, state = prepare_run_folder(args, cfg.name, backend)
     created = not out.exists()
     if args.storage_path and not args.resume:  # Tune would fail with a pyarrow traceback after the set-up
         check_storage_path(Path(state["storage_path"]))
@@ -319,11 +334,18 @@ def search_job(args: argparse.Namespace) -> int:
     if backend == "local":
         env = build_env(cfg, base.model, ctx.data, graph, evaluator=evaluator)
         seeds = load_seed_policies(args.policy, env)
-        _, agent = run_local(cfg, base.model, env, agent=warm, seeds=seeds, on_evaluation=lambda e: sink(
-            f"local-{e.episode}", {"ratios": e.policy.ratios, "accuracy": e.accuracy, "macs_ratio": e.macs_ratio,
-                                   "reward": e.reward, "episode": e.episode,
-                                   **{k: e.extra[k] for k in SCREEN_ATTRS if k in e.extra},
-                                   **latency_attr(env, e.policy.kept(graph, env.round_to))}))
+        try:
+            _, agent = run_local(cfg, base.model, env, agent=warm, seeds=seeds, on_evaluation=lambda e: sink(
+                f"local-{e.episode}", {"ratios": e.policy.ratios, "accuracy": e.accuracy, "macs_ratio": e.macs_ratio,
+                                       "reward": e.reward, "episode": e.episode,
+                                       **{k: e.extra[k] for k in SCREEN_ATTRS if k in e.extra},
+                                       **latency_attr(env, e.policy.kept(graph, env.round_to))}))
+        except KeyboardInterrupt:
+            sink.close()
+            log.warning("search stopped after %d recorded evaluations (kept in %s for review); the local backend "
+                        "cannot be resumed: search again with another --out (on Ray, --resume continues a search)",
+                        len(sink.recorder.study.get_trials(deepcopy=False)), state["storage"])
+            raise
         if agent is not None:
             agent.save(out / "agent", env)
     else:

@@ -125,7 +125,7 @@ def test_sweep_and_sensitivity(tmp_path, tiny_config, capsys):
 
 
 @pytest.mark.parametrize("searcher", ["ddpg", "td3", "tpe", "random", "lamp"])
-def test_local_search_writes_the_run_folder(tmp_path, tiny_config, searcher):
+def test_local_search_writes_the_run_folder(tmp_path, tiny_config, searcher, capsys):
     out = tmp_path / searcher
     args = ["search", str(tiny_config), "--backend", "local", "--out", str(out), "--quiet", f"search.searcher={searcher}",
             "search.evaluations=6", "agent.warmup_episodes=2", "agent.net_arch=[16]", "env.macs_target=0.6",
@@ -139,6 +139,9 @@ def test_local_search_writes_the_run_folder(tmp_path, tiny_config, searcher):
     assert (out / "agent.zip").is_file() == (searcher in ("ddpg", "td3"))
     if searcher in ("ddpg", "td3"):  # the agent the searcher names (td3 once ran DDPG under its name)
         assert json.loads((out / "agent.json").read_text())["agent"]["name"] == searcher
+    if searcher == "ddpg":  # a local search keeps no Tune experiment; --resume read that as 'stopped within 5 s'
+        assert main(["search", str(tiny_config), "--resume", str(out)]) == 2
+        assert f"--resume: {out} was searched by the local backend" in capsys.readouterr().err
 
 
 def test_unknown_searcher_is_a_user_error(tmp_path, tiny_config):

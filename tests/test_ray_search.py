@@ -268,6 +268,12 @@ def test_ctrl_c_in_the_final_pass_keeps_the_search_and_resume_runs_only_the_pass
     assert (f"final pass stopped; the search's 4 evaluations and its best policy are kept in {out}; run the pass "
             f"again with: prunepilot search {config} --resume {out}") in said
     assert (out / "best_policy.json").is_file() and not (out / "report.md").exists()
+    copy = tmp_path / "copy"  # Tune's saved state names `out`: resuming a copy continued, and recorded into, `out`
+    shutil.copytree(out, copy)
+    refused = subprocess.run(search_cmd(config, tmp_path / "ignored", "--resume", str(copy)), env=ray_env,
+                             cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert refused.returncode == 2 and "Traceback" not in refused.stderr, refused.stderr[-3000:]
+    assert f"--resume: {copy} was started as {out.resolve()} (which is still there)" in refused.stderr
     result = subprocess.run(search_cmd(config, tmp_path / "ignored", "--resume", str(out)), env=ray_env,
                             cwd=tmp_path, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]

@@ -67,3 +67,24 @@ def test_a_postgresql_url_without_its_driver_says_how_to_install_one():
     """pg8000 is a PostgreSQL driver PrunePilot does not install: the message names the extra that brings one."""
     with pytest.raises(UserError, match=r"ImportError.*pip install 'prunepilot\[postgres\]'"):
         OptunaRecorder("postgresql+pg8000://user@127.0.0.1:1/db", "search", ["conv1"])
+
+
+def test_the_dashboard_reads_a_moved_or_copied_run_folder_where_it_is_now(tmp_path: Path) -> None:
+    """search.json names absolute paths; read as they were, a copied folder showed the original's study, and a moved
+    one made an empty SQLite file at the old path and showed no study at all."""
+    import json
+
+    from search.dashboard import check_sqlite_file, storage_of
+
+    old, new = tmp_path / "old", tmp_path / "new"
+    new.mkdir()
+    defaults = {"storage": sqlite_url(str(old / "study.db")), "storage_path": str(old / "ray")}
+    elsewhere = sqlite_url(str(tmp_path / "shared.db"))
+    for state, expected in ((dict(defaults, run_folder=str(old)), sqlite_url(str(new.resolve() / "study.db"))),
+                            (defaults, sqlite_url(str(new.resolve() / "study.db"))),  # written before run_folder was kept
+                            (dict(defaults, storage=elsewhere), elsewhere)):  # a --storage of its own stays
+        (new / "search.json").write_text(json.dumps(state))
+        assert storage_of(new) == expected
+    with pytest.raises(UserError, match=r"shared.db not found \(the dashboard reviews an existing search's storage"):
+        check_sqlite_file(elsewhere)
+    assert not (tmp_path / "shared.db").exists()  # nothing created by looking
