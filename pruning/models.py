@@ -177,6 +177,7 @@ def build_model(name: str, in_channels: int, num_classes: int, input_shape: tupl
             with torch.no_grad():
                 model.eval()(torch.zeros(1, *input_shape))
         except RuntimeError as exc:
-            raise UserError(f"model.name: {name} cannot take inputs shaped {tuple(input_shape)} "
+            built = f"model.name/model.kwargs: {name} with {kwargs}" if kwargs else f"model.name: {name}"
+            raise UserError(f"{built} cannot take inputs shaped {tuple(input_shape)} "
                             f"({str(exc).splitlines()[0]})") from None
     return model

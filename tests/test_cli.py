@@ -44,6 +44,8 @@ def run_cli(*args: str, cwd: Path, timeout: float | None = None) -> subprocess.C
     (["prune", "{cfg}", "train.epochs=lots"], "field `train.epochs`"),
     (["prune", "{cfg}", "--policy", "nope.json"], "nope.json: policy file not found"),
     (["prune", "{cfg}", "model.name=resnet9000"], "model.name: unknown model 'resnet9000'"),
+    (["prune", "{cfg}", "model.name=vgg_small", "model.kwargs.widths=[M, M, M, M]"],  # named only model.name
+     "model.name/model.kwargs: vgg_small with {'widths': ['M', 'M', 'M', 'M']} cannot take inputs shaped (1, 10, 10)"),
     (["prune", "{cfg}", "device=cuda:7"], "device"),
     (["search", "{cfg}", "agent.name=dqn"], "field `agent.name`: Input should be 'ddpg', 'td3', 'sac' or 'ppo'"),
     (["search", "{cfg}", "search.searcher=td3", "agent.name=sac"], "search.searcher is 'td3' but agent.name is 'sac'"),
