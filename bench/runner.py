@@ -35,6 +35,7 @@ from pruning.baseline import known_digest
 from pruning.config import RunConfig, load_config, validated
 from pruning.data import load_data
 from pruning.errors import UserError
+from pruning.models import model_factory
 from pruning.runtime import set_threads
 from search.cli import output_folder
 from search.local import SEARCHERS, check_searcher
@@ -343,7 +344,11 @@ def bench_job(args: argparse.Namespace) -> int:
     folder = output_folder(Path(args.out) if args.out else default_folder(cfg))
     check_same_settings(folder, cfg.model_dump())
     if "transfer" in parts and cfg.bench.transfer_model:
+        model_factory(cfg.bench.transfer_model, field="bench.transfer_model")  # not after hours of comparison runs
         check_transfer_method(cfg)
+    if "zoo" in parts:
+        for name in cfg.bench.zoo:
+            model_factory(name, field="bench.zoo")
     if "transfer" in parts and cfg.bench.transfer_model and cfg.bench.transfer_source:
         source_files(cfg, folder)  # an earlier benchmark's search must be there before anything is written
     folder.mkdir(parents=True, exist_ok=True)

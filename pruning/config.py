@@ -114,7 +114,7 @@ class SweepConfig(Section):
     def _ratios_in_range(cls, values: list[float]) -> list[float]:
         bad = [v for v in values if not 0 <= v < 1]
         if bad or not values:
-            raise ValueError(f"every ratio must lie in [0, 1) and the list must not be empty, got {values}")
+            raise ValueError("every ratio must lie in [0, 1) and the list must not be empty")
         return sorted(values)
 
 
@@ -344,15 +344,15 @@ class BenchConfig(Section):
     @field_validator("macs_targets")
     @classmethod
     def _targets_in_range(cls, values: list[float]) -> list[float]:
-        if not values or any(not 0 < v < 1 for v in values):
-            raise ValueError(f"every MACs target must lie in (0, 1) and the list must not be empty, got {values}")
+        if not values or any(not 0 < v < 1 for v in values) or len(set(values)) != len(values):
+            raise ValueError("expected a non-empty list of MACs targets in (0, 1) without repeats")
         return values
 
     @field_validator("methods", "seeds")
     @classmethod
     def _not_empty(cls, values: list) -> list:
         if not values or len(set(values)) != len(values):
-            raise ValueError(f"expected a non-empty list without repeats, got {values}")
+            raise ValueError("expected a non-empty list without repeats")
         return values
 
     @model_validator(mode="after")

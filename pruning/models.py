@@ -156,18 +156,25 @@ MODELS: dict[str, Callable[..., nn.Module]] = {
 }
 
 
+def model_factory(name: str, field: str = "model.name") -> Callable[..., nn.Module]:
+    """The zoo model `name`, or a user model's 'module:factory'; `field` names the setting in errors, so that a
+    bench can check its zoo and transfer model before hours of other runs."""
+    factory = MODELS.get(name)
+    if factory is not None:
+        return factory
+    module_name, _, attr = name.partition(":")
+    if not module_name or not attr:
+        raise UserError(f"{field}: unknown model {name!r}; expected one of {sorted(MODELS)} or 'module:factory'")
+    try:
+        return getattr(importlib.import_module(module_name), attr)
+    except (ImportError, AttributeError) as exc:
+        raise UserError(f"{field}: cannot import {name!r} ({exc})") from None
+
+
 def build_model(name: str, in_channels: int, num_classes: int, input_shape: tuple[int, int, int] | None = None,
                 **kwargs: Any) -> nn.Module:
     """Build a zoo model by name, or a user model from 'module:factory' (called with the same keywords)."""
-    factory = MODELS.get(name)
-    if factory is None:
-        module_name, _, attr = name.partition(":")
-        if not module_name or not attr:
-            raise UserError(f"model.name: unknown model {name!r}; expected one of {sorted(MODELS)} or 'module:factory'")
-        try:
-            factory = getattr(importlib.import_module(module_name), attr)
-        except (ImportError, AttributeError) as exc:
-            raise UserError(f"model.name: cannot import {name!r} ({exc})") from None
+    factory = model_factory(name)
     try:
         model = factory(in_channels=in_channels, num_classes=num_classes, **kwargs)
     except TypeError as exc:

@@ -291,6 +291,13 @@ def test_a_variant_runs_beside_its_searcher_under_its_own_name(tmp_path):
     (["bench.methods=[td3_x]", "bench.variants={td3_x: {searcher: td3, overrides: [agent.name=sac]}}"],
      "bench.variants.td3_x.overrides: search.searcher is 'td3' but agent.name is 'sac'"),
     (["bench.macs_targets=[1.5]"], "field `bench.macs_targets`"),
+    # a repeated target ran its runs twice over; the list was also said twice ("got [..] (got [..])")
+    (["bench.macs_targets=[0.5, 0.5]"], "field `bench.macs_targets`: expected a non-empty list of MACs targets in "
+                                        "(0, 1) without repeats (got [0.5, 0.5])\n"),
+    (["bench.seeds=[]"], "field `bench.seeds`: expected a non-empty list without repeats (got [])\n"),
+    # found only when the part ran, after the comparison's runs
+    (["bench.zoo=[lenet5, resnet18]"], "bench.zoo: unknown model 'resnet18'"),
+    (["bench.transfer_model=resnet5"], "bench.transfer_model: unknown model 'resnet5'"),
     (["bench.transfer_method=tpe"], "bench.transfer_method: expected an agent searcher"),
     (["bench.methods=[ddpg, random_x]", "bench.transfer_method=random_x",
       "bench.variants={random_x: {searcher: ddpg, baseline: true}}"], "bench.transfer_method: expected an agent searcher"),
