@@ -26,7 +26,11 @@ def cache_dir() -> Path:
     """$PRUNEPILOT_CACHE, else $XDG_CACHE_HOME/prunepilot, else ~/.cache/prunepilot."""
     root = os.environ.get("PRUNEPILOT_CACHE") or Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "prunepilot"
     path = Path(root)
-    path.mkdir(parents=True, exist_ok=True)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:  # a file in the way, a read-only home: said before any training, not as a traceback
+        raise UserError(f"{path}: cannot make the cache folder of baselines ({exc.strerror or exc}); set "
+                        "PRUNEPILOT_CACHE to a folder that can be written") from None
     return path
 
 

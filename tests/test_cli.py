@@ -62,6 +62,15 @@ def test_bad_input_exits_2_with_a_message_and_writes_nothing(tmp_path, tiny_conf
     assert not out.exists()
 
 
+def test_a_cache_folder_that_cannot_be_made_is_a_message(tmp_path, tiny_config, monkeypatch, capsys):
+    """A file in the way of PRUNEPILOT_CACHE was a NotADirectoryError traceback."""
+    (tmp_path / "afile").write_text("")
+    monkeypatch.setenv("PRUNEPILOT_CACHE", str(tmp_path / "afile" / "cache"))
+    assert main(["train", str(tiny_config), "--quiet"]) == 2
+    assert "afile/cache: cannot make the cache folder of baselines (Not a directory); set PRUNEPILOT_CACHE" in \
+        capsys.readouterr().err
+
+
 def test_policy_for_another_model_is_refused(tmp_path, tiny_config):
     policy = {"format": "prunepilot.sparsity-policy/1", "model_fingerprint": "feedfacefeedface",
               "mode": "structured", "ratios": {"0": 0.5}}
