@@ -153,6 +153,8 @@ def test_local_search_writes_the_run_folder(tmp_path, tiny_config, searcher, cap
     if searcher == "ddpg":  # a local search keeps no Tune experiment; --resume read that as 'stopped within 5 s'
         assert main(["search", str(tiny_config), "--resume", str(out)]) == 2
         assert f"--resume: {out} was searched by the local backend" in capsys.readouterr().err
+        assert main(args) == 2  # the same search again: no --resume to offer
+        assert f"{out} already holds a search; choose another --out" in capsys.readouterr().err
 
 
 def test_unknown_searcher_is_a_user_error(tmp_path, tiny_config):
