@@ -7,6 +7,7 @@ describes one whole run.
 
 from __future__ import annotations
 
+from collections.abc import Hashable
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -481,6 +482,22 @@ def validated(raw: dict[str, Any], overrides: list[str], source: str) -> RunConf
         raise UserError(f"{source}: {exc}") from None
 
 
+class UniqueKeyLoader(yaml.SafeLoader):
+    """PyYAML's safe loader, except that a key given twice in one mapping is an error: PyYAML keeps the last one
+    without a word, so a second `macs_target:` further down a section silently replaced the first."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict:
+        first_line: dict[Any, int] = {}
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if isinstance(key, Hashable) and key in first_line:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"key {key!r} given twice in one mapping (first at line {first_line[key]})",
+                    key_node.start_mark)
+            first_line[key] = key_node.start_mark.line + 1
+        return super().construct_mapping(node, deep)
+
+
 def load_config(path: str | Path | None, overrides: list[str] | None = None) -> RunConfig:
     """Read and validate a YAML config; every error names the file and the field."""
     raw: dict[str, Any] = {}
@@ -491,12 +508,17 @@ def load_config(path: str | Path | None, overrides: list[str] | None = None) -> 
         if not file.is_file():
             raise UserError(f"{file}: config file not found")
         try:
-            loaded = yaml.safe_load(file.read_text())
+            with file.open(encoding="utf-8") as stream:  # the stream's name goes into YAML's error marks
+                loaded = yaml.load(stream, Loader=UniqueKeyLoader)
         except yaml.YAMLError as exc:
             raise UserError(f"{file}: not valid YAML ({exc})") from None
-        if loaded is not None and not isinstance(loaded, dict):
+        except UnicodeDecodeError as exc:
+            raise UserError(f"{file}: not a YAML config (not UTF-8 text: {exc.reason} at byte {exc.start})") from None
+        if loaded is None:  # an empty file is a slip far more often than a wish for every default (a 30-epoch ResNet-20)
+            raise UserError(f"{file}: the config is empty; give its sections (see configs/), or `{{}}` for every default")
+        if not isinstance(loaded, dict):
             raise UserError(f"{file}: expected a mapping of sections at the top level, got {type(loaded).__name__}")
-        raw = loaded or {}
+        raw = loaded
         raw.setdefault("name", file.stem)
     raw = apply_overrides(raw, overrides or [])
     try:

@@ -33,10 +33,10 @@ def test_out_of_range_ratio(tmp_path):
 
 
 def test_overrides_are_typed_and_validated(tmp_path):
-    cfg = load_config(write(tmp_path, ""), ["prune.steps=6", "data.name=digits", "prune.macs_target=0.25"])
+    cfg = load_config(write(tmp_path, "{}"), ["prune.steps=6", "data.name=digits", "prune.macs_target=0.25"])
     assert cfg.prune.steps == 6 and cfg.data.name == "digits" and cfg.prune.macs_target == 0.25
     with pytest.raises(UserError, match="prune.steps"):
-        load_config(write(tmp_path, ""), ["prune.steps=0"])
+        load_config(write(tmp_path, "{}"), ["prune.steps=0"])
     with pytest.raises(UserError, match="expected dotted.key=value"):
         parse_override("prune.steps")
 
@@ -48,6 +48,22 @@ def test_missing_and_malformed_files(tmp_path):
         load_config(write(tmp_path, "a: [1, 2\n"))
     with pytest.raises(UserError, match="expected a mapping"):
         load_config(write(tmp_path, "- 1\n- 2\n"))
+    with pytest.raises(UserError, match=r"c.yaml: the config is empty; give its sections"):  # not a 30-epoch ResNet-20
+        load_config(write(tmp_path, "\n# nothing yet\n"))
+    with pytest.raises(UserError, match=r"c.yaml: not a YAML config \(not UTF-8 text"):  # was a UnicodeDecodeError
+        (tmp_path / "c.yaml").write_bytes(b"\xff\xfe")
+        load_config(tmp_path / "c.yaml")
+
+
+def test_a_key_given_twice_is_refused(tmp_path):
+    """PyYAML keeps the last of two equal keys: the second macs_target replaced the first without a word."""
+    with pytest.raises(UserError, match=r"key 'macs_target' given twice in one mapping \(first at line 2\)\n  in "
+                                        r"\".*c.yaml\", line 3"):
+        load_config(write(tmp_path, "prune:\n  macs_target: 0.5\n  macs_target: 0.3\n"))
+    with pytest.raises(UserError, match=r"key 'prune' given twice"):
+        load_config(write(tmp_path, "prune: {steps: 2}\nprune: {steps: 3}\n"))
+    cfg = load_config(write(tmp_path, "prune: {macs_target: 0.4}\nenv: {macs_target: 0.5}\n"))  # one key, two sections
+    assert (cfg.prune.macs_target, cfg.env.macs_target) == (0.4, 0.5)
 
 
 @pytest.mark.parametrize("override, field", [
@@ -57,7 +73,7 @@ def test_missing_and_malformed_files(tmp_path):
 def test_a_seed_numpy_would_refuse_mid_run_is_refused_at_load(tmp_path, override, field):
     """A negative seed used to pass the config and fail every benchmark run at its first numpy call."""
     with pytest.raises(UserError, match=rf"field `{field}`"):
-        load_config(write(tmp_path, ""), [override])
+        load_config(write(tmp_path, "{}"), [override])
 
 
 def test_target_and_uniform_ratio_are_exclusive(tmp_path):
