@@ -453,7 +453,9 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     if not sep or not key or any(not part for part in key.split(".")):
         raise UserError(f"override {text!r}: expected dotted.key=value, e.g. prune.steps=6")
     try:
-        parsed = yaml.safe_load(value) if value != "" else None
+        parsed = yaml.load(value, Loader=UniqueKeyLoader) if value != "" else None
+    except yaml.constructor.ConstructorError as exc:  # e.g. {widths: [8], widths: [16]}
+        raise UserError(f"override {text!r}: {exc.problem}") from None
     except yaml.YAMLError:
         parsed = value
     return key.split("."), parsed

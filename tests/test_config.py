@@ -62,6 +62,8 @@ def test_a_key_given_twice_is_refused(tmp_path):
         load_config(write(tmp_path, "prune:\n  macs_target: 0.5\n  macs_target: 0.3\n"))
     with pytest.raises(UserError, match=r"key 'prune' given twice"):
         load_config(write(tmp_path, "prune: {steps: 2}\nprune: {steps: 3}\n"))
+    with pytest.raises(UserError, match=r"override 'model.kwargs=\{a: 1, a: 2\}': key 'a' given twice in one mapping"):
+        load_config(write(tmp_path, "{}"), ["model.kwargs={a: 1, a: 2}"])
     cfg = load_config(write(tmp_path, "prune: {macs_target: 0.4}\nenv: {macs_target: 0.5}\n"))  # one key, two sections
     assert (cfg.prune.macs_target, cfg.env.macs_target) == (0.4, 0.5)
 
