@@ -103,7 +103,12 @@ def policy_from_args(ctx: Context, graph: UnitGraph, policy_path: str | None) ->
     """The policy file if given, else the uniform policy for prune.macs_target or prune.uniform_ratio."""
     p = ctx.cfg.prune
     if policy_path:
-        return SparsityPolicy.load(policy_path).validate(graph, p.max_ratio, source=policy_path)
+        policy = SparsityPolicy.load(policy_path).validate(graph, p.max_ratio, source=policy_path)
+        left_out = [name for name in graph.names if name not in policy.ratios]
+        if left_out:  # a hand-written policy may name only the units it prunes; say what that means
+            log.info("%s: %d unit(s) not in the policy are kept whole: %s%s", policy_path, len(left_out),
+                     ", ".join(left_out[:8]), ", ..." if len(left_out) > 8 else "")
+        return policy
     if p.macs_target is not None:
         return uniform_for_macs(graph, p.macs_target, p.round_to, p.max_ratio)
     if p.uniform_ratio is not None:

@@ -1,4 +1,5 @@
 import json
+import logging
 import os
 import socket
 import subprocess
@@ -69,6 +70,20 @@ def test_a_cache_folder_that_cannot_be_made_is_a_message(tmp_path, tiny_config, 
     assert main(["train", str(tiny_config), "--quiet"]) == 2
     assert "afile/cache: cannot make the cache folder of baselines (Not a directory); set PRUNEPILOT_CACHE" in \
         capsys.readouterr().err
+
+
+def test_a_policy_that_leaves_units_out_keeps_them_whole_and_says_so(tmp_path, tiny_config, caplog):
+    assert main(["prune", str(tiny_config), "--out", str(tmp_path / "uniform"), "--quiet", "prune.final_epochs=0"]) == 0
+    policy = json.loads((tmp_path / "uniform" / "policy.json").read_text())
+    first, *rest = policy["ratios"]
+    del policy["ratios"][first]
+    (tmp_path / "partial.json").write_text(json.dumps(policy))
+    with caplog.at_level(logging.INFO):
+        assert main(["prune", str(tiny_config), "--out", str(tmp_path / "partial"), "--quiet", "prune.final_epochs=0",
+                     "--policy", str(tmp_path / "partial.json")]) == 0
+    assert f"partial.json: 1 unit(s) not in the policy are kept whole: {first}" in caplog.text
+    kept = json.loads((tmp_path / "partial" / "policy.json").read_text())["ratios"]
+    assert kept.get(first, 0.0) == 0.0 and all(kept[name] == policy["ratios"][name] for name in rest)
 
 
 def test_policy_for_another_model_is_refused(tmp_path, tiny_config):
