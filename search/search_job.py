@@ -129,6 +129,16 @@ def check_one_search_target(cfg) -> None:
                         "or leave env.macs_target out to take it from the global sweep")
 
 
+def warn_if_warmup_fills_the_budget(cfg, warm_started: bool) -> None:
+    """An off-policy agent acts at random for its first agent.warmup_episodes episodes: with a budget no larger, the
+    'RL search' is a random search and the saved agent never acted on what it learned (a warm start skips the warm-up)."""
+    if cfg.search.searcher in ("ddpg", "td3", "sac") and not warm_started \
+            and cfg.agent.warmup_episodes >= cfg.search.evaluations:
+        log.warning("agent.warmup_episodes (%d) >= search.evaluations (%d): every evaluation is a random warm-up "
+                    "episode, so the %s agent never acts on what it learned; lower agent.warmup_episodes or raise "
+                    "search.evaluations", cfg.agent.warmup_episodes, cfg.search.evaluations, cfg.search.searcher)
+
+
 def target_from_floor(cfg, evaluator: Evaluator, out: Path) -> float:
     """Global first (seed article): the uniform sweep's largest ratio above the accuracy floor sets the MACs target."""
     rows = uniform_sweep(evaluator, cfg.sweep.ratios)
@@ -290,6 +300,7 @@ def search_job(args: argparse.Namespace) -> int:
     check_searcher(cfg.search.searcher)
     if not args.resume:  # a resume keeps the target its search started with
         check_one_search_target(cfg)
+    warn_if_warmup_fills_the_budget(cfg, warm_started=bool(args.agent))
     check_ray_address(args.address)  # before any training: Ray would retry a wrong one forever
     check_seed_policies(args.policy, cfg.search.searcher)  # likewise
     prior = load_prior(args, cfg)  # likewise

@@ -86,6 +86,19 @@ def test_a_policy_that_leaves_units_out_keeps_them_whole_and_says_so(tmp_path, t
     assert kept.get(first, 0.0) == 0.0 and all(kept[name] == policy["ratios"][name] for name in rest)
 
 
+def test_a_budget_inside_the_random_warm_up_is_warned_of(tmp_path, tiny_config, caplog):
+    """evaluations <= warmup_episodes: DDPG acted at random throughout and nothing said so."""
+    common = ["search", str(tiny_config), "--backend", "local", "--quiet", "search.evaluations=3", "env.macs_target=0.6",
+              "search.final_pass=false", "sweep.accuracy_floor=null", "agent.net_arch=[8]"]
+    with caplog.at_level(logging.WARNING):
+        assert main([*common, "--out", str(tmp_path / "a"), "agent.warmup_episodes=3"]) == 0
+    assert "agent.warmup_episodes (3) >= search.evaluations (3): every evaluation is a random warm-up" in caplog.text
+    caplog.clear()
+    with caplog.at_level(logging.WARNING):
+        assert main([*common, "--out", str(tmp_path / "b"), "agent.warmup_episodes=2"]) == 0
+    assert "warm-up" not in caplog.text
+
+
 def test_policy_for_another_model_is_refused(tmp_path, tiny_config):
     policy = {"format": "prunepilot.sparsity-policy/1", "model_fingerprint": "feedfacefeedface",
               "mode": "structured", "ratios": {"0": 0.5}}
