@@ -255,6 +255,9 @@ def render_prune_report(summary: dict, steps: pd.DataFrame, policy: SparsityPoli
 def prune_job(args: argparse.Namespace) -> int:
     ctx = prepare(args)
     out = run_folder(args, ctx.cfg.name)
+    if (out / "search.json").is_file():  # results/<config name>/ is also a search's default folder
+        raise UserError(f"--out: {out} holds a search (its search.json); a prune there would replace the search's report "
+                        "and model: give another --out")
     if args.policy:  # fail on a bad policy file before any training or writing
         SparsityPolicy.load(args.policy)
     base = baseline_of(ctx)

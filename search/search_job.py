@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import shlex
 import shutil
 import time
 from contextlib import contextmanager
@@ -421,8 +422,11 @@ def search_job(args: argparse.Namespace) -> int:
         try:
             final_pass(ctx, base, graph, best, out, cfg.search_seed, extra_report=section, evaluator=evaluator)
         except KeyboardInterrupt:
+            # the local backend cannot resume: prune runs the same pass (same config and overrides) into a subfolder
+            prune = shlex.join(["prunepilot", "prune", args.config, "--policy", str(out / "best_policy.json"), "--out",
+                                str(out / "final"), *args.overrides])
             again = (f"prunepilot search {args.config} --resume {out} (Tune's finished search is not run again)"
-                     if backend == "ray" else f"prunepilot prune {args.config} --policy {out / 'best_policy.json'}")
+                     if backend == "ray" else prune)
             log.warning("final pass stopped; the search's %d evaluations and its best policy are kept in %s; run the "
                         "pass again with: %s", len(frame), out, again)
             raise

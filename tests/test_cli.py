@@ -99,6 +99,38 @@ def test_a_budget_inside_the_random_warm_up_is_warned_of(tmp_path, tiny_config, 
     assert "warm-up" not in caplog.text
 
 
+def test_ctrl_c_in_a_local_final_pass_gives_a_prune_that_keeps_the_search(tmp_path, tiny_config):
+    """The hint's prune wrote into results/<config name>/ without the search's overrides; a prune into a search's
+    folder replaced the search's report and model."""
+    import signal
+    import time
+
+    out = tmp_path / "run"
+    extra = ["search.evaluations=3", "agent.warmup_episodes=2", "env.macs_target=0.6", "sweep.accuracy_floor=null",
+             "prune.final_epochs=150"]  # a last step of ~20 s to interrupt
+    path = os.pathsep.join(p for p in (str(Path(__file__).parents[1]), os.environ.get("PYTHONPATH")) if p)
+    log = tmp_path / "driver.log"
+    with log.open("w") as sink:
+        driver = subprocess.Popen([sys.executable, "-m", "search.cli", "search", str(tiny_config), "--backend", "local",
+                                   "--out", str(out), "--quiet", *extra], cwd=tmp_path, stdout=sink,
+                                  stderr=subprocess.STDOUT, env={**os.environ, "PYTHONPATH": path})
+    try:
+        deadline = time.monotonic() + 300
+        while "step 1/" not in log.read_text() and driver.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.2)
+        driver.send_signal(signal.SIGINT)
+        assert driver.wait(timeout=120) == 130, log.read_text()[-3000:]
+    finally:
+        driver.kill()
+        driver.wait()
+    hint = (f"run the pass again with: prunepilot prune {tiny_config} --policy {out / 'best_policy.json'} --out "
+            f"{out / 'final'} {' '.join(extra)}")
+    assert hint in log.read_text(), log.read_text()[-3000:]
+    result = run_cli("prune", str(tiny_config), "--policy", str(out / "best_policy.json"), "--out", str(out), cwd=tmp_path)
+    assert result.returncode == 2 and f"--out: {out} holds a search (its search.json)" in result.stderr
+    assert not (out / "report.md").exists() and not (out / "model.pt").exists()
+
+
 def test_policy_for_another_model_is_refused(tmp_path, tiny_config):
     policy = {"format": "prunepilot.sparsity-policy/1", "model_fingerprint": "feedfacefeedface",
               "mode": "structured", "ratios": {"0": 0.5}}
