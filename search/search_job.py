@@ -91,6 +91,9 @@ def prepare_run_folder(args: argparse.Namespace, cfg_name: str, backend: str) ->
         kept = read_json_object(out / "search.json", "a search's state")
         resume = ("" if kept.get("backend") == "local" else f"continue it with --resume {out}, or ")  # see above
         raise UserError(f"{out} already holds a search; {resume}choose another --out")
+    if (out / "summary.json").is_file():  # results/<config name>/ is also prune's default folder
+        raise UserError(f"--out: {out} holds a pruned model (`prunepilot prune` wrote its summary.json); a search there "
+                        "would replace its report and model: give another --out")
     storage = args.storage or sqlite_url(str((out / "study.db").resolve()))
     storage_path = Path(args.storage_path).resolve() if args.storage_path else (out / "ray").resolve()
     return out, {"storage": storage, "study_name": cfg_name, "storage_path": str(storage_path),

@@ -129,6 +129,12 @@ def test_ctrl_c_in_a_local_final_pass_gives_a_prune_that_keeps_the_search(tmp_pa
     result = run_cli("prune", str(tiny_config), "--policy", str(out / "best_policy.json"), "--out", str(out), cwd=tmp_path)
     assert result.returncode == 2 and f"--out: {out} holds a search (its search.json)" in result.stderr
     assert not (out / "report.md").exists() and not (out / "model.pt").exists()
+    pruned = tmp_path / "pruned"  # and the other way round
+    (pruned).mkdir()
+    (pruned / "summary.json").write_text("{}")
+    result = run_cli("search", str(tiny_config), "--backend", "local", "--out", str(pruned), *extra, cwd=tmp_path)
+    assert result.returncode == 2 and f"--out: {pruned} holds a pruned model" in result.stderr
+    assert sorted(p.name for p in pruned.iterdir()) == ["summary.json"]
 
 
 def test_policy_for_another_model_is_refused(tmp_path, tiny_config):
