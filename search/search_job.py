@@ -348,9 +348,16 @@ def search_job(args: argparse.Namespace) -> int:
         start = time.perf_counter()
         agent, tune_seconds = None, None
         warm = with_prior(load_warm_agent(args, cfg, graph), prior, cfg, graph)
-    if backend == "local":
-        env = build_env(cfg, base.model, ctx.data, graph, evaluator=evaluator)
+        # inside the set-up: an unreachable target (env.r_max) or a bad seed policy left a search.json and an empty
+        # study behind, and the rerun read 'already holds a search'
+        env = build_env(cfg, base.model, ctx.data, graph,
+                        **({"evaluator": evaluator} if backend == "local" else {"deferred": True}))
         seeds = load_seed_policies(args.policy, env)
+        if backend == "ray":
+            from search.ray_backend import RecordingCallback, run_tune, search_algorithm, trainable
+
+            searcher, space, samples = search_algorithm(cfg, env, base.model, graph, out / "agent", warm, seeds)
+    if backend == "local":
         try:
             _, agent = run_local(cfg, base.model, env, agent=warm, seeds=seeds, on_evaluation=lambda e: sink(
                 f"local-{e.episode}", {"ratios": e.policy.ratios, "accuracy": e.accuracy, "macs_ratio": e.macs_ratio,
@@ -366,11 +373,6 @@ def search_job(args: argparse.Namespace) -> int:
         if agent is not None:
             agent.save(out / "agent", env)
     else:
-        from search.ray_backend import RecordingCallback, run_tune, search_algorithm, trainable
-
-        env = build_env(cfg, base.model, ctx.data, graph, deferred=True)
-        searcher, space, samples = search_algorithm(cfg, env, base.model, graph, out / "agent", warm,
-                                                    load_seed_policies(args.policy, env))
         tune_start = time.perf_counter()
         try:
             run_tune(cfg, trainable(cfg, evaluator, str(ctx.device)), searcher, space, samples,
