@@ -10,6 +10,7 @@ from __future__ import annotations
 import gzip
 import hashlib
 import importlib
+import inspect
 import os
 import struct
 from dataclasses import dataclass
@@ -101,18 +102,18 @@ def load_idx_directory(directory: str | Path) -> tuple[np.ndarray, np.ndarray, n
 
 
 # ----------------------------------------------------------------------------------- sources
-def _fashion_mnist(path: str | None, **_: object):
+def _fashion_mnist(path: str | None):
     directory = path or os.environ.get(FASHION_MNIST_ENV) or FASHION_MNIST_DEFAULT
     return load_idx_directory(directory)
 
 
-def _mnist_idx(path: str | None, **_: object):
+def _mnist_idx(path: str | None):
     if not path:
         raise UserError("data.path: dataset 'mnist-idx' needs data.path, a directory of MNIST-format IDX files")
     return load_idx_directory(path)
 
 
-def _digits(path: str | None, **_: object):
+def _digits(path: str | None):
     from sklearn.datasets import load_digits
 
     digits = load_digits()
@@ -124,7 +125,7 @@ def _digits(path: str | None, **_: object):
 
 
 def _synthetic(path: str | None, *, size: int = 12, n_train: int = 1200, n_test: int = 300,
-               num_classes: int = 4, **_: object):
+               num_classes: int = 4):
     """Class-dependent blobs plus noise: learnable in a few epochs, for fast tests."""
     rng = np.random.default_rng(1234)
     prototypes = rng.random((num_classes, size, size)) > 0.6
@@ -168,6 +169,16 @@ def _as_images(array: np.ndarray | torch.Tensor, field: str) -> torch.Tensor:
     return tensor.float()
 
 
+def check_source_options(name: str, options: dict) -> None:
+    """A built-in dataset's options are its loader's keywords; one it does not take (a typo, `n_trian`) was ignored."""
+    accepted = [n for n, parameter in inspect.signature(SOURCES[name]).parameters.items()
+                if n != "path" and parameter.kind is inspect.Parameter.KEYWORD_ONLY]
+    unknown = sorted(set(options) - set(accepted))
+    if unknown:
+        raise UserError(f"data.options: dataset {name!r} takes no option(s) {unknown}; "
+                        + (f"it takes {accepted}" if accepted else "it takes none"))
+
+
 def load_data(name: str, path: str | None = None, val_fraction: float = 0.1,
               val_size: int | None = None, **options: object) -> DataBundle:
     """Load dataset `name` (a key of SOURCES or 'module:function') with its deterministic splits.
@@ -176,6 +187,7 @@ def load_data(name: str, path: str | None = None, val_fraction: float = 0.1,
     `val_size` (default 5000) training images. Other sets hold out the last `val_fraction`.
     """
     if name in SOURCES:
+        check_source_options(name, options)
         x_train, y_train, x_test, y_test = SOURCES[name](path, **options)
     else:  # a user's 'module:function' gets its options as keywords (and path= when data.path is set)
         produced = _user_function(name)(**({"path": path} if path else {}), **options)

@@ -60,3 +60,13 @@ def test_batches_cover_the_split_once(synthetic):
     seen = sum(len(yb) for _, yb in iterate_batches(synthetic.x_train, synthetic.y_train, 64, shuffle=True,
                                                     generator=torch.Generator().manual_seed(0)))
     assert seen == len(synthetic.y_train)
+
+
+def test_an_option_a_builtin_dataset_does_not_take_is_refused():
+    """A misspelt option (n_trian) was swallowed: the run went on with the default size, without a word."""
+    with pytest.raises(UserError, match=r"data.options: dataset 'synthetic' takes no option\(s\) \['n_trian'\]; it takes "
+                                        r"\['size', 'n_train', 'n_test', 'num_classes'\]"):
+        load_data("synthetic", n_trian=50)
+    with pytest.raises(UserError, match=r"dataset 'digits' takes no option\(s\) \['size'\]; it takes none"):
+        load_data("digits", size=8)
+    assert len(load_data("synthetic", n_train=50, n_test=20, size=6).y_test) == 20
