@@ -80,7 +80,7 @@ class SparsityPolicy:
         (a plain depth profile, kept for comparison: `python -m bench.resampling`).
         """
         if self.mode != graph.mode:
-            raise UserError(f"{source}: a {self.mode} policy cannot prune in {graph.mode} mode")
+            raise UserError(f"{source}: a policy made with prune.mode={self.mode} cannot prune with prune.mode={graph.mode}")
         if not self.profile:
             raise UserError(f"{source}: no unit profile (relative depth and kind of each unit), so it cannot be moved "
                             f"to another model; policies written by `prunepilot search` or `prune` carry one")
@@ -109,7 +109,7 @@ class SparsityPolicy:
         The mode goes first: the fingerprint covers it, so a policy used in the other mode on its own model would
         otherwise read as made for another model."""
         if self.mode != graph.mode:
-            raise UserError(f"{source}: a {self.mode} policy cannot prune in {graph.mode} mode")
+            raise UserError(f"{source}: a policy made with prune.mode={self.mode} cannot prune with prune.mode={graph.mode}")
         if self.model_fingerprint != graph.fingerprint:
             raise UserError(f"{source}: made for another model (fingerprint {self.model_fingerprint}, this model "
                             f"{graph.fingerprint}); re-express it with `prunepilot transfer` or a depth profile")

@@ -76,7 +76,7 @@ def test_policy_json_round_trip(tmp_path, graphs):
     (lambda p: p["ratios"].update({"conv1": -0.1}), r"must lie in"),
     (lambda p: p["ratios"].update({"conv1": float("nan")}), r"must lie in"),
     (lambda p: p.update({"model_fingerprint": "0123456789abcdef"}), "made for another model"),
-    (lambda p: p.update({"mode": "unstructured"}), "cannot prune in structured mode"),
+    (lambda p: p.update({"mode": "unstructured"}), "cannot prune with prune.mode=structured"),
 ])
 def test_policy_validation_errors(tmp_path, graphs, edit, message):
     _, graph = graphs["resnet20"]
@@ -90,7 +90,7 @@ def test_policy_validation_errors(tmp_path, graphs, edit, message):
 def test_a_policy_in_the_other_mode_of_its_own_model_names_the_mode(graphs):
     """prune.mode=unstructured with a structured search's policy read 'made for another model'."""
     model, graph = graphs["resnet20"]
-    with pytest.raises(UserError, match="p.json: a structured policy cannot prune in unstructured mode"):
+    with pytest.raises(UserError, match="p.json: a policy made with prune.mode=structured cannot prune with prune.mode=unstructured"):
         SparsityPolicy.uniform(graph, 0.3).validate(discover_units(model, SHAPE, "unstructured"), source="p.json")
 
 
