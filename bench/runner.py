@@ -334,6 +334,13 @@ def write_summary(cfg: RunConfig, config: str, folder: Path, overrides: list[str
     return path
 
 
+def check_something_to_collect(runs: list, folder: Path) -> None:
+    """--collect-only on a folder with no finished run wrote an empty summary and exited 0 (a wrong --out, say)."""
+    if not any(run.done for run in runs) and recorded_rows(folder, runs).empty:
+        raise UserError(f"--collect-only: {folder} holds no finished run of this comparison (run folders under "
+                        f"{folder / 'runs'}/, or an earlier call's runs.csv); copy them in, or run without --collect-only")
+
+
 def bench_job(args: argparse.Namespace) -> int:
     cfg = load_config(args.config, args.overrides)
     check_methods(cfg)
@@ -343,6 +350,8 @@ def bench_job(args: argparse.Namespace) -> int:
         raise UserError("--collect-only: applies to the comparison part alone; add --parts comparison")
     folder = output_folder(Path(args.out) if args.out else default_folder(cfg))
     check_same_settings(folder, cfg.model_dump())
+    if collect_only:
+        check_something_to_collect(comparison_runs(cfg, args.config, folder, args.overrides), folder)
     if "transfer" in parts and cfg.bench.transfer_model:
         model_factory(cfg.bench.transfer_model, field="bench.transfer_model")  # not after hours of comparison runs
         check_transfer_method(cfg)

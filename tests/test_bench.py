@@ -308,6 +308,7 @@ def test_a_variant_runs_beside_its_searcher_under_its_own_name(tmp_path):
     (["bench.transfer_scratch_seeds=[1, 1]"], "bench.transfer_scratch_seeds must list seeds without repeats"),
     (["--parts", "comparison,speed"], "--parts: unknown part(s) ['speed']"),
     (["--collect-only"], "--collect-only: applies to the comparison part alone"),
+    (["--collect-only", "--parts", "comparison"], "holds no finished run of this comparison"),  # was an empty summary
 ])
 def test_bad_bench_input_is_a_user_error(tmp_path, capsys, args, message):
     config = tmp_path / "tiny.yaml"
