@@ -135,11 +135,25 @@ def search_algorithm(cfg: RunConfig, env: LayerPruningEnv, model: Any, graph: Un
     raise UserError(f"search.searcher: unknown searcher {name!r}")
 
 
-def trainable(cfg: RunConfig, evaluator: Evaluator, device: str) -> Any:
+def trial_device(device: str, gpus_per_trial: float) -> str:
+    """Where a trial evaluates: on the GPU Ray gave it, else on the CPU, whatever the driver uses.
+
+    The driver's own device was sent before: with a GPU on the driver and `search.gpus_per_trial: 0`, a trial asked
+    for 'cuda' in a worker that Ray gave no GPU (hidden from it, or shared with the trials beside it unaccounted),
+    and a driver without a GPU sent 'cpu' to workers that Ray had given one. Ray shows a worker its own GPUs from
+    index 0, so 'cuda:N' on the driver is 'cuda' in a trial.
+    """
+    if gpus_per_trial <= 0 or device == "cpu":
+        return "cpu"
+    return "cuda"
+
+
+def trainable(cfg: RunConfig, evaluator: Evaluator) -> Any:
     """The trial function with its payload (the driver's evaluator, on the CPU) in the object store."""
     # a fresh key per search: a worker of a long-lived cluster that served another search rebuilds its state
     payload = TrialPayload(key=uuid.uuid4().hex, evaluator=evaluator.to("cpu"), env_kwargs=env_kwargs(cfg),
-                           threads=max(1, int(cfg.search.cpus_per_trial)), device=device)
+                           threads=max(1, int(cfg.search.cpus_per_trial)),
+                           device=trial_device(cfg.device, cfg.search.gpus_per_trial))
     resources = {"cpu": cfg.search.cpus_per_trial, "gpu": cfg.search.gpus_per_trial}
     return tune.with_resources(tune.with_parameters(evaluate_policy_trial, payload=payload), resources)
 

@@ -319,6 +319,9 @@ def search_job(args: argparse.Namespace) -> int:
 
         connect(args.address)  # before any file or training: a cluster that refuses us (token, version) fails now
         check_trial_fits(cfg.search.cpus_per_trial, cfg.search.gpus_per_trial, embedded=not args.address)
+        if ctx.device.type == "cuda" and cfg.search.gpus_per_trial <= 0:
+            log.warning("the trials evaluate on the CPU: search.gpus_per_trial is 0 (the final pass runs on %s); give "
+                        "each trial a share of a GPU with search.gpus_per_trial (e.g. 0.5)", ctx.device)
     with discarded_if_setup_stops(out, created):
         base = baseline_of(ctx)
         graph = unit_graph(ctx, base.model)
@@ -375,7 +378,7 @@ def search_job(args: argparse.Namespace) -> int:
     else:
         tune_start = time.perf_counter()
         try:
-            run_tune(cfg, trainable(cfg, evaluator, str(ctx.device)), searcher, space, samples,
+            run_tune(cfg, trainable(cfg, evaluator), searcher, space, samples,
                      Path(state["storage_path"]), RecordingCallback(sink), resume=bool(args.resume))
         except KeyboardInterrupt:
             sink.close()

@@ -358,6 +358,16 @@ def test_dashboard_shows_the_study_in_headless_chromium(ray_env, config, tmp_pat
     assert shot.is_file() and shot.stat().st_size > 20_000  # a rendered page, not a blank one
 
 
+def test_a_trial_evaluates_on_the_gpu_ray_gave_it_not_on_the_drivers_device():
+    """The driver's device went to every trial: 'cuda' to workers Ray gave no GPU (it hides them: every trial failed),
+    'cpu' to workers it gave one, 'cuda:1' to a worker that sees its one GPU as cuda:0."""
+    from search.ray_backend import trial_device
+
+    assert [trial_device(device, 0.0) for device in ("auto", "cuda", "cuda:1", "cpu")] == ["cpu"] * 4
+    assert [trial_device(device, 0.5) for device in ("auto", "cuda", "cuda:1")] == ["cuda"] * 3
+    assert trial_device("cpu", 1.0) == "cpu"  # asked for in so many words
+
+
 def test_an_evaluation_is_keyed_by_its_creation_index_not_its_trial_id():
     from types import SimpleNamespace
 
