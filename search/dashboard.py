@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import logging
 import socket
 from pathlib import Path
 
@@ -13,6 +14,9 @@ from sqlalchemy.exc import ArgumentError
 from pruning.checkpoint import read_json_object
 from pruning.errors import UserError
 from search.review import follow_moved_run, retry_schema_race
+
+log = logging.getLogger(__name__)
+LOOPBACK = ("127.0.0.1", "localhost", "::1")
 
 
 def storage_of(run: Path, override: str | None = None) -> str:
@@ -64,6 +68,10 @@ def dashboard_job(args: argparse.Namespace) -> int:
     except Exception as exc:
         raise UserError(f"{storage}: cannot open Optuna storage ({type(exc).__name__}: {exc})") from None
     check_can_listen(args.host, args.port)
+    if args.host not in LOOPBACK:
+        log.warning("optuna-dashboard has no login: on %s anyone who can reach this machine on port %d can read the "
+                    "study and edit its notes; 127.0.0.1 (the default) with an SSH tunnel keeps it to you",
+                    args.host, args.port)
     names = ", ".join(s.study_name for s in studies) or "none yet"
     print(f"optuna-dashboard on {storage} (studies: {names})")
     print(f"open http://{args.host}:{args.port}/dashboard/  (Ctrl-C to stop)", flush=True)

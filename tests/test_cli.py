@@ -496,6 +496,19 @@ def test_the_dashboard_refuses_a_taken_or_impossible_port_with_a_message(tmp_pat
     assert "open http" not in result.stdout
     result = run_cli("dashboard", str(tmp_path), "--port", "99999", cwd=tmp_path, timeout=60)
     assert result.returncode == 2 and "argument --port: expected a TCP port 1-65535, got '99999'" in result.stderr
+    # every interface: it serves, and says that it has no login
+    port = closed_port()
+    path = os.pathsep.join(p for p in (str(Path(__file__).parents[1]), os.environ.get("PYTHONPATH")) if p)
+    server = subprocess.Popen([sys.executable, "-m", "search.cli", "dashboard", str(tmp_path), "--host", "0.0.0.0",
+                               "--port", str(port)], cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                              text=True, env={**os.environ, "PYTHONPATH": path})
+    try:
+        said = "".join(server.stdout.readline() for _ in range(3))
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+    assert f"optuna-dashboard has no login: on 0.0.0.0 anyone who can reach this machine on port {port}" in said
+    assert f"open http://0.0.0.0:{port}/dashboard/" in said
 
 
 @pytest.mark.parametrize("command", [["search", "{cfg}", "--resume", "{run}"], ["dashboard", "{run}"]])
