@@ -34,7 +34,10 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("train", help="train (or load the cached) dense baseline")
-    _common(p)
+    p.add_argument("config", help="YAML config (see configs/)")
+    p.add_argument("--out", metavar="FILE.pt", help="also write the baseline's checkpoint here (e.g. to keep it beside "
+                                                    "results and pin it with model.checkpoint); it is always cached")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.add_argument("--retrain", action="store_true", help="train again even when a cached baseline exists")
 
     p = sub.add_parser("prune", help="progressive prune-finetune to a policy, a MACs target or a uniform ratio")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import copy
 import logging
+import shutil
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -63,7 +64,14 @@ def baseline_of(ctx: Context, retrain: bool = False) -> Baseline:
 
 
 def train_job(args: argparse.Namespace) -> int:
-    baseline_of(prepare(args), retrain=args.retrain)
+    out = output_file(Path(args.out), ".pt") if args.out else None  # checked before the training, not after it
+    base = baseline_of(prepare(args), retrain=args.retrain)
+    if out is not None and out.resolve() != Path(base.checkpoint).resolve():
+        out.parent.mkdir(parents=True, exist_ok=True)
+        partial = out.with_name(f".{out.name}.tmp")  # a copy cut short never sits under the final name
+        shutil.copyfile(base.checkpoint, partial)
+        partial.replace(out)
+        log.info("checkpoint written to %s (use it with model.checkpoint=%s)", out, out)
     return 0
 
 

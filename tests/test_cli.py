@@ -66,6 +66,28 @@ def test_bad_input_exits_2_with_a_message_and_writes_nothing(tmp_path, tiny_conf
     assert not out.exists()
 
 
+def test_train_writes_the_checkpoint_where_out_says(tmp_path, tiny_config, capsys):
+    """--out was accepted and ignored: the baseline went to the cache alone."""
+    from pruning.baseline import baseline_path
+    from pruning.checkpoint import load_checkpoint
+    from pruning.config import load_config
+    from pruning.data import load_data
+
+    assert main(["train", str(tiny_config), "--quiet", "--out", str(tmp_path / "folder")]) == 2  # before training
+    assert "--out: expected a .pt file, got" in capsys.readouterr().err
+    out = tmp_path / "kept" / "dense.pt"
+    assert main(["train", str(tiny_config), "--quiet", "--out", str(out)]) == 0
+    assert main(["prune", str(tiny_config), "--quiet", "--out", str(tmp_path / "pinned"), f"model.checkpoint={out}",
+                 "prune.final_epochs=0", "prune.steps=1"]) == 0
+    summary = json.loads((tmp_path / "pinned" / "summary.json").read_text())
+    assert summary["baseline_checkpoint"] == str(out)
+    cfg = load_config(tiny_config)
+    cached = load_checkpoint(baseline_path(cfg, load_data(cfg.data.name, None, cfg.data.val_fraction, cfg.data.val_size,
+                                                          **cfg.data.options)))["state_dict"]
+    kept = load_checkpoint(out)["state_dict"]
+    assert kept.keys() == cached.keys() and all(torch.equal(kept[k], cached[k]) for k in kept)
+
+
 def test_a_cache_folder_that_cannot_be_made_is_a_message(tmp_path, tiny_config, monkeypatch, capsys):
     """A file in the way of PRUNEPILOT_CACHE was a NotADirectoryError traceback."""
     (tmp_path / "afile").write_text("")
