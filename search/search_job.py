@@ -297,7 +297,16 @@ def discarded_if_setup_stops(out: Path, created: bool) -> Iterator[None]:
         raise
 
 
+def check_backend_flags(args: argparse.Namespace) -> None:
+    """--address and --resume run on Ray; a --backend local beside them was dropped without a word."""
+    for flag, given, what in (("--address", args.address, "joins a Ray cluster"),
+                              ("--resume", args.resume, "continues Ray Tune's saved experiment")):
+        if given and args.backend == "local":
+            raise UserError(f"--backend local and {flag}: {flag} {what}; leave out --backend local")
+
+
 def search_job(args: argparse.Namespace) -> int:
+    check_backend_flags(args)
     use_stored_overrides(args)
     ctx = prepare(args)
     cfg = ctx.cfg

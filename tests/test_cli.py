@@ -50,6 +50,9 @@ def run_cli(*args: str, cwd: Path, timeout: float | None = None) -> subprocess.C
     (["prune", "{cfg}", "device=cuda:7"], "device"),
     (["search", "{cfg}", "agent.name=dqn"], "field `agent.name`: Input should be 'ddpg', 'td3', 'sac' or 'ppo'"),
     (["search", "{cfg}", "search.searcher=td3", "agent.name=sac"], "search.searcher is 'td3' but agent.name is 'sac'"),
+    # both run on Ray: --backend local was dropped without a word
+    (["search", "{cfg}", "--backend", "local", "--address", "127.0.0.1:1"],
+     "--backend local and --address: --address joins a Ray cluster; leave out --backend local"),
     # found when the environment was built, after the set-up had written search.json and an empty study
     (["search", "{cfg}", "--backend", "local", "sweep.accuracy_floor=null", "env.macs_target=0.3", "env.r_max=0.05"],
      "env.macs_target: 0.3 cannot be met with r_max=0.05"),
