@@ -22,8 +22,8 @@ class EvaluationSink:
     """
 
     def __init__(self, storage: str, study_name: str, unit_names: list[str], searcher: str, total: int,
-                 show_progress: bool = True):
-        self.storage, self.study_name, self.unit_names = storage, study_name, unit_names
+                 show_progress: bool = True, new: bool = False):
+        self.storage, self.study_name, self.unit_names, self.new = storage, study_name, unit_names, new
         self.searcher, self.total, self.show_progress = searcher, total, show_progress
         self._recorder: OptunaRecorder | None = None
         self._bar: Any = None
@@ -35,7 +35,9 @@ class EvaluationSink:
     @property
     def recorder(self) -> OptunaRecorder:
         if self._recorder is None:
-            self._recorder = OptunaRecorder(self.storage, self.study_name, self.unit_names)
+            self._recorder = OptunaRecorder(self.storage, self.study_name, self.unit_names, new=self.new)
+            # the study this search made: every later open (a resume, Tune's saved callback) loads it by name
+            self.study_name, self.new = self._recorder.study.study_name, False
         return self._recorder
 
     def _progress(self) -> Any:

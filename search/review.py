@@ -111,11 +111,13 @@ def retry_schema_race(open_storage: Callable[[], T], attempts: int = 8, pause_s:
 class OptunaRecorder:
     """Writes evaluations into an Optuna study (SQLite file or any SQLAlchemy URL)."""
 
-    def __init__(self, storage: str, study_name: str, unit_names: list[str]):
+    def __init__(self, storage: str, study_name: str, unit_names: list[str], new: bool = False):
+        """Open `study_name` in `storage`; with `new`, a study of its own: `study_name`, or `study_name-2`, -3, ...
+        where a storage shared by many searches (a cluster's PostgreSQL) already holds one by that name. A new
+        search used to load that study, and its evaluations, whose ids the other search had used, were dropped."""
         optuna.logging.set_verbosity(optuna.logging.WARNING)
         try:
-            self.study = retry_schema_race(lambda: optuna.create_study(
-                storage=storage, study_name=study_name, load_if_exists=True, directions=["maximize", "minimize"]))
+            self.study = retry_schema_race(lambda: self._open(storage, study_name, new))
         except Exception as exc:  # bad URL, unreachable server, missing driver
             hint = ("; install the PostgreSQL driver with: pip install 'prunepilot[postgres]'"
                     if isinstance(exc, ImportError) and storage.startswith("postgresql") else "")
@@ -127,6 +129,20 @@ class OptunaRecorder:
                 self.study.set_metric_names(OBJECTIVES)
         self.storage, self.unit_names = storage, unit_names
         self.seen = {t.user_attrs.get("evaluation_id") for t in self.study.get_trials(deepcopy=False)}
+
+    @staticmethod
+    def _open(storage: str, study_name: str, new: bool) -> optuna.Study:
+        directions = ["maximize", "minimize"]
+        if not new:
+            return optuna.create_study(storage=storage, study_name=study_name, load_if_exists=True,
+                                       directions=directions)
+        for number in range(1, 10_000):
+            name = study_name if number == 1 else f"{study_name}-{number}"
+            try:  # create, not look first: two searches starting at once cannot both take one name
+                return optuna.create_study(storage=storage, study_name=name, directions=directions)
+            except optuna.exceptions.DuplicatedStudyError:
+                continue
+        raise UserError(f"--storage: {storage} holds studies {study_name} to {study_name}-9999; give another name")
 
     def record(self, evaluation_id: str, ratios: dict[str, float], accuracy: float | None, macs_ratio: float | None,
                attrs: dict[str, Any], failed: bool = False) -> bool:

@@ -348,9 +348,13 @@ def search_job(args: argparse.Namespace) -> int:
             cfg.env.macs_target = target_from_floor(cfg, evaluator, out)
         state["macs_target"] = cfg.env.macs_target
         sink = EvaluationSink(state["storage"], state["study_name"], graph.names, cfg.search.searcher,
-                              cfg.search.evaluations, ctx.show_progress)
+                              cfg.search.evaluations, ctx.show_progress, new=not args.resume)
         out.mkdir(parents=True, exist_ok=True)
         sink.recorder  # open (and create) the study now: a bad --storage fails before any work
+        if sink.study_name != state["study_name"]:
+            log.info("%s already holds a study named %s (another search); this one records as %s", state["storage"],
+                     state["study_name"], sink.study_name)
+            state["study_name"] = sink.study_name
         (out / "search.json").write_text(json.dumps(state, indent=2))
         if cfg.env.latency_weight > 0 and cfg.env.latency_table is None:  # measured once per run folder, kept on resume
             table_path = out / "latency_table.json"

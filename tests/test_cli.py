@@ -91,6 +91,25 @@ def test_train_writes_the_checkpoint_where_out_says(tmp_path, tiny_config, capsy
     assert kept.keys() == cached.keys() and all(torch.equal(kept[k], cached[k]) for k in kept)
 
 
+def test_two_searches_into_one_shared_storage_keep_a_study_each(tmp_path, tiny_config):
+    """A cluster's searches share one --storage. The second loaded the first's study of the same name, and its
+    evaluations, whose ids the first had used, were dropped: it reported the first search's results as its own."""
+    import optuna
+
+    storage = f"sqlite:///{tmp_path / 'shared.db'}"
+    common = ["search", str(tiny_config), "--backend", "local", "--quiet", "--storage", storage, "search.evaluations=4",
+              "agent.warmup_episodes=2", "agent.net_arch=[8]", "env.macs_target=0.6", "search.final_pass=false",
+              "sweep.accuracy_floor=null", "env.budget=cap"]
+    for seed in (1, 2):
+        assert main([*common, "--out", str(tmp_path / f"s{seed}"), f"search.seed={seed}"]) == 0
+    summaries = {s.study_name: s.n_trials for s in optuna.get_all_study_summaries(storage)}
+    assert summaries == {"tiny": 4, "tiny-2": 4}
+    second = json.loads((tmp_path / "s2" / "search.json").read_text())
+    assert second["study_name"] == "tiny-2" and "`tiny-2`" in (tmp_path / "s2" / "report.md").read_text()
+    first, own = (pd.read_csv(tmp_path / f"s{seed}" / "evaluations.csv") for seed in (1, 2))
+    assert len(own) == 4 and not own.filter(like="ratio:").equals(first.filter(like="ratio:"))
+
+
 def test_a_cache_folder_that_cannot_be_made_is_a_message(tmp_path, tiny_config, monkeypatch, capsys):
     """A file in the way of PRUNEPILOT_CACHE was a NotADirectoryError traceback."""
     (tmp_path / "afile").write_text("")
