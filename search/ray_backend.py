@@ -159,14 +159,14 @@ def trainable(cfg: RunConfig, evaluator: Evaluator) -> Any:
 
 
 def run_tune(cfg: RunConfig, fn: Any, searcher: Any, space: dict, samples: int, storage_path: Path,
-             callback: RecordingCallback, resume: bool) -> None:
-    """Start the Tune experiment, or continue it from its saved state when `resume`."""
+             callback: RecordingCallback, resume: bool, name: str = EXPERIMENT) -> None:
+    """Start the Tune experiment `storage_path/name`, or continue it from its saved state when `resume`."""
     # Tune saves the experiment state (trials and searcher) at most every CHECKPOINT_S. With 0 it saves at every
     # controller step (10 per second), which cost the driver more CPU than the evaluations could spare. A resume
     # from a state up to CHECKPOINT_S old re-runs the trials that ended since; the study keys evaluations by
     # creation index (`evaluation_key`), so each is recorded once.
     os.environ["TUNE_GLOBAL_CHECKPOINT_S"] = str(CHECKPOINT_S)
-    experiment = storage_path / EXPERIMENT
+    experiment = storage_path / name
     if resume:
         if not tune.Tuner.can_restore(str(experiment)):
             raise UserError(f"--resume: no restorable Tune experiment at {experiment}: the search stopped before "
@@ -179,7 +179,7 @@ def run_tune(cfg: RunConfig, fn: Any, searcher: Any, space: dict, samples: int, 
             tune_config=tune.TuneConfig(search_alg=searcher, metric="reward", mode="max", num_samples=samples,
                                         max_concurrent_trials=cfg.search.concurrency, reuse_actors=True,
                                         trial_dirname_creator=lambda trial: f"trial_{trial.trial_id}"),
-            run_config=tune.RunConfig(name=EXPERIMENT, storage_path=str(storage_path.resolve()), verbose=0,
+            run_config=tune.RunConfig(name=name, storage_path=str(storage_path.resolve()), verbose=0,
                                       callbacks=[callback], log_to_file=True,
                                       failure_config=tune.FailureConfig(max_failures=cfg.search.max_failures),
                                       checkpoint_config=tune.CheckpointConfig(num_to_keep=1)))

@@ -8,6 +8,7 @@ import logging
 import shlex
 import shutil
 import time
+import uuid
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
@@ -66,6 +67,10 @@ def plot_accuracy_vs_macs(frame: pd.DataFrame, path: Path) -> None:
     plt.close(fig)
 
 
+EXPERIMENT_IN_RUN = "search"
+"""The Tune experiment's name under a run's own `ray/` folder (search.ray_backend.EXPERIMENT)."""
+
+
 def prepare_run_folder(args: argparse.Namespace, cfg_name: str, backend: str) -> tuple[Path, dict]:
     """The run folder and its search state; a new search refuses a folder that already holds one."""
     if args.resume:
@@ -96,8 +101,12 @@ def prepare_run_folder(args: argparse.Namespace, cfg_name: str, backend: str) ->
                         "would replace its report and model: give another --out")
     storage = args.storage or sqlite_url(str((out / "study.db").resolve()))
     storage_path = Path(args.storage_path).resolve() if args.storage_path else (out / "ray").resolve()
+    # a --storage-path that many searches share (a cluster's folder) gets one Tune experiment per search: under one
+    # name, a second search wrote into the first's experiment, and resuming the first restored the second
+    experiment = f"{out.resolve().name}-{uuid.uuid4().hex[:8]}" if args.storage_path else EXPERIMENT_IN_RUN
     return out, {"storage": storage, "study_name": cfg_name, "storage_path": str(storage_path),
-                 "overrides": list(args.overrides), "backend": backend, "run_folder": str(out.resolve())}
+                 "experiment": experiment, "overrides": list(args.overrides), "backend": backend,
+                 "run_folder": str(out.resolve())}
 
 
 def check_not_moved(out: Path, state: dict) -> None:
@@ -392,7 +401,8 @@ def search_job(args: argparse.Namespace) -> int:
         tune_start = time.perf_counter()
         try:
             run_tune(cfg, trainable(cfg, evaluator), searcher, space, samples,
-                     Path(state["storage_path"]), RecordingCallback(sink), resume=bool(args.resume))
+                     Path(state["storage_path"]), RecordingCallback(sink), resume=bool(args.resume),
+                     name=state.get("experiment", EXPERIMENT_IN_RUN))  # states written before it was kept: the default
         except KeyboardInterrupt:
             sink.close()
             log.warning("search stopped after %d recorded evaluations; continue it with: prunepilot search %s "

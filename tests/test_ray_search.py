@@ -326,6 +326,24 @@ def test_a_killed_driver_resumes_without_loss_or_duplicates(ray_env, config, tmp
     assert (out / "latency_table.json").read_bytes() == table and frame["latency_ratio"].notna().all()
 
 
+def test_searches_sharing_one_storage_path_keep_a_tune_experiment_each(ray_env, config, tmp_path):
+    """A cluster's jobs share --storage-path: under one experiment name the second search wrote into the first's
+    experiment, and a resume of the first would have restored the second."""
+    shared = tmp_path / "shared_ray"
+    runs = [tmp_path / "a", tmp_path / "b"]
+    for seed, out in enumerate(runs):
+        subprocess.run(search_cmd(config, out, "--storage-path", str(shared), "search.evaluations=3",
+                                  f"search.seed={seed}"), env=ray_env, cwd=tmp_path, check=True, capture_output=True,
+                       timeout=300)
+    names = [json.loads((out / "search.json").read_text())["experiment"] for out in runs]
+    assert names[0] != names[1] and sorted(p.name for p in shared.iterdir()) == sorted(names)
+    assert all(name.startswith(f"{out.name}-") for name, out in zip(names, runs))
+    result = subprocess.run(search_cmd(config, tmp_path / "ignored", "--resume", str(runs[0])), env=ray_env,
+                            cwd=tmp_path, capture_output=True, text=True, timeout=300)  # its own experiment, done
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert_complete_once(runs[0], 3)
+
+
 def test_dashboard_shows_the_study_in_headless_chromium(ray_env, config, tmp_path):
     chromium = shutil.which("chromium")
     if chromium is None:
