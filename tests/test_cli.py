@@ -32,11 +32,16 @@ def tiny_config(tmp_path):
     return path
 
 
-def run_cli(*args: str, cwd: Path, timeout: float | None = None) -> subprocess.CompletedProcess:
-    # the repo first, then whatever the caller's PYTHONPATH holds (packages installed with --target, say)
+def cli_env() -> dict[str, str]:
+    """The environment of a `python -m search.cli` child: the repo first on PYTHONPATH, then whatever the caller's
+    holds (packages installed with --target, say)."""
     path = os.pathsep.join(p for p in (str(Path(__file__).parents[1]), os.environ.get("PYTHONPATH")) if p)
+    return {**os.environ, "PYTHONPATH": path}
+
+
+def run_cli(*args: str, cwd: Path, timeout: float | None = None) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "search.cli", *args], cwd=cwd, capture_output=True, text=True,
-                          env={**os.environ, "PYTHONPATH": path}, timeout=timeout)
+                          env=cli_env(), timeout=timeout)
 
 
 @pytest.mark.parametrize("args, message", [
@@ -155,12 +160,11 @@ def test_ctrl_c_in_a_local_final_pass_gives_a_prune_that_keeps_the_search(tmp_pa
     out = tmp_path / "run"
     extra = ["search.evaluations=3", "agent.warmup_episodes=2", "env.macs_target=0.6", "sweep.accuracy_floor=null",
              "prune.final_epochs=150"]  # a last step of ~20 s to interrupt
-    path = os.pathsep.join(p for p in (str(Path(__file__).parents[1]), os.environ.get("PYTHONPATH")) if p)
     log = tmp_path / "driver.log"
     with log.open("w") as sink:
         driver = subprocess.Popen([sys.executable, "-m", "search.cli", "search", str(tiny_config), "--backend", "local",
                                    "--out", str(out), "--quiet", *extra], cwd=tmp_path, stdout=sink,
-                                  stderr=subprocess.STDOUT, env={**os.environ, "PYTHONPATH": path})
+                                  stderr=subprocess.STDOUT, env=cli_env())
     try:
         deadline = time.monotonic() + 300
         while "step 1/" not in log.read_text() and driver.poll() is None and time.monotonic() < deadline:
@@ -542,10 +546,9 @@ def test_the_dashboard_refuses_a_taken_or_impossible_port_with_a_message(tmp_pat
     assert result.returncode == 2 and "argument --port: expected a TCP port 1-65535, got '99999'" in result.stderr
     # every interface: it serves, and says that it has no login
     port = closed_port()
-    path = os.pathsep.join(p for p in (str(Path(__file__).parents[1]), os.environ.get("PYTHONPATH")) if p)
     server = subprocess.Popen([sys.executable, "-m", "search.cli", "dashboard", str(tmp_path), "--host", "0.0.0.0",
                                "--port", str(port)], cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                              text=True, env={**os.environ, "PYTHONPATH": path})
+                              text=True, env=cli_env())
     try:
         said = "".join(server.stdout.readline() for _ in range(3))
     finally:
