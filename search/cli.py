@@ -88,7 +88,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("latency-table", help="time every layer at every channel count a policy can give it "
                                              "(for env.latency_weight); model shapes only, no training")
     p.add_argument("config", help="YAML config (see configs/)")
-    p.add_argument("--out", help="JSON file (default results/<config name>/latency_table.json)")
+    p.add_argument("--out", help="JSON file (default results/<config name>-latency/latency_table.json)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
 
     p = sub.add_parser("sensitivity", help="per-unit accuracy drop at a few ratios")

@@ -90,7 +90,12 @@ def measure_table(cfg: RunConfig, model: torch.nn.Module, graph: UnitGraph) -> L
 def latency_table_job(args: argparse.Namespace) -> int:
     """Measure a latency table (`env.latency_table`) for the config's model; shapes only, so no training."""
     ctx = prepare(args)
-    out = output_file(Path(args.out) if args.out else Path("results") / ctx.cfg.name / "latency_table.json", ".json")
+    # not results/<config name>/, a search's folder, whose own table prices its policies (a resume reuses it)
+    out = output_file(Path(args.out) if args.out else Path("results") / f"{ctx.cfg.name}-latency" / "latency_table.json",
+                      ".json")
+    if (out.parent / "search.json").is_file():
+        raise UserError(f"--out: {out.parent} holds a search, which prices its policies with its own latency table "
+                        "(a resume reuses it); write this one elsewhere")
     model = build_from_arch(architecture(ctx.cfg, ctx.data)).to(ctx.device).eval()
     path = measure_table(ctx.cfg, model, unit_graph(ctx, model)).save(out)
     log.info("latency table saved: %s (use it with env.latency_table=%s env.latency_weight=W)", path, path)

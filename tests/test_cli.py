@@ -460,6 +460,14 @@ def test_latency_table_command_and_a_latency_aware_local_search(tmp_path, tiny_c
     assert np.allclose(frame["reward"], expected)
     report = (out / "report.md").read_text()
     assert "minus 1 x max(0, L / 0.5 - 1)" in report and "latency_ratio" in report
+    # the search's own table prices its policies (a resume reuses it): the command's default folder and --out
+    # no longer land on it
+    kept = (out / "latency_table.json").read_bytes()
+    refused = run_cli("latency-table", str(tiny_config), "--out", str(out / "latency_table.json"), cwd=tmp_path)
+    assert refused.returncode == 2 and f"--out: {out} holds a search" in refused.stderr
+    assert run_cli("latency-table", str(tiny_config), cwd=tmp_path).returncode == 0
+    assert (tmp_path / "results" / "tiny-latency" / "latency_table.json").is_file()
+    assert (out / "latency_table.json").read_bytes() == kept
 
 
 REMOVABLE = ("layer1.0", "layer1.1", "layer1.2", "layer2.1", "layer2.2", "layer3.1", "layer3.2")
