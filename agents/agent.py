@@ -414,8 +414,10 @@ class PruningAgent:
         path.with_suffix(".json").write_text(json.dumps(meta, indent=2))
         return path
 
-    @classmethod
-    def load(cls, path: str | Path, env: LayerPruningEnv | None = None) -> "PruningAgent":
+    @staticmethod
+    def read_metadata(path: str | Path) -> tuple[Path, dict, AgentConfig]:
+        """The saved agent's archive path, metadata and settings, checked without loading its networks: cheap
+        enough to run before any training, so a wrong --agent fails first."""
         if Path(path).suffix not in ("", ".zip"):  # e.g. best_policy.json: name what was given, not a .zip beside it
             raise UserError(f"{path}: not an agent (expected the agent.zip that `prunepilot search` writes, "
                             f"with its agent.json beside it; a saved policy is given with --policy)")
@@ -429,15 +431,21 @@ class PruningAgent:
                             f"this PrunePilot uses {OBS_VERSION}; retrain it")
         if meta.get("features") not in (list(FEATURES), list(FEATURES + LATENCY_FEATURES)):
             raise UserError(f"{meta_path}: agent was trained on other observation features; retrain it")
-        if env is not None and meta["features"] != list(env.features):
-            raise UserError(f"{meta_path}: agent was trained with env.latency_features="
-                            f"{str(len(meta['features']) > len(FEATURES)).lower()}; set it so to reuse the agent")
         try:
             cfg = AgentConfig.model_validate(meta.get("agent"))
         except ValidationError as exc:
             error = exc.errors()[0]
             field = ".".join(["agent", *map(str, error["loc"])])
             raise UserError(f"{meta_path}: field `{field}` is not an agent's setting ({error['msg']})") from None
+        return path, meta, cfg
+
+    @classmethod
+    def load(cls, path: str | Path, env: LayerPruningEnv | None = None) -> "PruningAgent":
+        path, meta, cfg = cls.read_metadata(path)
+        meta_path = path.with_suffix(".json")
+        if env is not None and meta["features"] != list(env.features):
+            raise UserError(f"{meta_path}: agent was trained with env.latency_features="
+                            f"{str(len(meta['features']) > len(FEATURES)).lower()}; set it so to reuse the agent")
         try:
             model = CLASSES[cfg.name].load(path, env=env, device="cpu")
         except (ValueError, KeyError, RuntimeError, EOFError, zipfile.BadZipFile) as exc:

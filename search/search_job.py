@@ -173,17 +173,24 @@ SEARCH_OWNED_AGENT_SETTINGS = ("candidates", "screen_after", "candidate_noise", 
 config, not the saved agent's."""
 
 
+def check_warm_agent(agent_path: str | None, searcher: str) -> None:
+    """--agent's file and algorithm, read before any training or sweep (they used to be read after both)."""
+    if not agent_path:
+        return
+    if searcher not in ("ddpg", "td3", "sac", "ppo"):
+        raise UserError(f"--agent: warm starts need an agent searcher, but search.searcher is {searcher!r}")
+    _, _, saved = PruningAgent.read_metadata(agent_path)
+    if saved.name != searcher:  # it would go on as its own algorithm under this searcher's name
+        raise UserError(f"--agent: {agent_path} is a {saved.name} agent, but search.searcher is {searcher!r}; search "
+                        f"with search.searcher={saved.name} to continue it")
+
+
 def load_warm_agent(args: argparse.Namespace, cfg, graph) -> PruningAgent | None:
-    """The saved agent to continue from (`--agent`), ready to explore near its learned policy."""
+    """The saved agent to continue from (`--agent`, checked by `check_warm_agent`), ready to explore near its
+    learned policy."""
     if not getattr(args, "agent", None):
         return None
-    if cfg.search.searcher not in ("ddpg", "td3", "sac", "ppo"):
-        raise UserError(f"--agent: warm starts need an agent searcher, but search.searcher is {cfg.search.searcher!r}")
-    env = LayerPruningEnv(graph, deferred=True, **env_kwargs(cfg))
-    agent = PruningAgent.load(args.agent, env)
-    if agent.cfg.name != cfg.search.searcher:  # it would go on as its own algorithm under this searcher's name
-        raise UserError(f"--agent: {args.agent} is a {agent.cfg.name} agent, but search.searcher is "
-                        f"{cfg.search.searcher!r}; search with search.searcher={agent.cfg.name} to continue it")
+    agent = PruningAgent.load(args.agent, LayerPruningEnv(graph, deferred=True, **env_kwargs(cfg)))
     agent.cfg = agent.cfg.model_copy(update={k: getattr(cfg.agent, k) for k in SEARCH_OWNED_AGENT_SETTINGS})
     agent.warm_start(seed=cfg.search_seed)
     return agent
@@ -325,6 +332,7 @@ def search_job(args: argparse.Namespace) -> int:
     warn_if_warmup_fills_the_budget(cfg, warm_started=bool(args.agent))
     check_ray_address(args.address)  # before any training: Ray would retry a wrong one forever
     check_seed_policies(args.policy, cfg.search.searcher)  # likewise
+    check_warm_agent(getattr(args, "agent", None), cfg.search.searcher)  # likewise
     prior = load_prior(args, cfg)  # likewise
     table = LatencyTable.load(cfg.env.latency_table) if cfg.env.latency_table else None  # likewise
     backend = "ray" if args.resume or args.address else (args.backend or cfg.search.backend)

@@ -280,7 +280,7 @@ def test_unknown_searcher_is_a_user_error(tmp_path, tiny_config):
     assert not (tmp_path / "x").exists()
 
 
-def test_policy_reuse_zero_shot_and_warm_start(tmp_path, tiny_config):
+def test_policy_reuse_zero_shot_and_warm_start(tmp_path, tiny_config, caplog):
     common = ["--backend", "local", "--quiet", "search.evaluations=6", "agent.warmup_episodes=2", "agent.net_arch=[16]",
               "env.macs_target=0.6", "search.final_pass=false", "sweep.accuracy_floor=null"]
     assert main(["search", str(tiny_config), "--out", str(tmp_path / "a"), *common]) == 0
@@ -318,10 +318,13 @@ def test_policy_reuse_zero_shot_and_warm_start(tmp_path, tiny_config):
     assert prior["prior_weight"].iloc[1:].between(0, 1).all() and prior["prior_weight"].iloc[1] == 1.0
     assert main(["transfer", str(tiny_config), "--agent", str(tmp_path / "none.zip"), "--out", str(tmp_path / "x"),
                  "--quiet"]) == 2
-    # a DDPG agent would go on as DDPG under a td3 search's name
-    assert main(["search", str(tiny_config), "--out", str(tmp_path / "wt"), "--agent", str(agent), *common,
-                 *other_model, "search.searcher=td3"]) == 2
-    assert not (tmp_path / "wt").exists()
+    # a DDPG agent would go on as DDPG under a td3 search's name; refused before the baseline (once after its
+    # training and the floor's sweep)
+    caplog.clear()
+    with caplog.at_level(logging.INFO):
+        assert main(["search", str(tiny_config), "--out", str(tmp_path / "wt"), "--agent", str(agent), *common,
+                     *other_model, "search.searcher=td3"]) == 2
+    assert "dense vgg_small" not in caplog.text and not (tmp_path / "wt").exists()
 
 
 @pytest.mark.parametrize("args, message", [
