@@ -13,7 +13,7 @@ from sqlalchemy.exc import ArgumentError
 
 from pruning.checkpoint import read_json_object
 from pruning.errors import UserError
-from search.review import follow_moved_run, retry_schema_race
+from search.review import retry_schema_race, storage_after_move
 
 log = logging.getLogger(__name__)
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
@@ -26,7 +26,7 @@ def storage_of(run: Path, override: str | None = None) -> str:
     state = run / "search.json"
     if not state.is_file():
         raise UserError(f"{run}: not a search run folder (no search.json); give the folder `prunepilot search` wrote")
-    storage = follow_moved_run(run, read_json_object(state, "a search's state")).get("storage")
+    storage = storage_after_move(run, read_json_object(state, "a search's state"))
     if not isinstance(storage, str):
         raise UserError(f"{state}: field `storage`: expected the search's storage URL, got {storage!r}")
     return storage

@@ -36,7 +36,6 @@ from search.reuse import check_seeding
 from search.trial import TrialPayload, evaluate_policy_trial
 
 log = logging.getLogger("prunepilot")
-EXPERIMENT = "search"
 CHECKPOINT_S = 5
 
 
@@ -159,7 +158,7 @@ def trainable(cfg: RunConfig, evaluator: Evaluator) -> Any:
 
 
 def run_tune(cfg: RunConfig, fn: Any, searcher: Any, space: dict, samples: int, storage_path: Path,
-             callback: RecordingCallback, resume: bool, name: str = EXPERIMENT) -> None:
+             callback: RecordingCallback, resume: bool, name: str) -> None:
     """Start the Tune experiment `storage_path/name`, or continue it from its saved state when `resume`."""
     # Tune saves the experiment state (trials and searcher) at most every CHECKPOINT_S. With 0 it saves at every
     # controller step (10 per second), which cost the driver more CPU than the evaluations could spare. A resume

@@ -75,19 +75,13 @@ def recorded_run_folder(state: dict) -> Path | None:
     return None
 
 
-def follow_moved_run(run: Path, state: dict) -> dict:
-    """The state of a run folder that was moved or copied, with the study and Tune experiment it keeps inside
-    itself (the defaults) found where the folder is now. Its search.json names absolute paths: read as they are,
-    a moved folder resumed a search that was not there, and a copy resumed (and recorded into) the original."""
-    before, now = recorded_run_folder(state), run.resolve()
-    if before is None or before == now:
-        return state
-    moved = dict(state, run_folder=str(now))
-    if state.get("storage") == sqlite_url(str(before / "study.db")):
-        moved["storage"] = sqlite_url(str(now / "study.db"))
-    if state.get("storage_path") == str(before / "ray"):
-        moved["storage_path"] = str(now / "ray")
-    return moved
+def storage_after_move(run: Path, state: dict) -> object:
+    """The storage recorded in `run`'s search.json, found inside the folder where it is now when it was the default
+    `<run>/study.db` and the folder was moved or copied (search.json names absolute paths)."""
+    before, storage = recorded_run_folder(state), state.get("storage")
+    if before is None or before == run.resolve() or storage != sqlite_url(str(before / "study.db")):
+        return storage
+    return sqlite_url(str(run.resolve() / "study.db"))
 
 
 def retry_schema_race(open_storage: Callable[[], T], attempts: int = 8, pause_s: float = 0.25) -> T:

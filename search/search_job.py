@@ -68,7 +68,7 @@ def plot_accuracy_vs_macs(frame: pd.DataFrame, path: Path) -> None:
 
 
 EXPERIMENT_IN_RUN = "search"
-"""The Tune experiment's name under a run's own `ray/` folder (search.ray_backend.EXPERIMENT)."""
+"""The Tune experiment's name under a run's own `ray/` folder (`run_tune` takes it from the state)."""
 
 
 def prepare_run_folder(args: argparse.Namespace, cfg_name: str, backend: str) -> tuple[Path, dict]:
