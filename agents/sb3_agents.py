@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import difflib
+import inspect
 from typing import Any, Callable
 
 import numpy as np
@@ -92,6 +94,40 @@ BUILDERS: dict[str, Callable[[AgentConfig, Any, int, int], BaseAlgorithm]] = {
     "ppo": _ppo,
 }
 CLASSES: dict[str, type[BaseAlgorithm]] = {"ddpg": AMCDDPG, "td3": AMCTD3, "sac": SAC, "ppo": PPO}
+
+
+OWN_SETTINGS: dict[str, str] = {
+    "seed": "search.seed", "device": "nothing: agents train on the CPU", "gamma": "agent.gamma",
+    "policy": "nothing: MlpPolicy", "env": "nothing: the pruning environment",
+}
+OFF_POLICY_SETTINGS: dict[str, str] = {
+    **OWN_SETTINGS, "learning_rate": "agent.actor_lr and agent.critic_lr", "buffer_size": "agent.buffer_size",
+    "batch_size": "agent.batch_size", "tau": "agent.tau", "gradient_steps": "agent.gradient_steps",
+    "learning_starts": "agent.warmup_episodes", "train_freq": "nothing: one update per episode (AMC)",
+    "replay_buffer_class": "nothing: AMC's episode-reward buffer", "replay_buffer_kwargs": "agent.baseline_alpha",
+}
+"""SB3 keywords that the agent section (or the search) already sets, and what sets each: in agent.kwargs they
+clashed (a TypeError once the agent was built) or silently overrode the named field. PPO's n_steps, batch_size,
+learning_rate and n_epochs are our defaults with no field of their own, so agent.kwargs may set them."""
+
+
+def check_agent_kwargs(cfg: AgentConfig) -> None:
+    """agent.kwargs against the algorithm's constructor, before any training or sweep: an unknown or clashing
+    keyword used to fail only when the agent was built, after the baseline and the sweep."""
+    cls = CLASSES.get(cfg.name)
+    if cls is None:
+        return
+    accepted = set(inspect.signature(cls.__init__).parameters) - {"self", "_init_setup_model"}
+    taken = OWN_SETTINGS if cfg.name == "ppo" else OFF_POLICY_SETTINGS
+    for key in cfg.kwargs:
+        if key in taken:
+            raise UserError(f"agent.kwargs.{key}: set by {taken[key]}; it cannot be given in agent.kwargs")
+        if key not in accepted:
+            near = [name if name not in taken else f"{name} (set by {taken[name]})"
+                    for name in difflib.get_close_matches(key, sorted(accepted), n=3)]
+            hint = f"; did you mean {' or '.join(near)}?" if near else ""
+            raise UserError(f"agent.kwargs.{key}: stable-baselines3's {cfg.name.upper()} takes no keyword "
+                            f"{key!r}{hint}")
 
 
 def build_algorithm(cfg: AgentConfig, env: Any, n_units: int, seed: int) -> BaseAlgorithm:

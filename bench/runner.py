@@ -19,6 +19,7 @@ from pathlib import Path
 import pandas as pd
 
 from agents.agent import MAX_EPISODES_PER_EVALUATION
+from agents.sb3_agents import check_agent_kwargs
 from bench.comparison import (aggregate, best_reward_curves, check_one_dense_model, collect, comparison_runs,
                               display_table, is_rl_method, is_rule, keep_run_files, missing_runs, plot_best_reward,
                               recorded_rows, rows_outside_grid, searcher_overrides)
@@ -32,7 +33,7 @@ from bench.zoo import display_zoo, zoo_rows
 from envs.factory import check_env_settings
 from envs.rewards import describe_latency_penalty
 from pruning.baseline import known_digest
-from pruning.config import RunConfig, load_config, validated
+from pruning.config import AGENT_NAMES, RunConfig, load_config, validated
 from pruning.data import load_data
 from pruning.errors import UserError
 from pruning.models import model_factory
@@ -69,7 +70,8 @@ def check_methods(cfg: RunConfig) -> None:
         if method not in cfg.bench.variants:
             check_searcher(method, field="bench.methods")
             # the config's agent settings as this searcher's agent reads them (sac refuses some of ddpg's)
-            validated(cfg.model_dump(), list(searcher_overrides(cfg, method)), f"bench.methods: {method}")
+            resolved = validated(cfg.model_dump(), list(searcher_overrides(cfg, method)), f"bench.methods: {method}")
+            check_method_agent(resolved, f"bench.methods: {method}")
     for name, variant in cfg.bench.variants.items():
         field = f"bench.variants.{name}"
         if name in SEARCHERS:
@@ -82,6 +84,16 @@ def check_methods(cfg: RunConfig) -> None:
                 check_env_settings(resolved)
             except UserError as exc:
                 raise UserError(f"{field}.overrides: {exc}") from None
+            check_method_agent(resolved, f"{field}.overrides")
+
+
+def check_method_agent(resolved: RunConfig, where: str) -> None:
+    """agent.kwargs as the method's agent takes them, before the first run (each run's search would refuse them)."""
+    if resolved.search.searcher in AGENT_NAMES:
+        try:
+            check_agent_kwargs(resolved.agent)
+        except UserError as exc:
+            raise UserError(f"{where}: {exc}") from None
 
 
 # ------------------------------------------------------------------------------------------- parts

@@ -183,7 +183,9 @@ class AgentConfig(Section):
     """Noise std multiplier per repeat of an already-scored policy, up to noise_sigma, while the per-episode
     decay goes on. 1 = AMC's schedule. Above 1, an agent whose noise has decayed widens it again when it
     keeps repeating itself, instead of ending the search short of its budget."""
-    net_arch: list[int] = Field(default_factory=lambda: [300, 300])
+    net_arch: list[Annotated[int, Field(ge=1)]] = Field(default_factory=lambda: [300, 300])
+    """Hidden layer widths of the actor and the critic (AMC: 300, 300); [] maps the observation straight to the
+    action."""
     actor_lr: float = Field(1e-4, gt=0)
     critic_lr: float = Field(1e-3, gt=0)
     tau: float = Field(0.01, gt=0, le=1)
@@ -197,7 +199,7 @@ class AgentConfig(Section):
     action_range: Literal["absolute", "feasible"] = "absolute"
     """absolute: an action is a ratio in [r_min, r_max], then clamped to the budget (AMC); feasible: an action
     spans the ratios the budget still allows at that unit, so no action is clamped."""
-    gradient_steps: int = Field(-1)
+    gradient_steps: int = Field(-1, ge=-1)
     """Gradient steps after each episode; -1 = as many as the episode had steps."""
     candidates: int = Field(1, ge=1)
     """Episodes the agent plays, with its exploration noise, for each policy it sends to be evaluated. Above 1, a

@@ -17,12 +17,14 @@ import pandas as pd
 
 from agents.agent import PruningAgent
 from agents.baselines import uniform
+from agents.sb3_agents import check_agent_kwargs
 from agents.transfer_prior import SourceRewards
 from envs.factory import build_env, env_kwargs
 from envs.layer_pruning import LayerPruningEnv
 from envs.rewards import describe_latency_penalty
 from pruning.analysis import largest_ratio_above, uniform_sweep
 from pruning.checkpoint import read_json_object
+from pruning.config import AGENT_NAMES
 from pruning.errors import UserError
 from pruning.evaluate import EvalSettings, Evaluator
 from pruning.latency_table import LatencyTable
@@ -333,6 +335,8 @@ def search_job(args: argparse.Namespace) -> int:
     check_ray_address(args.address)  # before any training: Ray would retry a wrong one forever
     check_seed_policies(args.policy, cfg.search.searcher)  # likewise
     check_warm_agent(getattr(args, "agent", None), cfg.search.searcher)  # likewise
+    if cfg.search.searcher in AGENT_NAMES:
+        check_agent_kwargs(cfg.agent)  # likewise
     prior = load_prior(args, cfg)  # likewise
     table = LatencyTable.load(cfg.env.latency_table) if cfg.env.latency_table else None  # likewise
     backend = "ray" if args.resume or args.address else (args.backend or cfg.search.backend)

@@ -290,6 +290,11 @@ def test_a_variant_runs_beside_its_searcher_under_its_own_name(tmp_path):
                                           "'schedule' with sac"),
     (["bench.methods=[td3_x]", "bench.variants={td3_x: {searcher: td3, overrides: [agent.name=sac]}}"],
      "bench.variants.td3_x.overrides: search.searcher is 'td3' but agent.name is 'sac'"),
+    # agent.kwargs the method's agent does not take: refused before the first run, not by every run
+    (["bench.methods=[ddpg, td3]", "agent.kwargs.policy_delay=3"],
+     "bench.methods: ddpg: agent.kwargs.policy_delay: stable-baselines3's DDPG takes no keyword 'policy_delay'"),
+    (["bench.methods=[ddpg_x]", "bench.variants={ddpg_x: {searcher: ddpg, overrides: [agent.kwargs.tau=0.1]}}"],
+     "bench.variants.ddpg_x.overrides: agent.kwargs.tau: set by agent.tau"),
     (["bench.macs_targets=[1.5]"], "field `bench.macs_targets`"),
     # a repeated target ran its runs twice over; the list was also said twice ("got [..] (got [..])")
     (["bench.macs_targets=[0.5, 0.5]"], "field `bench.macs_targets`: expected a non-empty list of MACs targets in "

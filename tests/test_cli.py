@@ -357,6 +357,23 @@ def test_reuse_input_errors_exit_2_and_write_nothing(tmp_path, tiny_config, args
     assert not out.exists()
 
 
+@pytest.mark.parametrize("overrides, message", [
+    (["agent.kwargs.foo=1"], "agent.kwargs.foo: stable-baselines3's DDPG takes no keyword 'foo'"),
+    (["search.searcher=td3", "agent.kwargs.polcy_delay=3"], "did you mean policy_delay?"),
+    (["agent.kwargs.batch_sise=8"], "did you mean batch_size (set by agent.batch_size)?"),
+    # a TypeError ("multiple values") once the agent was built, after the baseline and the sweep
+    (["agent.kwargs.learning_rate=0.1"], "agent.kwargs.learning_rate: set by agent.actor_lr and agent.critic_lr"),
+    (["agent.kwargs.tau=0.5"], "agent.kwargs.tau: set by agent.tau"),  # silently overrode agent.tau
+    (["search.searcher=ppo", "agent.kwargs.gamma=0.5"], "agent.kwargs.gamma: set by agent.gamma"),
+])
+def test_bad_agent_kwargs_are_refused_before_the_baseline(tmp_path, tiny_config, overrides, message):
+    out = tmp_path / "run"
+    result = run_cli("search", str(tiny_config), "--out", str(out), *overrides, cwd=tmp_path)  # not quiet: logs
+    assert result.returncode == 2, result.stderr
+    assert message in result.stderr and "Traceback" not in result.stderr
+    assert "device cpu" in result.stderr and "dense" not in result.stderr and not out.exists()
+
+
 def closed_port() -> int:
     """A loopback port nothing listens on (bound, then released)."""
     with socket.socket() as sock:

@@ -103,6 +103,17 @@ def test_an_agent_searcher_runs_the_agent_it_names(tmp_path):
         load_config(None, ["search.searcher=td3", "agent.name=sac"])
 
 
+@pytest.mark.parametrize("override, field", [
+    ("agent.net_arch=[0]", "agent.net_arch.0"), ("agent.net_arch=[64,-1]", "agent.net_arch.1"),
+    ("agent.gradient_steps=-5", "agent.gradient_steps"),
+])
+def test_agent_shapes_sb3_would_take_are_refused(override, field):
+    """A 0-wide hidden layer built an agent that cannot learn; gradient_steps -5 ran as -1. Both ran a search."""
+    with pytest.raises(UserError, match=rf"field `{field}`"):
+        load_config(None, [override])
+    assert load_config(None, ["agent.net_arch=[]", "agent.gradient_steps=0"]).agent.net_arch == []
+
+
 def test_an_unknown_agent_is_refused_when_the_config_loads():
     """It used to pass the config and fail after the baseline and the floor sweep, leaving the run folder behind."""
     with pytest.raises(UserError, match=r"field `agent.name`: Input should be 'ddpg', 'td3', 'sac' or 'ppo' \(got 'dqn'\)"):
