@@ -373,6 +373,17 @@ class RunConfig(Section):
 
     name: str = "run"
     """Run name; results go to results/<name>/ unless --out is given."""
+
+    @field_validator("name")
+    @classmethod
+    def _name_is_one_folder(cls, name: str) -> str:
+        """The name is a folder under results/ (and a study's name): `../x` wrote outside it, `..` into its parent."""
+        if (not name.strip() or name in (".", "..") or any(c in name for c in "/\\")
+                or any(ord(c) < 32 for c in name)):
+            raise ValueError("expected a name for one folder under results/: no / or \\, not . or .., not empty; "
+                             "to write elsewhere, give --out")
+        return name
+
     seed: Seed = 0
     device: str = "auto"
     """auto (CUDA when present), cpu, cuda, cuda:N."""

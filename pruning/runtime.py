@@ -18,9 +18,14 @@ def resolve_device(name: str) -> torch.device:
     try:
         device = torch.device(name)
     except RuntimeError:
-        raise UserError(f"device: expected auto, cpu, cuda or cuda:N, got {name!r}") from None
+        device = None
+    if device is None or device.type not in ("cpu", "cuda"):  # mps & co. passed, then failed in a traceback
+        raise UserError(f"device: expected auto, cpu, cuda or cuda:N, got {name!r}")
     if device.type == "cuda" and not torch.cuda.is_available():
         raise UserError(f"device: {name!r} was asked for but no CUDA GPU is available (use device=auto or cpu)")
+    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
+        raise UserError(f"device: {name!r} was asked for but this machine has {torch.cuda.device_count()} CUDA "
+                        f"GPU(s), cuda:0 to cuda:{torch.cuda.device_count() - 1}")
     return device
 
 

@@ -53,6 +53,7 @@ def run_cli(*args: str, cwd: Path, timeout: float | None = None) -> subprocess.C
     (["prune", "{cfg}", "model.name=vgg_small", "model.kwargs.widths=[M, M, M, M]"],  # named only model.name
      "model.name/model.kwargs: vgg_small with {'widths': ['M', 'M', 'M', 'M']} cannot take inputs shaped (1, 10, 10)"),
     (["prune", "{cfg}", "device=cuda:7"], "device"),
+    (["prune", "{cfg}", "device=mps"], "device: expected auto, cpu, cuda or cuda:N, got 'mps'"),  # was a traceback
     (["search", "{cfg}", "agent.name=dqn"], "field `agent.name`: Input should be 'ddpg', 'td3', 'sac' or 'ppo'"),
     (["search", "{cfg}", "search.searcher=td3", "agent.name=sac"], "search.searcher is 'td3' but agent.name is 'sac'"),
     # both run on Ray: --backend local was dropped without a word
@@ -72,6 +73,29 @@ def test_bad_input_exits_2_with_a_message_and_writes_nothing(tmp_path, tiny_conf
     assert message in result.stderr
     assert "Traceback" not in result.stderr
     assert not out.exists()
+
+
+@pytest.mark.parametrize("name", ["..", "../escape", "a/b"])
+def test_a_run_name_that_is_not_one_folder_is_refused(tmp_path, tiny_config, name):
+    """results/<name>/: `..` wrote the report and model into the working folder, `../escape` beside it."""
+    work = tmp_path / "work"
+    work.mkdir()
+    result = run_cli("prune", str(tiny_config), f"name={name}", cwd=work)
+    assert result.returncode == 2, result.stderr
+    assert "field `name`: expected a name for one folder under results/" in result.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["tiny.yaml", "work"] and list(work.iterdir()) == []
+
+
+def test_a_cuda_device_the_machine_lacks_is_refused(monkeypatch):
+    """cuda:3 on a one-GPU machine passed, then failed at the first tensor moved there."""
+    from pruning.errors import UserError
+    from pruning.runtime import resolve_device
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    assert resolve_device("cuda:0") == torch.device("cuda:0") and resolve_device("cuda").type == "cuda"
+    with pytest.raises(UserError, match=r"device: 'cuda:3' was asked for but this machine has 1 CUDA GPU\(s\), "
+                                        r"cuda:0 to cuda:0"):
+        resolve_device("cuda:3")
 
 
 def test_train_writes_the_checkpoint_where_out_says(tmp_path, tiny_config, capsys):
