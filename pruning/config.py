@@ -298,6 +298,11 @@ class MethodVariant(Section):
     never leaves its random warm-up (agent.warmup_episodes >= the budget) learns nothing."""
 
 
+def names_one_folder(name: str) -> bool:
+    """Whether `name` can be one path component: names become folders and files (results/<name>/, runs/<method>-...)."""
+    return bool(name.strip()) and name not in (".", "..") and not any(c in "/\\" or ord(c) < 32 for c in name)
+
+
 class BenchConfig(Section):
     """`prunepilot bench`: every method at the same budgets, side by side (DESIGN.md section 3)."""
 
@@ -358,6 +363,16 @@ class BenchConfig(Section):
             raise ValueError("expected a non-empty list without repeats")
         return values
 
+    @field_validator("variants")
+    @classmethod
+    def _variant_names_are_file_names(cls, variants: dict) -> dict:
+        """A variant names its runs' folders and files (runs/<name>-m50-s0): `../x` wrote them beside runs/."""
+        for name in variants:
+            if not names_one_folder(name):
+                raise ValueError(f"variant name {name!r}: expected a name for files and folders: no / or \\, not "
+                                 f". or .., not empty")
+        return variants
+
     @model_validator(mode="after")
     def _transfer_seeds_apart(self) -> "BenchConfig":
         for name, seeds in (("transfer_warm_seeds", self.transfer_warm_seeds),
@@ -378,8 +393,7 @@ class RunConfig(Section):
     @classmethod
     def _name_is_one_folder(cls, name: str) -> str:
         """The name is a folder under results/ (and a study's name): `../x` wrote outside it, `..` into its parent."""
-        if (not name.strip() or name in (".", "..") or any(c in name for c in "/\\")
-                or any(ord(c) < 32 for c in name)):
+        if not names_one_folder(name):
             raise ValueError("expected a name for one folder under results/: no / or \\, not . or .., not empty; "
                              "to write elsewhere, give --out")
         return name

@@ -295,6 +295,9 @@ def test_a_variant_runs_beside_its_searcher_under_its_own_name(tmp_path):
      "bench.methods: ddpg: agent.kwargs.policy_delay: stable-baselines3's DDPG takes no keyword 'policy_delay'"),
     (["bench.methods=[ddpg_x]", "bench.variants={ddpg_x: {searcher: ddpg, overrides: [agent.kwargs.tau=0.1]}}"],
      "bench.variants.ddpg_x.overrides: agent.kwargs.tau: set by agent.tau"),
+    # runs/<variant>-m50-s0: `../x` wrote its run folder, log and tables beside runs/
+    (["bench.methods=[../x]", "bench.variants={../x: {searcher: random}}"],
+     "field `bench.variants`: variant name '../x': expected a name for files and folders"),
     (["bench.macs_targets=[1.5]"], "field `bench.macs_targets`"),
     # a repeated target ran its runs twice over; the list was also said twice ("got [..] (got [..])")
     (["bench.macs_targets=[0.5, 0.5]"], "field `bench.macs_targets`: expected a non-empty list of MACs targets in "
