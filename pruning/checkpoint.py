@@ -101,6 +101,8 @@ def save_checkpoint(path: Path, model: torch.nn.Module, *, arch: dict[str, Any],
 def load_checkpoint(path: str | Path) -> dict[str, Any]:
     """Read a checkpoint written by `save_checkpoint` (weights only); bad files are a UserError naming the file."""
     path = Path(path)
+    if path.is_dir():  # "not found" sent the user looking for a folder that is there
+        raise UserError(f"{path}: is a folder; expected a checkpoint file (.pt)")
     if not path.is_file():
         raise UserError(f"{path}: checkpoint not found")
     try:

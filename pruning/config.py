@@ -28,17 +28,34 @@ class Section(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
 
+IN_MEMORY_DATASETS = ("digits", "synthetic")
+"""Built-in datasets that read no files: data.path has nothing to point them at."""
+
+
 class DataConfig(Section):
     name: str = "fashion-mnist"
     """Dataset: fashion-mnist, mnist-idx, digits, synthetic, or 'module:function'."""
     path: str | None = None
     """Directory of IDX files (fashion-mnist default: /usr/share/datasets/fashion-mnist or $PRUNEPILOT_FASHION_MNIST)."""
     val_fraction: float = Field(0.1, gt=0, lt=1)
-    """Fraction of training data held out (from its end) for validation, when val_size is not set."""
+    """Fraction of training data held out (from its end) for validation, when val_size is not set (not for
+    fashion-mnist, which holds out val_size images)."""
     val_size: int | None = Field(None, gt=0)
     """Validation images taken from the end of the training set (fashion-mnist default 5000)."""
     options: dict[str, Any] = Field(default_factory=dict)
     """Extra keywords for the dataset source (e.g. synthetic image size)."""
+
+    @model_validator(mode="after")
+    def _no_setting_the_dataset_ignores(self) -> "DataConfig":
+        """Both were ignored without a word: digits and synthetic read no files, and fashion-mnist holds out
+        val_size images (the protocol's 5000), never a fraction."""
+        if self.path is not None and self.name in IN_MEMORY_DATASETS:
+            raise ValueError(f"data.path: dataset {self.name!r} reads no files (it is built in memory); leave "
+                             f"data.path out")
+        if self.name == "fashion-mnist" and self.val_fraction != DataConfig.model_fields["val_fraction"].default:
+            raise ValueError("data.val_fraction: fashion-mnist holds out data.val_size images (default 5000, the "
+                             "protocol's split), not a fraction; set data.val_size instead")
+        return self
 
 
 class ModelConfig(Section):

@@ -78,6 +78,19 @@ def test_a_seed_numpy_would_refuse_mid_run_is_refused_at_load(tmp_path, override
         load_config(write(tmp_path, "{}"), [override])
 
 
+@pytest.mark.parametrize("overrides, message", [
+    (["data.name=digits", "data.path=/nowhere"], "data.path: dataset 'digits' reads no files"),
+    (["data.name=synthetic", "data.path=/nowhere"], "data.path: dataset 'synthetic' reads no files"),
+    (["data.val_fraction=0.2"], "data.val_fraction: fashion-mnist holds out data.val_size images"),
+])
+def test_a_data_setting_the_dataset_would_ignore_is_refused(overrides, message):
+    """Each used to load without a word: the digits from scikit-learn, fashion-mnist with 5000 validation images."""
+    with pytest.raises(UserError, match=message):
+        load_config(None, overrides)
+    assert load_config(None, ["data.name=digits", "data.val_fraction=0.2"]).data.val_fraction == 0.2
+    assert load_config(None, ["data.val_size=6000", "data.path=/somewhere"]).data.val_size == 6000
+
+
 def test_target_and_uniform_ratio_are_exclusive(tmp_path):
     with pytest.raises(UserError, match="not both"):
         load_config(write(tmp_path, "prune:\n  macs_target: 0.5\n  uniform_ratio: 0.3\n"))

@@ -89,6 +89,8 @@ def test_bad_checkpoints_are_user_errors(tmp_path):
     assert "weights_only` set to `False`" not in str(caught.value)  # torch's advice, unsafe for a file a user gives
     with pytest.raises(UserError, match="checkpoint not found"):
         load_checkpoint(tmp_path / "absent.pt")
+    with pytest.raises(UserError, match=r": is a folder; expected a checkpoint file \(.pt\)"):  # was "not found"
+        load_checkpoint(tmp_path)
 
 
 @pytest.mark.parametrize("mode", ["structured", "unstructured"])
