@@ -26,7 +26,7 @@ from pruning.analysis import largest_ratio_above, uniform_sweep
 from pruning.checkpoint import read_json_object
 from pruning.config import AGENT_NAMES
 from pruning.errors import UserError
-from pruning.evaluate import EvalSettings, Evaluator
+from pruning.evaluate import EvalResult, EvalSettings, Evaluator
 from pruning.latency_table import LatencyTable
 from pruning.policy import SparsityPolicy
 from search.cli import run_folder
@@ -249,16 +249,32 @@ def transfer_job(args: argparse.Namespace) -> int:
         log.info("zero-shot %s: val acc %.4f at %.1f%% MACs", name, result.accuracy, 100 * result.macs_ratio)
     best = max(range(len(rows)), key=lambda i: rows[i]["reward"])
     uniform_result = env.evaluate(uniform(graph, env.macs_target, env.round_to, cfg.prune.max_ratio))
+    uniform_beats(env, uniform_result, rows[best]["reward"], f"the zero-shot policy ({rows[best]['source']})",
+                  "warm-start a search with it (search --agent/--policy)")
     out.mkdir(parents=True, exist_ok=True)
     candidates[best][1].save(out / "policy.json")
     summary = {"agent": args.agent, "policies": args.policy or [], "model": cfg.model.name, **rows[best],
                "candidates": rows, "uniform_accuracy": uniform_result.accuracy,
-               "uniform_macs_ratio": uniform_result.macs_ratio}
+               "uniform_macs_ratio": uniform_result.macs_ratio, "uniform_reward": env.reward(uniform_result)}
     write_json(summary, out / "transfer.json")
     log.info("zero-shot policy for %s: %s, val acc %.4f at %.1f%% MACs (uniform: %.4f at %.1f%%); saved %s",
              cfg.model.name, rows[best]["source"], rows[best]["accuracy"], 100 * rows[best]["macs_ratio"],
              uniform_result.accuracy, 100 * uniform_result.macs_ratio, out / "policy.json")
     return 0
+
+
+def uniform_beats(env: LayerPruningEnv, uniform_result: EvalResult, reward: float, what: str, advice: str) -> str:
+    """Warn when the uniform rule at the same MACs target scores a higher reward than `what`: a short search or a
+    policy from another model can lose to it, and the user would otherwise prune with the worse one unawares.
+    Returns the comparison for the report ('' when uniform does not win)."""
+    uniform_reward = env.reward(uniform_result)
+    if uniform_reward <= reward:
+        return ""
+    said = (f"reward {reward:.4f} against uniform's {uniform_reward:.4f}, val acc {uniform_result.accuracy:.4f} at "
+            f"{100 * uniform_result.macs_ratio:.1f}% MACs")
+    log.warning("%s scores below the uniform policy at the same MACs target: %s; %s, or prune the uniform policy "
+                "(prunepilot prune CONFIG prune.macs_target=%.2f)", what, said, advice, env.macs_target)
+    return said
 
 
 def latency_term(env: LayerPruningEnv) -> str:
@@ -438,6 +454,8 @@ def search_job(args: argparse.Namespace) -> int:
     plot_unit_ratios(graph.names, {"best": list(best.vector(graph)), "uniform": list(uniform_policy.vector(graph))},
                      out / "best_vs_uniform.png", f"{cfg.model.name}: best policy vs uniform at the same MACs")
     uniform_result = env.evaluate(uniform_policy)
+    below_uniform = uniform_beats(env, uniform_result, float(best_row["reward"]), f"the search's best ({len(frame)} "
+                                  "evaluations)", "search longer (search.evaluations)")
     nodes = complete["node_id"].nunique() if "node_id" in complete else 1
     where = ("this process (no Ray)" if backend == "local" else
              f"{nodes} Ray node(s)" + (" (counted over every session of this resumed search)" if args.resume else ""))
@@ -456,9 +474,13 @@ def search_job(args: argparse.Namespace) -> int:
             {"policy": "uniform", "val accuracy (adaptive BN)": uniform_result.accuracy,
              "MACs ratio": uniform_result.macs_ratio, **latency_attr(env, uniform_result.kept),
              "reward": env.reward(uniform_result)}])), "",
+        *([f"**The best policy found scores below the uniform policy** ({below_uniform}): search longer, or prune "
+           f"the uniform policy with `prunepilot prune CONFIG prune.macs_target={env.macs_target:.2f}`.", ""]
+          if below_uniform else []),
         "![reward](reward.png) ![accuracy vs MACs](accuracy_vs_macs.png) ![best vs uniform](best_vs_uniform.png)", ""])
     write_json({"evaluations": len(frame), "failed": int((frame["state"] != "COMPLETE").sum()), "wall_seconds": wall,
                 "nodes": int(nodes), "best": best.to_dict(), "uniform_accuracy": uniform_result.accuracy,
+                "uniform_reward": env.reward(uniform_result),
                 "backend": backend, "tune_seconds": tune_seconds, "concurrency": cfg.search.concurrency,
                 "baseline": base.identity()}, out / "search_summary.json")
     if cfg.search.final_pass:  # search.seed: repeats differ in fine-tuning order too, not only in the search

@@ -175,6 +175,36 @@ def test_a_budget_inside_the_random_warm_up_is_warned_of(tmp_path, tiny_config, 
     assert "warm-up" not in caplog.text
 
 
+VGG_ON_DIGITS = ["model.name=vgg_small", "model.kwargs.widths=[8,8,M,16,16,M,32]", "data.name=digits",
+                 "data.options={}", "train.epochs=6"]
+
+
+@pytest.mark.parametrize("ratios, warned", [((0.75, 0.75, 0.0, 0.0, 0.0), True), ((0.1, 0.1, 0.4, 0.4, 0.4), False)])
+def test_a_best_policy_below_the_uniform_rule_is_said(tmp_path, tiny_config, caplog, ratios, warned):
+    """A short search (here one seeded evaluation) or a zero-shot policy from another model can lose to the uniform
+    rule at the same MACs; the report showed both rows and said nothing, and the final pass pruned the worse one."""
+    assert main(["prune", str(tiny_config), "--out", str(tmp_path / "u"), "--quiet", "prune.final_epochs=0",
+                 *VGG_ON_DIGITS]) == 0
+    policy = json.loads((tmp_path / "u" / "policy.json").read_text())
+    policy.update(ratios=dict(zip(policy["ratios"], ratios)), meta={})
+    (tmp_path / "seed.json").write_text(json.dumps(policy))
+    common = ["--quiet", "--policy", str(tmp_path / "seed.json"), "env.macs_target=0.6", "sweep.accuracy_floor=null",
+              *VGG_ON_DIGITS]
+    with caplog.at_level(logging.WARNING):
+        assert main(["search", str(tiny_config), "--backend", "local", "--out", str(tmp_path / "s"), *common,
+                     "search.evaluations=1", "agent.warmup_episodes=0", "search.final_pass=false"]) == 0
+        assert main(["transfer", str(tiny_config), "--out", str(tmp_path / "t"), *common]) == 0
+    search = json.loads((tmp_path / "s" / "search_summary.json").read_text())
+    transfer = json.loads((tmp_path / "t" / "transfer.json").read_text())
+    assert (search["uniform_reward"] > search["best"]["meta"]["reward"]) is warned
+    assert (transfer["uniform_reward"] > transfer["reward"]) is warned
+    said = ("the search's best (1 evaluations) scores below the uniform policy at the same MACs target",
+            "the zero-shot policy (policy ", "prune the uniform policy (prunepilot prune CONFIG prune.macs_target=0.60)")
+    assert all((line in caplog.text) is warned for line in said)
+    assert ("**The best policy found scores below the uniform policy**" in
+            (tmp_path / "s" / "report.md").read_text()) is warned
+
+
 def test_ctrl_c_in_a_local_final_pass_gives_a_prune_that_keeps_the_search(tmp_path, tiny_config):
     """The hint's prune wrote into results/<config name>/ without the search's overrides; a prune into a search's
     folder replaced the search's report and model."""
