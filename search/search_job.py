@@ -24,7 +24,7 @@ from envs.layer_pruning import LayerPruningEnv
 from envs.rewards import describe_latency_penalty
 from pruning.analysis import largest_ratio_above, uniform_sweep
 from pruning.checkpoint import read_json_object
-from pruning.config import AGENT_NAMES
+from pruning.config import AGENT_NAMES, RunConfig
 from pruning.errors import UserError
 from pruning.evaluate import EvalResult, EvalSettings, Evaluator
 from pruning.latency_table import LatencyTable
@@ -339,6 +339,21 @@ def check_backend_flags(args: argparse.Namespace) -> None:
             raise UserError(f"--backend local and {flag}: {flag} {what}; leave out --backend local")
 
 
+RAY_ONLY_SETTINGS = {"concurrency": 1, "cpus_per_trial": 1.0, "gpus_per_trial": 0.0}
+"""search.* settings of Ray's trials, with the value that says what the local backend does anyway."""
+
+
+def warn_of_ray_settings(cfg: RunConfig, backend: str) -> None:
+    """The local backend scores one policy at a time in this process: a concurrency or a trial's resources that the
+    config sets were dropped without a word, so `--backend local search.concurrency=4` looked parallel and was not."""
+    given = {k: getattr(cfg.search, k) for k, same in RAY_ONLY_SETTINGS.items()
+             if backend == "local" and k in cfg.search.model_fields_set and getattr(cfg.search, k) != same}
+    if given:
+        log.warning("%s: the local backend evaluates one policy at a time in this process, with `threads` torch "
+                    "threads on `device`; %s apply to the Ray backend only",
+                    ", ".join(f"search.{k}={v}" for k, v in given.items()), " and ".join(f"search.{k}" for k in given))
+
+
 def search_job(args: argparse.Namespace) -> int:
     check_backend_flags(args)
     use_stored_overrides(args)
@@ -356,6 +371,7 @@ def search_job(args: argparse.Namespace) -> int:
     prior = load_prior(args, cfg)  # likewise
     table = LatencyTable.load(cfg.env.latency_table) if cfg.env.latency_table else None  # likewise
     backend = "ray" if args.resume or args.address else (args.backend or cfg.search.backend)
+    warn_of_ray_settings(cfg, backend)
     out, state = prepare_run_folder(args, cfg.name, backend)
     created = not out.exists()
     if args.storage_path and not args.resume:  # Tune would fail with a pyarrow traceback after the set-up
@@ -481,7 +497,7 @@ def search_job(args: argparse.Namespace) -> int:
     write_json({"evaluations": len(frame), "failed": int((frame["state"] != "COMPLETE").sum()), "wall_seconds": wall,
                 "nodes": int(nodes), "best": best.to_dict(), "uniform_accuracy": uniform_result.accuracy,
                 "uniform_reward": env.reward(uniform_result),
-                "backend": backend, "tune_seconds": tune_seconds, "concurrency": cfg.search.concurrency,
+                "backend": backend, "tune_seconds": tune_seconds, "concurrency": cfg.search.concurrency if backend == "ray" else 1,
                 "baseline": base.identity()}, out / "search_summary.json")
     if cfg.search.final_pass:  # search.seed: repeats differ in fine-tuning order too, not only in the search
         try:

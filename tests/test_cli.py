@@ -175,6 +175,22 @@ def test_a_budget_inside_the_random_warm_up_is_warned_of(tmp_path, tiny_config, 
     assert "warm-up" not in caplog.text
 
 
+def test_ray_only_settings_given_to_a_local_search_are_warned_of(tmp_path, tiny_config, caplog):
+    """`--backend local search.concurrency=3` ran one policy at a time without a word, and search_summary.json
+    recorded a concurrency of 3."""
+    common = ["search", str(tiny_config), "--backend", "local", "--quiet", "search.evaluations=2", "env.macs_target=0.6",
+              "search.final_pass=false", "sweep.accuracy_floor=null", "agent.warmup_episodes=1", "agent.net_arch=[8]"]
+    with caplog.at_level(logging.WARNING):
+        assert main([*common, "--out", str(tmp_path / "a"), "search.concurrency=3", "search.gpus_per_trial=0.5"]) == 0
+    assert ("search.concurrency=3, search.gpus_per_trial=0.5: the local backend evaluates one policy at a time in this "
+            "process") in caplog.text
+    assert json.loads((tmp_path / "a" / "search_summary.json").read_text())["concurrency"] == 1
+    caplog.clear()
+    with caplog.at_level(logging.WARNING):  # the values the local backend has anyway say nothing
+        assert main([*common, "--out", str(tmp_path / "b"), "search.concurrency=1", "search.cpus_per_trial=1"]) == 0
+    assert "local backend" not in caplog.text
+
+
 VGG_ON_DIGITS = ["model.name=vgg_small", "model.kwargs.widths=[8,8,M,16,16,M,32]", "data.name=digits",
                  "data.options={}", "train.epochs=6"]
 
