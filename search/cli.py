@@ -5,11 +5,13 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import signal
 import sys
 from pathlib import Path
 from typing import Callable, Sequence
 
 from pruning.errors import UserError
+from search.termination import sigterm_received, stop_on_sigterm
 
 log = logging.getLogger("prunepilot")
 
@@ -116,14 +118,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "dashboard" and args.overrides:
         parser.error(f"unrecognized arguments: {' '.join(args.overrides)}")
     logging.basicConfig(level=logging.INFO, format="%(message)s")
+    restore_sigterm = stop_on_sigterm()
     try:
         return _commands()[args.command](args)
     except UserError as exc:
         print(f"prunepilot {args.command}: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
+        if sigterm_received():
+            print(f"prunepilot {args.command}: terminated (SIGTERM)", file=sys.stderr)
+            return 128 + signal.SIGTERM
         print(f"prunepilot {args.command}: interrupted", file=sys.stderr)
         return 130
+    finally:
+        restore_sigterm()
 
 
 def run_folder(args: argparse.Namespace, name: str) -> Path:

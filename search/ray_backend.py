@@ -33,6 +33,7 @@ from pruning.units import UnitGraph
 from search.agent_searcher import AgentSearcher
 from search.recording import SCREEN_ATTRS
 from search.reuse import check_seeding
+from search.termination import keep_sigterm_handler
 from search.trial import TrialPayload, evaluate_policy_trial
 
 log = logging.getLogger("prunepilot")
@@ -56,6 +57,7 @@ def connect(address: str | None, num_cpus: int | None = None) -> None:
                 "cluster's token (RAY_AUTH_TOKEN) too" if os.environ.get("RAY_AUTH_MODE") != "token" else
                 "; check that RAY_AUTH_TOKEN is the cluster's token")
         raise UserError(f"--address: cannot connect to Ray at {address!r} ({exc}){hint}") from None
+    keep_sigterm_handler()  # the driver's handler printed a stack dump and ended the job with nothing said
 
 
 def check_trial_fits(cpus: float, gpus: float, embedded: bool) -> None:

@@ -1,9 +1,13 @@
+import contextlib
 import json
 import logging
 import os
+import signal
 import socket
+import sqlite3
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -189,6 +193,37 @@ def test_ray_only_settings_given_to_a_local_search_are_warned_of(tmp_path, tiny_
     with caplog.at_level(logging.WARNING):  # the values the local backend has anyway say nothing
         assert main([*common, "--out", str(tmp_path / "b"), "search.concurrency=1", "search.cpus_per_trial=1"]) == 0
     assert "local backend" not in caplog.text
+
+
+def test_sigterm_stops_a_search_as_ctrl_c_does(tmp_path, tiny_config):
+    """A batch scheduler's SIGTERM ended the job at once: no word on what was kept. Now it stops as Ctrl-C does,
+    with exit code 143. (Tiny's few distinct policies keep the agent replaying them for tens of seconds.)"""
+    out = tmp_path / "run"
+    driver = subprocess.Popen([sys.executable, "-m", "search.cli", "search", str(tiny_config), "--backend", "local",
+                               "--quiet", "--out", str(out), "search.evaluations=400", "env.macs_target=0.6",
+                               "sweep.accuracy_floor=null", "search.final_pass=false", "agent.warmup_episodes=1"],
+                              cwd=tmp_path, env=cli_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 120
+        while not recorded_trials(out / "study.db") and driver.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.5)
+        driver.send_signal(signal.SIGTERM)
+        _, err = driver.communicate(timeout=60)
+    finally:
+        driver.kill()
+    assert driver.returncode == 143, err[-2000:]
+    assert "search stopped after" in err and "prunepilot search: terminated (SIGTERM)" in err
+    assert recorded_trials(out / "study.db") >= 1 and not (out / "evaluations.csv").exists()
+
+
+def recorded_trials(db: Path) -> int:
+    if not db.exists():
+        return 0
+    with contextlib.closing(sqlite3.connect(db)) as con:
+        try:
+            return con.execute("select count(*) from trials where state = 'COMPLETE'").fetchone()[0]
+        except sqlite3.OperationalError:  # the tables are not made yet
+            return 0
 
 
 VGG_ON_DIGITS = ["model.name=vgg_small", "model.kwargs.widths=[8,8,M,16,16,M,32]", "data.name=digits",

@@ -281,10 +281,11 @@ def test_ctrl_c_in_the_final_pass_keeps_the_search_and_resume_runs_only_the_pass
     assert (out / "report.md").is_file() and (out / "model.pt").is_file()
 
 
-@pytest.mark.parametrize("stop", ["SIGKILL", "SIGINT"])
+@pytest.mark.parametrize("stop", ["SIGKILL", "SIGINT", "SIGTERM"])
 def test_a_killed_driver_resumes_without_loss_or_duplicates(ray_env, config, tmp_path, stop):
     """SIGKILL: a crash. SIGINT: Ctrl-C, which Tune catches and used to report as a finished search (then the final
-    pass ran on half of it); now the job stops with exit code 130 and says how to resume."""
+    pass ran on half of it); now the job stops with exit code 130 and says how to resume. SIGTERM (a batch scheduler's
+    time limit, `kill`): it ended the driver at once after Ray's C++ stack dump; now it stops as Ctrl-C does (143)."""
     out = tmp_path / "run"
     # ~1 s evaluations, so that the kill lands while the search still has evaluations to run
     log = tmp_path / "driver.log"
@@ -303,16 +304,17 @@ def test_a_killed_driver_resumes_without_loss_or_duplicates(ray_env, config, tmp
         wait_for(three_recorded, 300, "three recorded evaluations",
                  lambda: f" ({recorded(out)} recorded); the driver's output:\n{log.read_text()[-3000:]}")
     finally:
-        if stop == "SIGINT":
-            os.kill(driver.pid, signal.SIGINT)  # Ctrl-C reaches the driver, mid-search
+        if stop != "SIGKILL":
+            os.kill(driver.pid, getattr(signal, stop))  # Ctrl-C or a scheduler's SIGTERM reaches the driver, mid-search
             stopped = driver.wait(timeout=120)
         with contextlib.suppress(ProcessLookupError):  # after SIGINT the whole group may have ended already
             os.killpg(driver.pid, signal.SIGKILL)  # the driver and the embedded Ray it started, mid-search
         driver.wait()
-    if stop == "SIGINT":
+    if stop != "SIGKILL":
         said = log.read_text()
-        assert stopped == 130, said[-3000:]
-        assert f"--resume {out}" in said and "prunepilot search: interrupted" in said
+        assert stopped == {"SIGINT": 130, "SIGTERM": 143}[stop], said[-3000:]
+        assert f"--resume {out}" in said and "SIGTERM received" not in said
+        assert {"SIGINT": "prunepilot search: interrupted", "SIGTERM": "prunepilot search: terminated (SIGTERM)"}[stop] in said
         assert not (out / "report.md").exists() and not (out / "evaluations.csv").exists()  # no final pass
     partial = recorded(out)
     assert 3 <= partial < FAULT_EVALUATIONS
