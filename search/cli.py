@@ -49,7 +49,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("search", help="the main job: search a per-unit policy, then the final progressive pass")
     _common(p)
     p.add_argument("--backend", choices=["local", "ray"], help="override search.backend")
-    p.add_argument("--address", help="join an existing Ray cluster (e.g. 10.0.0.5:6379 or ray://host:10001)")
+    p.add_argument("--address",
+                   help="join an existing Ray cluster at its head's GCS address (e.g. 10.0.0.5:6379, or auto)")
     p.add_argument("--storage", help="Optuna storage URL (default sqlite:///<run>/study.db; e.g. postgresql://...)")
     p.add_argument("--storage-path", help="Ray Tune experiment folder shared by the cluster (default <run>/ray)")
     p.add_argument("--resume", metavar="RUN", help="continue the interrupted search in run folder RUN")

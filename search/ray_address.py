@@ -11,15 +11,23 @@ import socket
 
 from pruning.errors import UserError
 
-FORMS = "HOST:PORT (a head's GCS, e.g. 10.0.0.5:6379), ray://HOST:PORT (Ray Client) or auto"
+FORMS = "HOST:PORT (a head's GCS, e.g. 10.0.0.5:6379) or auto"
 CONNECT_TIMEOUT_S = 10.0
 
 
 def host_and_port(address: str) -> tuple[str, int]:
-    """Split 'host:port' or 'ray://host:port' (IPv6 hosts in brackets: '[::1]:6379')."""
+    """Split 'host:port' (IPv6 hosts in brackets: '[::1]:6379').
+
+    Ray Client addresses (ray://) are refused: under Ray Client, Tune runs its driver loop as a task on the head node
+    (Ray's docs advise against Client for Tune), so the search's recorder would write its study and run folder there,
+    not here; and Client needs the ray[client] extra, which PrunePilot does not install.
+    """
     rest = address.strip()
-    if rest.startswith("ray://"):
-        rest = rest[len("ray://"):]
+    if rest.lower().startswith("ray://"):
+        raise UserError(f"--address: {address!r} is a Ray Client address, which a search cannot use (Tune would run "
+                        "the search's driver on the head node, away from its run folder and study); give the head's "
+                        "GCS address HOST:PORT (6379 unless `ray start --head --port` said otherwise) and run the "
+                        "search on a machine that reaches every node")
     host, sep, port = rest.rpartition(":")
     host = host[1:-1] if host.startswith("[") and host.endswith("]") else host
     if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:

@@ -489,7 +489,10 @@ def closed_port() -> int:
 @pytest.mark.parametrize("args, message", [
     (["--address", "127.0.0.1:{port}"], "--address: nothing answers at 127.0.0.1:{port} (Connection refused"),
     (["--address", "head-node"], "--address: expected HOST:PORT"),
-    (["--address", "ray://127.0.0.1:70000"], "--address: expected HOST:PORT"),
+    (["--address", "127.0.0.1:70000"], "--address: expected HOST:PORT"),
+    # Ray Client: Tune would run the driver loop, and so the study's recorder, on the head (and ray[client] is absent)
+    (["--address", "ray://127.0.0.1:{port}"], "--address: 'ray://127.0.0.1:{port}' is a Ray Client address, which a "
+     "search cannot use"),
     (["--storage", "sqlite:///{tmp}/no/such/dir/study.db"], "--storage: cannot open Optuna storage"),
     (["--storage-path", "{tmp}/tiny.yaml/ray"], "--storage-path: cannot make folder"),  # under a file
     # a trial no node can hold: Tune waits for it forever, warning once a minute
@@ -650,7 +653,7 @@ def test_ratio_one_is_refused_for_a_unit_that_is_no_removable_block(tmp_path, ti
 
 
 @pytest.mark.parametrize("address, expected", [
-    ("10.0.0.5:6379", ("10.0.0.5", 6379)), ("ray://head:10001", ("head", 10001)), ("[::1]:6379", ("::1", 6379)),
+    ("10.0.0.5:6379", ("10.0.0.5", 6379)), ("[::1]:6379", ("::1", 6379)),
 ])
 def test_an_address_splits_into_host_and_port(address, expected):
     from search.ray_address import host_and_port
