@@ -40,8 +40,11 @@ log = logging.getLogger("prunepilot")
 CHECKPOINT_S = 5
 
 
-def connect(address: str | None, num_cpus: int | None = None) -> None:
-    """Join `address`, or start Ray embedded in this process with its dashboard off."""
+def connect(address: str | None, num_cpus: int | None = None, field: str = "--address") -> None:
+    """Join `address`, or start Ray embedded in this process with its dashboard off.
+
+    Embedded means a new instance (`address="local"`): left to itself, `ray.init()` joined any cluster that
+    `ray start` had left running on this machine, while the search went on believing it ran embedded."""
     if ray.is_initialized():
         return
     logging.getLogger("ray").setLevel(logging.WARNING)
@@ -50,13 +53,13 @@ def connect(address: str | None, num_cpus: int | None = None) -> None:
         if address:
             ray.init(address=address, log_to_driver=False, logging_level=logging.WARNING)
         else:
-            ray.init(num_cpus=num_cpus, include_dashboard=False, dashboard_host="127.0.0.1", log_to_driver=False,
-                     logging_level=logging.WARNING)
+            ray.init(address="local", num_cpus=num_cpus, include_dashboard=False, dashboard_host="127.0.0.1",
+                     log_to_driver=False, logging_level=logging.WARNING)
     except (ConnectionError, RuntimeError, ValueError) as exc:
         hint = ("; if the cluster was started under RAY_AUTH_MODE=token, this shell needs RAY_AUTH_MODE=token and the "
                 "cluster's token (RAY_AUTH_TOKEN) too" if os.environ.get("RAY_AUTH_MODE") != "token" else
                 "; check that RAY_AUTH_TOKEN is the cluster's token")
-        raise UserError(f"--address: cannot connect to Ray at {address!r} ({exc}){hint}") from None
+        raise UserError(f"{field}: cannot connect to Ray at {address!r} ({exc}){hint}") from None
     keep_sigterm_handler()  # the driver's handler printed a stack dump and ended the job with nothing said
 
 

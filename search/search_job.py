@@ -32,7 +32,7 @@ from pruning.policy import SparsityPolicy
 from search.cli import run_folder
 from search.jobs import baseline_of, final_pass, measure_table, prepare, unit_graph
 from search.local import check_searcher, run_local
-from search.ray_address import check_ray_address
+from search.ray_address import address_of_environment, check_ray_address
 from search.recording import SCREEN_ATTRS, EvaluationSink
 from search.report import markdown_table, plot_lines, plot_unit_ratios, write_json, write_table
 from search.review import policy_of_row, recorded_run_folder, sqlite_url
@@ -363,14 +363,17 @@ def search_job(args: argparse.Namespace) -> int:
     if not args.resume:  # a resume keeps the target its search started with
         check_one_search_target(cfg)
     warn_if_warmup_fills_the_budget(cfg, warm_started=bool(args.agent))
-    check_ray_address(args.address)  # before any training: Ray would retry a wrong one forever
+    backend = "ray" if args.resume or args.address else (args.backend or cfg.search.backend)
+    address, field = address_of_environment(args.address) if backend == "ray" else (None, "--address")
+    if field == "RAY_ADDRESS":
+        log.info("joining the Ray cluster at RAY_ADDRESS=%s (unset RAY_ADDRESS to run Ray embedded)", address)
+    check_ray_address(address, field=field)  # before any training: Ray would retry a wrong one forever
     check_seed_policies(args.policy, cfg.search.searcher)  # likewise
     check_warm_agent(getattr(args, "agent", None), cfg.search.searcher)  # likewise
     if cfg.search.searcher in AGENT_NAMES:
         check_agent_kwargs(cfg.agent)  # likewise
     prior = load_prior(args, cfg)  # likewise
     table = LatencyTable.load(cfg.env.latency_table) if cfg.env.latency_table else None  # likewise
-    backend = "ray" if args.resume or args.address else (args.backend or cfg.search.backend)
     warn_of_ray_settings(cfg, backend)
     out, state = prepare_run_folder(args, cfg.name, backend)
     created = not out.exists()
@@ -379,8 +382,8 @@ def search_job(args: argparse.Namespace) -> int:
     if backend == "ray":
         from search.ray_backend import check_trial_fits, connect
 
-        connect(args.address)  # before any file or training: a cluster that refuses us (token, version) fails now
-        check_trial_fits(cfg.search.cpus_per_trial, cfg.search.gpus_per_trial, embedded=not args.address)
+        connect(address, field=field)  # before any file or training: a cluster that refuses us (token, version) fails
+        check_trial_fits(cfg.search.cpus_per_trial, cfg.search.gpus_per_trial, embedded=not address)
         if ctx.device.type == "cuda" and cfg.search.gpus_per_trial <= 0:
             log.warning("the trials evaluate on the CPU: search.gpus_per_trial is 0 (the final pass runs on %s); give "
                         "each trial a share of a GPU with search.gpus_per_trial (e.g. 0.5)", ctx.device)

@@ -177,6 +177,36 @@ def test_search_runs_trials_on_both_nodes_of_a_cluster(two_node_cluster, ray_env
     assert "2 Ray node(s)" in (out / "report.md").read_text()
 
 
+def test_a_search_runs_embedded_beside_a_cluster_and_joins_the_one_ray_address_names(two_node_cluster, ray_env,
+                                                                                     config, tmp_path):
+    """`ray.init()` with no address joined any cluster `ray start` had left on this machine, while the search went on
+    as if embedded (its checks and messages); and RAY_ADDRESS (Ray's own convention, set inside a Ray Job) joined a
+    cluster that the search's checks and messages never named."""
+    nodes = subprocess.run([sys.executable, "-c", f"import ray; ray.init(address='{two_node_cluster}', "
+                            "logging_level='ERROR'); print(' '.join(n['NodeID'] for n in ray.nodes()))"],
+                           env=ray_env, capture_output=True, text=True, timeout=120)
+    cluster = set(nodes.stdout.split())
+    assert len(cluster) == 2, nodes.stderr[-2000:]
+
+    def search(name: str, env: dict, *extra: str) -> subprocess.CompletedProcess:
+        return subprocess.run(search_cmd(config, tmp_path / name, *extra), env=env, cwd=tmp_path, capture_output=True,
+                              text=True, timeout=300)
+
+    embedded = search("embedded", ray_env)
+    assert embedded.returncode == 0, embedded.stderr[-3000:]
+    assert not set(pd.read_csv(tmp_path / "embedded" / "evaluations.csv")["node_id"]) & cluster
+    joined = search("joined", {**ray_env, "RAY_ADDRESS": two_node_cluster})
+    assert joined.returncode == 0, joined.stderr[-3000:]
+    assert f"joining the Ray cluster at RAY_ADDRESS={two_node_cluster}" in joined.stderr
+    assert set(pd.read_csv(tmp_path / "joined" / "evaluations.csv")["node_id"]) <= cluster
+    local = search("local", {**ray_env, "RAY_ADDRESS": two_node_cluster}, "--backend", "local")
+    assert local.returncode == 0 and "RAY_ADDRESS" not in local.stderr, local.stderr[-3000:]
+    port = free_port()  # nothing listens there
+    refused = search("refused", {**ray_env, "RAY_ADDRESS": f"127.0.0.1:{port}"})
+    assert refused.returncode == 2 and "Traceback" not in refused.stderr, refused.stderr[-3000:]
+    assert f"RAY_ADDRESS: nothing answers at 127.0.0.1:{port}" in refused.stderr and not (tmp_path / "refused").exists()
+
+
 def live_worker_pids(out: Path) -> list[int]:
     """Ray worker processes that have run trials of this search (each evaluation records its pid)."""
     if recorded(out) == 0:
