@@ -13,7 +13,7 @@ from sqlalchemy.exc import ArgumentError
 
 from pruning.checkpoint import read_json_object
 from pruning.errors import UserError
-from search.review import retry_schema_race, storage_after_move
+from search.review import retry_schema_race, shown_storage, storage_after_move, storage_error
 
 log = logging.getLogger(__name__)
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
@@ -66,14 +66,15 @@ def dashboard_job(args: argparse.Namespace) -> int:
     try:
         studies = retry_schema_race(lambda: optuna.get_all_study_summaries(storage))
     except Exception as exc:
-        raise UserError(f"{storage}: cannot open Optuna storage ({type(exc).__name__}: {exc})") from None
+        raise UserError(f"{shown_storage(storage)}: cannot open Optuna storage ({storage_error(storage, exc)})") \
+            from None
     check_can_listen(args.host, args.port)
     if args.host not in LOOPBACK:
         log.warning("optuna-dashboard has no login: on %s anyone who can reach this machine on port %d can read the "
                     "study and edit its notes; 127.0.0.1 (the default) with an SSH tunnel keeps it to you",
                     args.host, args.port)
     names = ", ".join(s.study_name for s in studies) or "none yet"
-    print(f"optuna-dashboard on {storage} (studies: {names})")
+    print(f"optuna-dashboard on {shown_storage(storage)} (studies: {names})")
     print(f"open http://{args.host}:{args.port}/dashboard/  (Ctrl-C to stop)", flush=True)
     run_server(storage, host=args.host, port=args.port)
     return 0

@@ -19,6 +19,7 @@ from typing import Any, TypeVar
 import optuna
 import pandas as pd
 import sqlalchemy.exc
+from sqlalchemy.engine import make_url
 
 from pruning.errors import UserError
 from pruning.policy import SparsityPolicy
@@ -102,6 +103,21 @@ def retry_schema_race(open_storage: Callable[[], T], attempts: int = 8, pause_s:
     return open_storage()
 
 
+def shown_storage(storage: str) -> str:
+    """A storage URL as messages, logs and reports show it, its password masked (`postgresql://user:***@db/x`): a
+    report is shared and committed, a job's log is kept by its scheduler. search.json keeps the URL as given, which a
+    resume and the dashboard open."""
+    try:
+        return make_url(storage).render_as_string(hide_password=True)
+    except (sqlalchemy.exc.ArgumentError, ValueError):
+        return storage
+
+
+def storage_error(storage: str, exc: Exception) -> str:
+    """`Type: message` of an exception from opening `storage`, with the URL in it (SQLAlchemy quotes it) masked."""
+    return f"{type(exc).__name__}: {str(exc).replace(storage, shown_storage(storage))}"
+
+
 class OptunaRecorder:
     """Writes evaluations into an Optuna study (SQLite file or any SQLAlchemy URL)."""
 
@@ -115,8 +131,8 @@ class OptunaRecorder:
         except Exception as exc:  # bad URL, unreachable server, missing driver
             hint = ("; install the PostgreSQL driver with: pip install 'prunepilot[postgres]'"
                     if isinstance(exc, ImportError) and storage.startswith("postgresql") else "")
-            raise UserError(f"--storage: cannot open Optuna storage {storage!r} ({type(exc).__name__}: {exc}){hint}") \
-                from None
+            raise UserError(f"--storage: cannot open Optuna storage {shown_storage(storage)!r} "
+                            f"({storage_error(storage, exc)}){hint}") from None
         if self.study.metric_names is None:
             with warnings.catch_warnings():  # set_metric_names is marked experimental; the dashboard reads it
                 warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
@@ -136,7 +152,8 @@ class OptunaRecorder:
                 return optuna.create_study(storage=storage, study_name=name, directions=directions)
             except optuna.exceptions.DuplicatedStudyError:
                 continue
-        raise UserError(f"--storage: {storage} holds studies {study_name} to {study_name}-9999; give another name")
+        raise UserError(f"--storage: {shown_storage(storage)} holds studies {study_name} to {study_name}-9999; give "
+                        "another name")
 
     def record(self, evaluation_id: str, ratios: dict[str, float], accuracy: float | None, macs_ratio: float | None,
                attrs: dict[str, Any], failed: bool = False) -> bool:

@@ -35,7 +35,7 @@ from search.local import check_searcher, run_local
 from search.ray_address import address_of_environment, check_ray_address
 from search.recording import SCREEN_ATTRS, EvaluationSink
 from search.report import markdown_table, plot_lines, plot_unit_ratios, write_json, write_table
-from search.review import policy_of_row, recorded_run_folder, sqlite_url
+from search.review import policy_of_row, recorded_run_folder, shown_storage, sqlite_url
 from search.reuse import SEEDING_SEARCHERS, check_seed_policies, load_seed_policies, move_policy
 from search.trial import latency_attr
 
@@ -90,7 +90,8 @@ def prepare_run_folder(args: argparse.Namespace, cfg_name: str, backend: str) ->
                  "--storage-path": (args.storage_path and str(Path(args.storage_path).resolve()), state.get("storage_path"))}
         for flag, (asked, kept) in given.items():  # the study and Tune's experiment are where the search left them
             if asked and asked != kept:
-                raise UserError(f"--resume: {out} keeps its search in {flag} {kept}, not {asked}; leave {flag} out "
+                raise UserError(f"--resume: {out} keeps its search in {flag} {shown_storage(kept)}, not "
+                                f"{shown_storage(asked)}; leave {flag} out "
                                 f"to continue it there")
         return out, state
     out = run_folder(args, cfg_name)
@@ -408,8 +409,8 @@ def search_job(args: argparse.Namespace) -> int:
         out.mkdir(parents=True, exist_ok=True)
         sink.recorder  # open (and create) the study now: a bad --storage fails before any work
         if sink.study_name != state["study_name"]:
-            log.info("%s already holds a study named %s (another search); this one records as %s", state["storage"],
-                     state["study_name"], sink.study_name)
+            log.info("%s already holds a study named %s (another search); this one records as %s",
+                     shown_storage(state["storage"]), state["study_name"], sink.study_name)
             state["study_name"] = sink.study_name
         (out / "search.json").write_text(json.dumps(state, indent=2))
         if cfg.env.latency_weight > 0 and cfg.env.latency_table is None:  # measured once per run folder, kept on resume
@@ -485,7 +486,8 @@ def search_job(args: argparse.Namespace) -> int:
         "", "## Search", "",
         f"Searcher **{cfg.search.searcher}** ({backend} backend), {len(frame)} evaluations in {wall:.0f} s of this "
         f"session on {where}; MACs target {env.macs_target:.2f}, reward `{env.reward_name}`{latency_term(env)}. "
-        f"Optuna study `{state['study_name']}` in `{state['storage']}` (`prunepilot dashboard {out}`).", "",
+        f"Optuna study `{state['study_name']}` in `{shown_storage(state['storage'])}` (`prunepilot dashboard {out}`).",
+        "",
         markdown_table(pd.DataFrame([
             {"policy": "best found", "val accuracy (adaptive BN)": best_row["accuracy"],
              "MACs ratio": best_row["macs_ratio"], **latency_attr(env, best.kept(graph, env.round_to)),

@@ -511,6 +511,16 @@ def test_a_wrong_cluster_or_storage_fails_at_once_and_leaves_no_run_folder(tmp_p
     assert not out.exists()
 
 
+def test_a_storage_password_is_not_printed(tmp_path, tiny_config):
+    """The URL of a --storage that cannot be opened was quoted whole, password and all, into the job's log."""
+    url = f"postgresql://me:s3cr3t-pw@127.0.0.1:{closed_port()}/db"
+    result = run_cli("search", str(tiny_config), "--backend", "local", "--quiet", "--storage", url, "--out",
+                     str(tmp_path / "run"), "search.evaluations=2", cwd=tmp_path, timeout=120)
+    assert result.returncode == 2, result.stderr
+    assert "--storage: cannot open Optuna storage 'postgresql://me:***@127.0.0.1:" in result.stderr
+    assert "s3cr3t-pw" not in result.stderr + result.stdout
+
+
 def test_same_config_and_seed_give_the_same_search(tmp_path, tiny_config):
     args = ["--backend", "local", "--quiet", "search.evaluations=8", "agent.warmup_episodes=3", "agent.net_arch=[16]",
             "agent.batch_size=8", "search.final_pass=false", "sweep.accuracy_floor=null"]

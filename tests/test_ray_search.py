@@ -468,12 +468,16 @@ def postgres_url():
 
 def test_a_ray_search_records_into_postgresql_and_the_dashboard_reads_it_there(ray_env, config, tmp_path,
                                                                                postgres_url):
-    """The cluster set-up the README shows: `--storage postgresql://...`, nothing in a local study.db."""
+    """The cluster set-up the README shows: `--storage postgresql://...`, nothing in a local study.db. A password in
+    the URL (the server trusts loopback, so any password opens it) was printed into the log and the shared report."""
     out = tmp_path / "run"
-    result = subprocess.run(search_cmd(config, out, "--storage", postgres_url), env=ray_env, cwd=tmp_path,
+    with_password = postgres_url.replace("prunepilot@", "prunepilot:s3cr3t-pw@")
+    result = subprocess.run(search_cmd(config, out, "--storage", with_password), env=ray_env, cwd=tmp_path,
                             capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
     assert not (out / "study.db").exists()
+    report = (out / "report.md").read_text()
+    assert "s3cr3t-pw" not in report + result.stdout + result.stderr and "prunepilot:***@127.0.0.1" in report
     frame = study_frame(out, postgres_url)
     table = pd.read_csv(out / "evaluations.csv")
     assert len(frame) == len(table) == 8 and (frame["state"] == "COMPLETE").all()
@@ -493,4 +497,5 @@ def test_a_ray_search_records_into_postgresql_and_the_dashboard_reads_it_there(r
         assert [s["study_name"] for s in studies()] == ["search"]
     finally:
         server.terminate()
-        server.wait(timeout=30)
+        said, _ = server.communicate(timeout=30)
+    assert "optuna-dashboard on postgresql://prunepilot:***@127.0.0.1" in said and "s3cr3t-pw" not in said
