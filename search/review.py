@@ -63,6 +63,25 @@ def sqlite_url(path: str) -> str:
     return f"sqlite:///{path}"
 
 
+def pinned_storage(storage: str) -> str:
+    """A new search's --storage as search.json keeps it: a relative SQLite path made absolute (a resume or a review
+    from another working folder opened, and created, another file), an in-memory one refused (it keeps nothing to
+    review or resume). Other URLs are kept as given."""
+    try:
+        url = make_url(storage)
+    except sqlalchemy.exc.ArgumentError:
+        return storage  # not a URL: opening it says so
+    if url.get_backend_name() != "sqlite":
+        return storage
+    database = url.database or ""
+    if database in ("", ":memory:") or database.startswith("file::memory:"):
+        raise UserError(f"--storage: {storage} is an in-memory SQLite database, which keeps nothing to review or "
+                        "resume; give a file (sqlite:///path/study.db), or leave --storage out for <run>/study.db")
+    if database.startswith("file:") or Path(database).is_absolute():
+        return storage
+    return url.set(database=str(Path(database).resolve())).render_as_string(hide_password=False)
+
+
 def recorded_run_folder(state: dict) -> Path | None:
     """The folder a search state was written in: recorded since it is kept, else read off the default locations
     (`<run>/study.db` and `<run>/ray`) when both were used; None where the search kept its study elsewhere."""

@@ -35,7 +35,7 @@ from search.local import check_searcher, run_local
 from search.ray_address import address_of_environment, check_ray_address
 from search.recording import SCREEN_ATTRS, EvaluationSink
 from search.report import markdown_table, plot_lines, plot_unit_ratios, write_json, write_table
-from search.review import policy_of_row, recorded_run_folder, shown_storage, sqlite_url
+from search.review import pinned_storage, policy_of_row, recorded_run_folder, shown_storage, sqlite_url
 from search.reuse import SEEDING_SEARCHERS, check_seed_policies, load_seed_policies, move_policy
 from search.trial import latency_attr
 
@@ -86,7 +86,7 @@ def prepare_run_folder(args: argparse.Namespace, cfg_name: str, backend: str) ->
             raise UserError(f"--resume: {out} was searched by the local backend, which keeps no state to continue "
                             "from (Ray Tune's experiment does); search again with another --out, on Ray to be able to "
                             "resume")
-        given = {"--storage": (args.storage, state.get("storage")),
+        given = {"--storage": (args.storage and pinned_storage(args.storage), state.get("storage")),
                  "--storage-path": (args.storage_path and str(Path(args.storage_path).resolve()), state.get("storage_path"))}
         for flag, (asked, kept) in given.items():  # the study and Tune's experiment are where the search left them
             if asked and asked != kept:
@@ -102,7 +102,7 @@ def prepare_run_folder(args: argparse.Namespace, cfg_name: str, backend: str) ->
     if (out / "summary.json").is_file():  # results/<config name>/ is also prune's default folder
         raise UserError(f"--out: {out} holds a pruned model (`prunepilot prune` wrote its summary.json); a search there "
                         "would replace its report and model: give another --out")
-    storage = args.storage or sqlite_url(str((out / "study.db").resolve()))
+    storage = pinned_storage(args.storage) if args.storage else sqlite_url(str((out / "study.db").resolve()))
     storage_path = Path(args.storage_path).resolve() if args.storage_path else (out / "ray").resolve()
     # a --storage-path that many searches share (a cluster's folder) gets one Tune experiment per search: under one
     # name, a second search wrote into the first's experiment, and resuming the first restored the second

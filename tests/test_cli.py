@@ -521,6 +521,29 @@ def test_a_storage_password_is_not_printed(tmp_path, tiny_config):
     assert "s3cr3t-pw" not in result.stderr + result.stdout
 
 
+def test_a_relative_sqlite_storage_is_kept_absolute_and_an_in_memory_one_refused(tmp_path, tiny_config):
+    """search.json kept `sqlite:///study.db` as typed, so a resume or a review from another working folder opened (and
+    created) another file; `sqlite:///:memory:` recorded a study that was gone when the search ended."""
+    (tmp_path / "jobs").mkdir()
+    common = ["search", str(tiny_config), "--backend", "local", "--quiet", "search.evaluations=2",
+              "env.macs_target=0.6", "sweep.accuracy_floor=null", "search.final_pass=false", "agent.warmup_episodes=1"]
+    kept = run_cli(*common, "--storage", "sqlite:///shared.db", "--out", str(tmp_path / "run"), cwd=tmp_path / "jobs",
+                   timeout=120)
+    assert kept.returncode == 0, kept.stderr[-2000:]
+    state = json.loads((tmp_path / "run" / "search.json").read_text())
+    shared = tmp_path / "jobs" / "shared.db"
+    assert state["storage"] == f"sqlite:///{shared}" and shared.is_file()
+    review = subprocess.run([sys.executable, "-c", "import optuna, sys; print(len(optuna.load_study(study_name="
+                             "sys.argv[2], storage=sys.argv[1]).trials))", state["storage"], state["study_name"]],
+                            cwd=tmp_path, capture_output=True, text=True, env=cli_env(), timeout=120)
+    assert review.stdout.strip() == "2", review.stderr[-2000:]
+    memory = run_cli(*common, "--storage", "sqlite:///:memory:", "--out", str(tmp_path / "mem"), cwd=tmp_path,
+                     timeout=120)
+    assert memory.returncode == 2 and "Traceback" not in memory.stderr
+    assert "--storage: sqlite:///:memory: is an in-memory SQLite database, which keeps nothing" in memory.stderr
+    assert not (tmp_path / "mem").exists()
+
+
 def test_same_config_and_seed_give_the_same_search(tmp_path, tiny_config):
     args = ["--backend", "local", "--quiet", "search.evaluations=8", "agent.warmup_episodes=3", "agent.net_arch=[16]",
             "agent.batch_size=8", "search.final_pass=false", "sweep.accuracy_floor=null"]
