@@ -2,8 +2,8 @@
 
 Batch schedulers (Slurm at a time limit or on `scancel`, Kubernetes on eviction) and `kill` send SIGTERM, then
 SIGKILL after a grace period. Python's default ends the process at once, and the embedded Ray's own handler printed a
-C++ stack dump first: no word on what was kept, no `--resume` hint, and a half-done final pass. Here SIGTERM is
-re-raised as SIGINT, so every path that handles Ctrl-C (Tune saving its experiment, the search's "continue it with
+C++ stack dump first: no word on what was kept, no `--resume` hint, and a half-done final pass. Here SIGTERM runs the
+SIGINT handler, so every path that handles Ctrl-C (Tune saving its experiment, the search's "continue it with
 --resume", the bench stopping its runs) handles it too; the exit code then says SIGTERM (143), not Ctrl-C (130).
 """
 
@@ -19,13 +19,17 @@ _installed = threading.Event()
 
 def _as_interrupt(signum: int, frame: Any) -> None:
     _received.set()
-    signal.raise_signal(signal.SIGINT)  # runs the SIGINT handler now (Tune's, or KeyboardInterrupt)
+    handler = signal.getsignal(signal.SIGINT)
+    if callable(handler):  # Tune's (it saves the experiment and stops), or Python's default: KeyboardInterrupt
+        handler(signal.SIGINT, frame)
+    else:  # SIGINT ignored, as in a batch script's background job (`prunepilot search ... &`): stop all the same
+        raise KeyboardInterrupt
 
 
 def stop_on_sigterm() -> Callable[[], None]:
     """Handle SIGTERM as Ctrl-C in this process; returns the function that puts the previous handler back.
-    Called again after `ray.init`, whose driver installs a handler of its own. Outside the main thread (where Python
-    allows no handler) it does nothing."""
+    `ray.init` installs a handler of its own: `keep_sigterm_handler` puts this one back. Outside the main thread
+    (where Python allows no handler) it does nothing."""
     if threading.current_thread() is not threading.main_thread():
         return lambda: None
     _received.clear()

@@ -195,14 +195,18 @@ def test_ray_only_settings_given_to_a_local_search_are_warned_of(tmp_path, tiny_
     assert "local backend" not in caplog.text
 
 
-def test_sigterm_stops_a_search_as_ctrl_c_does(tmp_path, tiny_config):
+@pytest.mark.parametrize("sigint_ignored", [False, True])
+def test_sigterm_stops_a_search_as_ctrl_c_does(tmp_path, tiny_config, sigint_ignored):
     """A batch scheduler's SIGTERM ended the job at once: no word on what was kept. Now it stops as Ctrl-C does,
-    with exit code 143. (Tiny's few distinct policies keep the agent replaying them for tens of seconds.)"""
+    with exit code 143, also where SIGINT is ignored (a batch script's background job, `prunepilot search ... &`).
+    (Tiny's few distinct policies keep the agent replaying them for tens of seconds.)"""
     out = tmp_path / "run"
     driver = subprocess.Popen([sys.executable, "-m", "search.cli", "search", str(tiny_config), "--backend", "local",
                                "--quiet", "--out", str(out), "search.evaluations=400", "env.macs_target=0.6",
                                "sweep.accuracy_floor=null", "search.final_pass=false", "agent.warmup_episodes=1"],
-                              cwd=tmp_path, env=cli_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                              cwd=tmp_path, env=cli_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                              preexec_fn=(lambda: signal.signal(signal.SIGINT, signal.SIG_IGN)) if sigint_ignored
+                              else None)
     try:
         deadline = time.monotonic() + 120
         while not recorded_trials(out / "study.db") and driver.poll() is None and time.monotonic() < deadline:
