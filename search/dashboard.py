@@ -26,7 +26,11 @@ def storage_of(run: Path, override: str | None = None) -> str:
     state = run / "search.json"
     if not state.is_file():
         raise UserError(f"{run}: not a search run folder (no search.json); give the folder `prunepilot search` wrote")
-    storage = storage_after_move(run, read_json_object(state, "a search's state"))
+    kept = read_json_object(state, "a search's state")
+    if "setting_up" in kept:  # claim_run_folder's: the search has not opened its study yet
+        raise UserError(f"{run}: its search is still setting up (or was stopped then), before it recorded anything; "
+                        "review it once its search runs")
+    storage = storage_after_move(run, kept)
     if not isinstance(storage, str):
         raise UserError(f"{state}: field `storage`: expected the search's storage URL, got {storage!r}")
     return storage

@@ -5,8 +5,10 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import shlex
 import shutil
+import socket
 import time
 import uuid
 from contextlib import contextmanager
@@ -23,7 +25,7 @@ from envs.factory import build_env, env_kwargs
 from envs.layer_pruning import LayerPruningEnv
 from envs.rewards import describe_latency_penalty
 from pruning.analysis import largest_ratio_above, uniform_sweep
-from pruning.checkpoint import read_json_object
+from pruning.checkpoint import atomic_write_text, read_json_object
 from pruning.config import AGENT_NAMES, RunConfig
 from pruning.errors import UserError
 from pruning.evaluate import EvalResult, EvalSettings, Evaluator
@@ -81,6 +83,9 @@ def prepare_run_folder(args: argparse.Namespace, cfg_name: str, backend: str) ->
         if not state_file.is_file():
             raise UserError(f"--resume: {state_file} not found; give the folder of an earlier `prunepilot search`")
         state = read_json_object(state_file, "a search's state")
+        if "setting_up" in state:
+            raise UserError(f"--resume: {out} holds a search whose set-up did not finish (nothing was evaluated), or "
+                            f"is still running; a new search with --out {out} takes the folder over once it is gone")
         check_not_moved(out, state)
         if state.get("backend") == "local":
             raise UserError(f"--resume: {out} was searched by the local backend, which keeps no state to continue "
@@ -96,9 +101,7 @@ def prepare_run_folder(args: argparse.Namespace, cfg_name: str, backend: str) ->
         return out, state
     out = run_folder(args, cfg_name)
     if (out / "search.json").exists():
-        kept = read_json_object(out / "search.json", "a search's state")
-        resume = ("" if kept.get("backend") == "local" else f"continue it with --resume {out}, or ")  # see above
-        raise UserError(f"{out} already holds a search; {resume}choose another --out")
+        check_no_search_in(out)
     if (out / "summary.json").is_file():  # results/<config name>/ is also prune's default folder
         raise UserError(f"--out: {out} holds a pruned model (`prunepilot prune` wrote its summary.json); a search there "
                         "would replace its report and model: give another --out")
@@ -110,6 +113,59 @@ def prepare_run_folder(args: argparse.Namespace, cfg_name: str, backend: str) ->
     return out, {"storage": storage, "study_name": cfg_name, "storage_path": str(storage_path),
                  "experiment": experiment, "overrides": list(args.overrides), "backend": backend,
                  "run_folder": str(out.resolve())}
+
+
+def check_no_search_in(out: Path) -> None:
+    """Refuse a run folder that holds a search, or one that another search is setting up (its claim names the
+    process); a claim whose process is gone from this machine (killed mid-set-up) is left for `claim_run_folder`."""
+    kept = read_json_object(out / "search.json", "a search's state")
+    claim = kept.get("setting_up")
+    if isinstance(claim, dict):
+        if claim_is_stale(claim):
+            return
+        raise UserError(f"{out}: another search (pid {claim.get('pid')} on {claim.get('host')}) is setting up in this "
+                        "folder; give this one another --out (if that search is gone, delete its search.json)")
+    resume = ("" if kept.get("backend") == "local" else f"continue it with --resume {out}, or ")  # see above
+    raise UserError(f"{out} already holds a search; {resume}choose another --out")
+
+
+def claim_is_stale(claim: dict) -> bool:
+    """A set-up claim made on this machine by a process that no longer runs."""
+    if claim.get("host") != socket.gethostname() or not isinstance(claim.get("pid"), int):
+        return False
+    try:
+        os.kill(claim["pid"], 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:  # alive, another user's
+        return False
+    return False
+
+
+def claim_run_folder(out: Path) -> None:
+    """Take the run folder for this search before its set-up (the baseline's training, the floor's sweep: minutes).
+    Two searches started at once into one folder (the same config twice, its default results/<name>/) both passed
+    the 'already holds a search' check and wrote into one folder: one study.db holding both, one search.json, one
+    evaluations.csv and report. search.json is created exclusively, so the second is refused."""
+    out.mkdir(parents=True, exist_ok=True)
+    claim = json.dumps({"setting_up": {"pid": os.getpid(), "host": socket.gethostname()}})
+    state_file, written = out / "search.json", out / f".search.json.{os.getpid()}"
+    written.write_text(claim)
+    try:  # a hard link appears whole, or not at all: the other search never reads a half-written claim
+        try:
+            os.link(written, state_file)
+        except FileExistsError:
+            raise
+        except OSError:  # a file system without hard links: an exclusive create, written at once
+            with state_file.open("x") as file:
+                file.write(claim)
+        return
+    except FileExistsError:
+        check_no_search_in(out)  # refuses a live one; a stale claim is taken over below
+        log.info("%s: taking over the run folder from a search whose set-up was stopped (its process is gone)", out)
+        atomic_write_text(state_file, claim)
+    finally:
+        written.unlink(missing_ok=True)
 
 
 def check_not_moved(out: Path, state: dict) -> None:
@@ -320,15 +376,18 @@ def check_same_search(state: dict, searched: dict, run: Path) -> None:
 
 
 @contextmanager
-def discarded_if_setup_stops(out: Path, created: bool) -> Iterator[None]:
+def discarded_if_setup_stops(out: Path, created: bool, claimed: bool) -> Iterator[None]:
     """A run folder this call made goes again when a user error (a bad --storage, --agent or latency table found
     after the sweep wrote into it) or Ctrl-C stops the set-up: nothing was evaluated, and the rerun must not find
-    'already holds a search' with no Tune experiment to resume."""
+    'already holds a search' with no Tune experiment to resume. In a folder that was there before, the search.json
+    this call claimed goes."""
     try:
         yield
     except (UserError, KeyboardInterrupt):
         if created and out.exists():
             shutil.rmtree(out)
+        elif claimed:
+            (out / "search.json").unlink(missing_ok=True)
         raise
 
 
@@ -388,7 +447,9 @@ def search_job(args: argparse.Namespace) -> int:
         if ctx.device.type == "cuda" and cfg.search.gpus_per_trial <= 0:
             log.warning("the trials evaluate on the CPU: search.gpus_per_trial is 0 (the final pass runs on %s); give "
                         "each trial a share of a GPU with search.gpus_per_trial (e.g. 0.5)", ctx.device)
-    with discarded_if_setup_stops(out, created):
+    if not args.resume:  # outside the discarding below: a claim refused leaves the other search's folder alone
+        claim_run_folder(out)
+    with discarded_if_setup_stops(out, created, claimed=not args.resume):
         base = baseline_of(ctx)
         graph = unit_graph(ctx, base.model)
         if table is not None:  # another model's table fails before the sweep writes the run folder
@@ -412,7 +473,7 @@ def search_job(args: argparse.Namespace) -> int:
             log.info("%s already holds a study named %s (another search); this one records as %s",
                      shown_storage(state["storage"]), state["study_name"], sink.study_name)
             state["study_name"] = sink.study_name
-        (out / "search.json").write_text(json.dumps(state, indent=2))
+        atomic_write_text(out / "search.json", json.dumps(state, indent=2))  # read whole by a search starting here
         if cfg.env.latency_weight > 0 and cfg.env.latency_table is None:  # measured once per run folder, kept on resume
             table_path = out / "latency_table.json"
             if not table_path.is_file():

@@ -548,6 +548,50 @@ def test_a_relative_sqlite_storage_is_kept_absolute_and_an_in_memory_one_refused
     assert not (tmp_path / "mem").exists()
 
 
+def test_two_searches_started_at_once_into_one_folder_do_not_share_it(tmp_path, tiny_config, monkeypatch,
+                                                                       capsys):
+    """Both passed the 'already holds a search' check and spent their set-up (the baseline's training) side by side,
+    then wrote one folder: one study.db holding two studies, one search.json, one evaluations.csv. The folder is
+    now claimed before the set-up; a claim whose process is gone is taken over, a live one refused."""
+    monkeypatch.setenv("PRUNEPILOT_CACHE", str(tmp_path / "fresh-cache"))  # both train the baseline: a set-up of seconds
+    out = tmp_path / "run"
+    common = ["search", str(tiny_config), "--backend", "local", "--quiet", "--out", str(out), "search.evaluations=3",
+              "env.macs_target=0.6", "sweep.accuracy_floor=null", "search.final_pass=false", "agent.warmup_episodes=1",
+              "train.epochs=8"]
+    runs = [subprocess.Popen([sys.executable, "-m", "search.cli", *common, f"search.seed={seed}"], cwd=tmp_path,
+                             env=cli_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+            for seed in (1, 2)]
+    said = [run.communicate(timeout=300)[1] for run in runs]
+    assert sorted(run.returncode for run in runs) == [0, 2], said
+    refused = said[[run.returncode for run in runs].index(2)]
+    assert "another search (pid " in refused or "already holds a search" in refused
+    studies = subprocess.run([sys.executable, "-c", "import optuna, sys; print(len(optuna.get_all_study_summaries("
+                              "sys.argv[1])))", f"sqlite:///{out / 'study.db'}"], capture_output=True, text=True,
+                             env=cli_env(), timeout=120)
+    assert studies.stdout.strip() == "1", studies.stderr[-2000:]
+    # a live claim (this test's own process) is refused and kept; a claim of a process that is gone is taken over
+    claimed = tmp_path / "claimed"
+    claimed.mkdir()
+    live = {"setting_up": {"pid": os.getpid(), "host": socket.gethostname()}}
+    (claimed / "search.json").write_text(json.dumps(live))
+    again = [*common[:5], "--out", str(claimed), *common[7:]]
+    result = run_cli(*again, cwd=tmp_path, timeout=120)
+    assert result.returncode == 2 and f"another search (pid {os.getpid()} on " in result.stderr, result.stderr[-2000:]
+    assert json.loads((claimed / "search.json").read_text()) == live
+    # nothing to resume or review yet (a resume read the claim as a search and went looking for Tune's experiment)
+    assert main(["search", str(tiny_config), "--resume", str(claimed), "--quiet"]) == 2
+    assert main(["dashboard", str(claimed)]) == 2
+    said = capsys.readouterr().err
+    assert f"--resume: {claimed} holds a search whose set-up did not finish" in said
+    assert f"{claimed}: its search is still setting up" in said
+    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    (claimed / "search.json").write_text(json.dumps({"setting_up": {"pid": int(gone.stdout), "host":
+                                                                    socket.gethostname()}}))
+    result = run_cli(*again, cwd=tmp_path, timeout=120)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "taking over the run folder" in result.stderr and "study_name" in (claimed / "search.json").read_text()
+
+
 def test_same_config_and_seed_give_the_same_search(tmp_path, tiny_config):
     args = ["--backend", "local", "--quiet", "search.evaluations=8", "agent.warmup_episodes=3", "agent.net_arch=[16]",
             "agent.batch_size=8", "search.final_pass=false", "sweep.accuracy_floor=null"]
