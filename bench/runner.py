@@ -13,7 +13,7 @@ import json
 import logging
 import shlex
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import pandas as pd
@@ -33,12 +33,14 @@ from bench.zoo import display_zoo, zoo_rows
 from envs.factory import check_env_settings
 from envs.rewards import describe_latency_penalty
 from pruning.baseline import known_digest
+from pruning.checkpoint import read_json_object
 from pruning.config import AGENT_NAMES, RunConfig, load_config, validated
 from pruning.data import load_data
 from pruning.errors import UserError
 from pruning.models import model_factory
 from pruning.runtime import set_threads
 from search.cli import output_folder
+from search.folder_claim import claim_is_stale, claim_text, create_exclusively, take_over
 from search.local import SEARCHERS, check_searcher
 from search.report import markdown_table, write_json, write_table
 
@@ -373,6 +375,7 @@ def bench_job(args: argparse.Namespace) -> int:
     if "transfer" in parts and cfg.bench.transfer_model and cfg.bench.transfer_source:
         source_files(cfg, folder)  # an earlier benchmark's search must be there before anything is written
     folder.mkdir(parents=True, exist_ok=True)
+    release = None if collect_only else claim_bench_folder(folder)  # collecting runs nothing: it may look on
     write_json(cfg.model_dump(), folder / "config.json")
     show = not args.quiet
     start = time.perf_counter()
@@ -386,7 +389,32 @@ def bench_job(args: argparse.Namespace) -> int:
         if "zoo" in parts:
             zoo_part(cfg, folder)
     finally:
-        summary = write_summary(cfg, args.config, folder, args.overrides, collect_only, parts)
-        log.info("bench: %.0f s; summary: %s", time.perf_counter() - start, summary)
+        try:
+            summary = write_summary(cfg, args.config, folder, args.overrides, collect_only, parts)
+            log.info("bench: %.0f s; summary: %s", time.perf_counter() - start, summary)
+        finally:
+            if release is not None:
+                release()
     print(summary.read_text())
     return 0
+
+
+BENCH_CLAIM = ".bench.claim"
+
+
+def claim_bench_folder(folder: Path) -> Callable[[], None]:
+    """One bench at a time in a folder: a second one, started while the first runs, deleted the runs it found
+    unfinished (the first's running ones) to start them again. Returns the release."""
+    path, claim = folder / BENCH_CLAIM, claim_text()
+    if not create_exclusively(path, claim):
+        held = read_json_object(path, "a bench's claim")
+        if not claim_is_stale(held):
+            raise UserError(f"{folder}: another `prunepilot bench` (pid {held.get('pid')} on {held.get('host')}) runs "
+                            f"in this folder, and a second would delete and restart the runs it has not finished; wait "
+                            f"for it, or stop it (Ctrl-C), then run this again (if it is gone, delete {path})")
+        log.info("%s: taking over from a bench that was stopped (its process is gone)", folder)
+        take_over(path, claim)
+
+    def release() -> None:
+        path.unlink(missing_ok=True)
+    return release

@@ -5,10 +5,8 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
 import shlex
 import shutil
-import socket
 import time
 import uuid
 from contextlib import contextmanager
@@ -32,6 +30,7 @@ from pruning.evaluate import EvalResult, EvalSettings, Evaluator
 from pruning.latency_table import LatencyTable
 from pruning.policy import SparsityPolicy
 from search.cli import run_folder
+from search.folder_claim import claim_is_stale, claim_text, create_exclusively, take_over
 from search.jobs import baseline_of, final_pass, measure_table, prepare, unit_graph
 from search.local import check_searcher, run_local
 from search.ray_address import address_of_environment, check_ray_address
@@ -129,43 +128,18 @@ def check_no_search_in(out: Path) -> None:
     raise UserError(f"{out} already holds a search; {resume}choose another --out")
 
 
-def claim_is_stale(claim: dict) -> bool:
-    """A set-up claim made on this machine by a process that no longer runs."""
-    if claim.get("host") != socket.gethostname() or not isinstance(claim.get("pid"), int):
-        return False
-    try:
-        os.kill(claim["pid"], 0)
-    except ProcessLookupError:
-        return True
-    except PermissionError:  # alive, another user's
-        return False
-    return False
-
-
 def claim_run_folder(out: Path) -> None:
     """Take the run folder for this search before its set-up (the baseline's training, the floor's sweep: minutes).
     Two searches started at once into one folder (the same config twice, its default results/<name>/) both passed
     the 'already holds a search' check and wrote into one folder: one study.db holding both, one search.json, one
     evaluations.csv and report. search.json is created exclusively, so the second is refused."""
     out.mkdir(parents=True, exist_ok=True)
-    claim = json.dumps({"setting_up": {"pid": os.getpid(), "host": socket.gethostname()}})
-    state_file, written = out / "search.json", out / f".search.json.{os.getpid()}"
-    written.write_text(claim)
-    try:  # a hard link appears whole, or not at all: the other search never reads a half-written claim
-        try:
-            os.link(written, state_file)
-        except FileExistsError:
-            raise
-        except OSError:  # a file system without hard links: an exclusive create, written at once
-            with state_file.open("x") as file:
-                file.write(claim)
+    claim = claim_text("setting_up")
+    if create_exclusively(out / "search.json", claim):
         return
-    except FileExistsError:
-        check_no_search_in(out)  # refuses a live one; a stale claim is taken over below
-        log.info("%s: taking over the run folder from a search whose set-up was stopped (its process is gone)", out)
-        atomic_write_text(state_file, claim)
-    finally:
-        written.unlink(missing_ok=True)
+    check_no_search_in(out)  # refuses a live one; a stale claim is taken over
+    log.info("%s: taking over the run folder from a search whose set-up was stopped (its process is gone)", out)
+    take_over(out / "search.json", claim)
 
 
 def check_not_moved(out: Path, state: dict) -> None:

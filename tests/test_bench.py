@@ -784,8 +784,11 @@ def test_prior_replay_screens_a_recorded_pool(bench_run, tmp_path, capsys):
     assert "evaluations.csv not found" in capsys.readouterr().err
 
 
-def test_ctrl_c_stops_the_running_runs_and_starts_no_more(tmp_path):
-    """It used to end only the waiting loop: the pool then started every queued run, one after another."""
+@pytest.mark.parametrize("stop", ["SIGINT", "SIGTERM"])
+def test_ctrl_c_stops_the_running_runs_and_starts_no_more(tmp_path, stop):
+    """It used to end only the waiting loop: the pool then started every queued run, one after another. SIGTERM
+    (a scheduler's) stops it the same way. A second bench started on the folder meanwhile deleted the running run to
+    start it again; it is refused."""
     import os
     import signal
     import subprocess
@@ -809,13 +812,20 @@ def test_ctrl_c_stops_the_running_runs_and_starts_no_more(tmp_path):
         time.sleep(3)
         started = sorted(p.name for p in (out / "runs").glob("*.log"))
         assert len(started) == 1, started
-        bench.send_signal(signal.SIGINT)
+        running = out / "runs" / started[0].removesuffix(".log")
+        second = subprocess.run(bench.args, env={**os.environ, "PYTHONPATH": root}, capture_output=True, text=True,
+                                timeout=120)
+        assert second.returncode == 2, second.stderr[-2000:]
+        assert f"another `prunepilot bench` (pid {bench.pid} on " in second.stderr and running.is_dir()
+        bench.send_signal(getattr(signal, stop))
         said, _ = bench.communicate(timeout=90)
     finally:
         if bench.poll() is None:
             os.killpg(bench.pid, signal.SIGKILL)
             bench.wait()
-    assert bench.returncode == 130 and "prunepilot bench: interrupted" in said, said[-2000:]
+    assert (bench.returncode, stop) in [(130, "SIGINT"), (143, "SIGTERM")], said[-2000:]
+    assert {"SIGINT": "prunepilot bench: interrupted", "SIGTERM": "prunepilot bench: terminated (SIGTERM)"}[stop] in said
+    assert not (out / ".bench.claim").exists()  # released: the next bench goes on
     assert sorted(p.name for p in (out / "runs").glob("*.log")) == started  # nothing started after the Ctrl-C
     leftovers = subprocess.run(["pgrep", "-f", str(out)], capture_output=True, text=True).stdout.split()
     assert not leftovers, leftovers  # the run that was going stopped too
