@@ -208,10 +208,10 @@ def final_pass(ctx: Context, base: Baseline, graph: UnitGraph, policy: SparsityP
         "export_max_abs_diff": {"checkpoint": reload_diff, "torchscript": ts_diff, "onnx": onnx_diff},
         "baseline_checkpoint": str(base.checkpoint),
     }
-    write_json(summary, out / "summary.json")
     plot_unit_ratios(graph.names, {"policy": list(policy.vector(graph))}, out / "unit_ratios.png",
                      f"{cfg.model.name}: per-unit pruning ratios")
     (out / "report.md").write_text(render_prune_report(summary, steps_frame, policy, graph) + extra_report)
+    write_json(summary, out / "summary.json")  # last: its presence says the pass finished (resume, bench)
     log.info("dense %.4f -> pruned %.4f test accuracy (%.2f pp); MACs %.1f%% of dense; params x%.2f smaller; "
              "speed-up x%.2f at batch 64; report: %s", dense_row["test_accuracy"], pruned_row["test_accuracy"],
              summary["accuracy_drop_pp"], 100 * summary["macs_ratio"], summary["compression_ratio"],

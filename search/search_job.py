@@ -410,6 +410,11 @@ def search_job(args: argparse.Namespace) -> int:
     table = LatencyTable.load(cfg.env.latency_table) if cfg.env.latency_table else None  # likewise
     warn_of_ray_settings(cfg, backend)
     out, state = prepare_run_folder(args, cfg.name, backend)
+    if args.resume and cfg.search.final_pass and (out / "search_summary.json").is_file() and \
+            (out / "summary.json").is_file():  # a resubmitted job's --resume ran the whole final pass again
+        log.info("%s: the search and its final pass are finished; nothing to resume (report: %s)", out,
+                 out / "report.md")
+        return 0
     created = not out.exists()
     if args.storage_path and not args.resume:  # Tune would fail with a pyarrow traceback after the set-up
         check_storage_path(Path(state["storage_path"]))

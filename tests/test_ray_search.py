@@ -309,6 +309,13 @@ def test_ctrl_c_in_the_final_pass_keeps_the_search_and_resume_runs_only_the_pass
     assert result.returncode == 0, result.stderr[-3000:]
     assert_complete_once(out, 4)  # no evaluation run again
     assert (out / "report.md").is_file() and (out / "model.pt").is_file()
+    # a finished search resumed again (a scheduler's requeued job, say) ran the whole final pass once more
+    before = {p.name: p.stat().st_mtime_ns for p in out.iterdir() if p.is_file()}
+    again = subprocess.run(search_cmd(config, tmp_path / "ignored", "--resume", str(out)), env=ray_env,
+                           cwd=tmp_path, capture_output=True, text=True, timeout=600)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert "the search and its final pass are finished; nothing to resume" in again.stderr
+    assert {p.name: p.stat().st_mtime_ns for p in out.iterdir() if p.is_file()} == before
 
 
 @pytest.mark.parametrize("stop", ["SIGKILL", "SIGINT", "SIGTERM"])
