@@ -119,7 +119,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "dashboard" and args.overrides:
         parser.error(f"unrecognized arguments: {' '.join(args.overrides)}")
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    restore_sigterm = stop_on_sigterm()
+    # the dashboard keeps nothing to save, and its server (Bottle) swallows the interrupt and could hang after it
+    restore_sigterm = stop_on_sigterm() if args.command != "dashboard" else (lambda: None)
     try:
         return _commands()[args.command](args)
     except UserError as exc:
