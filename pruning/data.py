@@ -161,12 +161,39 @@ SOURCES: dict[str, Callable[..., tuple]] = {
 
 # ------------------------------------------------------------------------------------ bundle
 def _as_images(array: np.ndarray | torch.Tensor, field: str) -> torch.Tensor:
-    tensor = torch.as_tensor(np.array(array))
+    array = np.array(array)  # a copy: IDX arrays are read-only views of the file's bytes
+    if not (np.issubdtype(array.dtype, np.number) or array.dtype == bool) or np.iscomplexobj(array):
+        raise UserError(f"{field}: expected real numbers, got values of type {array.dtype}")
+    tensor = torch.as_tensor(array)
     if tensor.ndim == 3:
         tensor = tensor.unsqueeze(1)
     if tensor.ndim != 4:
         raise UserError(f"{field}: expected images shaped (N, H, W) or (N, C, H, W), got {tuple(tensor.shape)}")
-    return tensor.float()
+    tensor = tensor.float()
+    if len(tensor) == 0:
+        raise UserError(f"{field}: expected at least one image, got none")
+    if not torch.isfinite(tensor).all():  # one NaN made the normalising mean NaN, and then every image
+        raise UserError(f"{field}: {int((~torch.isfinite(tensor)).sum())} value(s) are NaN or infinite")
+    return tensor
+
+
+def _as_labels(array: np.ndarray | torch.Tensor, field: str, count: int) -> torch.Tensor:
+    """Class indices 0..K-1, one per image: strings, fractions or negatives failed deep in training, if at all."""
+    array = np.asarray(array)
+    if array.ndim == 2 and array.shape[1] == 1:  # (N, 1), as Keras-style loaders give them
+        array = array[:, 0]
+    if array.ndim != 1:
+        raise UserError(f"{field}: expected one class index per image, shaped (N,), got {array.shape}")
+    if len(array) != count:  # extra images or labels were dropped without a word, shifting the splits
+        raise UserError(f"{field}: {len(array)} labels for {count} images; expected one label per image")
+    if not (np.issubdtype(array.dtype, np.integer) or np.issubdtype(array.dtype, np.floating)) \
+            or np.iscomplexobj(array):
+        raise UserError(f"{field}: expected integer class indices 0..K-1, got values of type {array.dtype}")
+    if np.issubdtype(array.dtype, np.floating) and not np.all(np.isfinite(array) & (array == np.round(array))):
+        raise UserError(f"{field}: expected integer class indices 0..K-1, got fractional or non-finite values")
+    if array.min() < 0:
+        raise UserError(f"{field}: expected class indices 0..K-1, got {array.min():g}")
+    return torch.as_tensor(array.astype(np.int64))
 
 
 def check_source_options(name: str, options: dict) -> None:
@@ -194,9 +221,12 @@ def load_data(name: str, path: str | None = None, val_fraction: float = 0.1,
         if not isinstance(produced, (tuple, list)) or len(produced) != 4:
             raise UserError(f"data.name: {name} must return (x_train, y_train, x_test, y_test)")
         x_train, y_train, x_test, y_test = produced
-    x_train, x_test = _as_images(x_train, "train images"), _as_images(x_test, "test images")
-    y_train = torch.as_tensor(np.array(y_train)).long()
-    y_test = torch.as_tensor(np.array(y_test)).long()
+    x_train, x_test = _as_images(x_train, f"{name}: train images"), _as_images(x_test, f"{name}: test images")
+    if x_train.shape[1:] != x_test.shape[1:]:
+        raise UserError(f"{name}: train images are shaped {tuple(x_train.shape[1:])} and test images "
+                        f"{tuple(x_test.shape[1:])}; expected one (C, H, W) for both")
+    y_train = _as_labels(y_train, f"{name}: train labels", len(x_train))
+    y_test = _as_labels(y_test, f"{name}: test labels", len(x_test))
     if val_size is None:
         val_size = 5000 if name == "fashion-mnist" else max(1, int(round(len(y_train) * val_fraction)))
     if not 0 < val_size < len(y_train):

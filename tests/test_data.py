@@ -2,6 +2,7 @@ import gzip
 import os
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -70,3 +71,69 @@ def test_an_option_a_builtin_dataset_does_not_take_is_refused():
     with pytest.raises(UserError, match=r"dataset 'digits' takes no option\(s\) \['size'\]; it takes none"):
         load_data("digits", size=8)
     assert len(load_data("synthetic", n_train=50, n_test=20, size=6).y_test) == 20
+
+
+_rng = np.random.default_rng(0)
+
+
+def _user_split(x_train=None, y_train=None, x_test=None, y_test=None):
+    """A user's dataset function's four arrays, 100 + 20 images of 8x8 in 3 classes, with one part replaced."""
+    return (_rng.random((100, 8, 8)) if x_train is None else x_train,
+            _rng.integers(0, 3, 100) if y_train is None else y_train,
+            _rng.random((20, 8, 8)) if x_test is None else x_test,
+            _rng.integers(0, 3, 20) if y_test is None else y_test)
+
+
+def labels_for_fewer_images():
+    return _user_split(y_train=_rng.integers(0, 3, 90))
+
+
+def string_labels():
+    return _user_split(y_train=np.array(["shirt", "boot"] * 50))
+
+
+def negative_labels():
+    return _user_split(y_train=np.r_[-1, _rng.integers(0, 3, 99)])
+
+
+def fractional_labels():
+    return _user_split(y_test=_rng.random(20) * 3)
+
+
+def images_of_another_size():
+    return _user_split(x_test=_rng.random((20, 9, 9)))
+
+
+def image_with_nan():
+    images = _rng.random((100, 8, 8))
+    images[3, 2, 1] = np.nan
+    return _user_split(x_train=images)
+
+
+def no_test_images():
+    return _user_split(x_test=np.zeros((0, 8, 8)), y_test=np.zeros(0, dtype=int))
+
+
+def column_and_float_labels():
+    return _user_split(y_train=_rng.integers(0, 3, 100).astype(float), y_test=_rng.integers(0, 3, (20, 1)))
+
+
+@pytest.mark.parametrize("function, message", [
+    ("labels_for_fewer_images", r"train labels: 90 labels for 100 images; expected one label per image"),
+    ("string_labels", r"train labels: expected integer class indices 0..K-1, got values of type <U5"),
+    ("negative_labels", r"train labels: expected class indices 0..K-1, got -1"),
+    ("fractional_labels", r"test labels: expected integer class indices 0..K-1, got fractional"),
+    ("images_of_another_size", r"train images are shaped \(1, 8, 8\) and test images \(1, 9, 9\)"),
+    ("image_with_nan", r"train images: 1 value\(s\) are NaN or infinite"),
+    ("no_test_images", r"test images: expected at least one image, got none"),
+])
+def test_a_user_datasets_bad_arrays_are_refused_by_name(function, message):
+    """These went through: extra images were dropped and shifted the splits, one NaN made every normalised image
+    NaN, other image sizes were tested on; strings and negative labels failed with a traceback from deep in torch."""
+    with pytest.raises(UserError, match=rf"^tests.test_data:{function}: {message}"):
+        load_data(f"tests.test_data:{function}")
+
+
+def test_float_and_column_labels_that_are_class_indices_are_taken():
+    data = load_data("tests.test_data:column_and_float_labels")
+    assert data.y_train.dtype == torch.int64 and data.y_test.shape == (20,) and data.num_classes == 3
