@@ -53,7 +53,7 @@ class OnnxRuntimeForm(nn.Module):
 
 
 FORMS = {"eager": lambda model, shape: model, "folded": lambda model, shape: inference_form(model),
-         "deployed": lambda model, shape: timing_form(model)}
+         "deployed": lambda model, shape: timing_form(model, shape)}
 ONNXRUNTIME = {"onnxruntime": OnnxRuntimeForm}
 """Opt-in (`--onnxruntime`): one run with it timed every torch form slower than an earlier run without it;
 whether onnxruntime in the process or the machine did that is not settled, so the default leaves it out."""

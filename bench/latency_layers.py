@@ -27,7 +27,7 @@ def in_place_ms(model: nn.Module, input_shape: tuple[int, ...], batch_size: int,
     Timed by forward hooks, which add their own small cost to every layer alike; whole-model latency comes
     from `pruning.cost`, not from the sum of these.
     """
-    form = timing_form(model)
+    form = timing_form(model, input_shape)
     layers = {n: m for n, m in form.named_modules() if isinstance(m, (nn.Conv2d, nn.Linear))}
     device = next(iter(form.parameters())).device
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)

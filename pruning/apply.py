@@ -7,11 +7,14 @@ importance at every step simply by calling these again.
 
 from __future__ import annotations
 
+import copy
+
 import torch
 import torch_pruning as tp
 from torch import nn
 from torch.nn.utils import prune as torch_prune
 
+from pruning.errors import UserError
 from pruning.importance import channel_importance, weight_scores
 from pruning.units import UnitGraph, build_dependency_graph
 
@@ -73,6 +76,25 @@ def prune_structured(model: nn.Module, graph: UnitGraph, kept: dict[str, int], c
             raise ValueError(f"torch-pruning refused to prune {n_remove} channels of unit {unit.name!r}")
         group.prune()
     return model
+
+
+def check_pruned_forward(model: nn.Module, graph: UnitGraph) -> None:
+    """Prune a copy by one channel per unit and run it once: a forward that hard-codes a channel count
+    (`x.view(n, 512)`) otherwise failed with a traceback at the first evaluation, or inside a Ray trial."""
+    kept = {unit.name: unit.channels - 1 for unit in graph.units if unit.channels > 1}
+    if not kept:
+        return
+    probe = copy.deepcopy(model).eval()
+    device = next(probe.parameters()).device
+    try:
+        prune_structured(probe, graph, kept, "l1")  # outside no_grad: torch-pruning traces with autograd
+        with torch.no_grad():
+            probe(torch.zeros(1, *graph.input_shape, device=device))
+    except Exception as exc:  # noqa: BLE001 - the user's forward failed on fewer channels: say so, not a dump
+        raise UserError(f"model.name: the model fails once its channels are pruned ({type(exc).__name__}: "
+                        f"{str(exc).splitlines()[0] if str(exc) else ''}); a forward that hard-codes channel or "
+                        f"feature counts (x.view(n, 512), torch.reshape to fixed sizes) cannot be pruned: use "
+                        f"torch.flatten(x, 1) or shapes read from the tensor") from None
 
 
 def remove_blocks(model: nn.Module, graph: UnitGraph, kept: dict[str, int]) -> list[str]:

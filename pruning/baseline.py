@@ -13,6 +13,7 @@ from pruning.checkpoint import cache_dir, load_checkpoint, save_checkpoint, stab
 from pruning.config import RunConfig
 from pruning.data import DataBundle
 from pruning.errors import UserError
+from pruning.inference import runs_channels_last
 from pruning.models import build_model
 from pruning.training import Recipe, evaluate_accuracy, train
 
@@ -86,7 +87,7 @@ def get_baseline(cfg: RunConfig, data: DataBundle, device: torch.device, generat
         trained_now = retrain or not path.is_file()
         if trained_now:
             log.info("training the dense baseline %s (%s epochs); cached at %s", cfg.model.name, cfg.train.epochs, path)
-            if device.type == "cpu":
+            if device.type == "cpu" and runs_channels_last(model, data.input_shape):
                 model = model.to(memory_format=torch.channels_last)
             train(model, data, train_recipe(cfg), generator, description=f"train {cfg.model.name}", show_progress=show_progress)
             model = model.to(memory_format=torch.contiguous_format)

@@ -97,7 +97,7 @@ def measure_latency(model: nn.Module, input_shape: tuple[int, ...], batch_size: 
                     warmup: int = 5) -> Latency:
     """Median wall time of one forward pass of the model as deployed (BN folded, channels-last on a CPU;
     see `pruning.inference`) after warm-up, CUDA synchronised when on a GPU."""
-    return time_forward(timing_form(model), input_shape, batch_size, repeats, warmup)
+    return time_forward(timing_form(model, input_shape), input_shape, batch_size, repeats, warmup)
 
 
 @dataclass(frozen=True)
@@ -131,7 +131,7 @@ def compare_latency(dense: nn.Module, pruned: nn.Module, input_shape: tuple[int,
                     repeats: int = 30, rounds: int = 5) -> PairedLatency:
     """Two models as deployed (`timing_form`), timed in alternating rounds so that drifting machine load (other
     tenants, frequency changes) falls on both alike; the per-round speed-ups show how far one figure can be trusted."""
-    dense, pruned = timing_form(dense), timing_form(pruned)
+    dense, pruned = timing_form(dense, input_shape), timing_form(pruned, input_shape)
     per_round = max(3, repeats // rounds)
     first: list[Latency] = []
     second: list[Latency] = []

@@ -36,8 +36,25 @@ def inference_form(model: nn.Module) -> nn.Module:
         return copied
 
 
-def timing_form(model: nn.Module) -> nn.Module:
-    """`inference_form`, and channels-last when its weights are on the CPU: how latency is timed."""
+def runs_channels_last(model: nn.Module, input_shape: tuple[int, ...]) -> bool:
+    """Whether `model`'s forward works channels-last: a user model's `x.view(n, -1)` on a conv output fails
+    on that layout (training and timing then stopped with a traceback), so such a model stays contiguous."""
+    device = next(iter(model.parameters()), torch.empty(0)).device
+    trial = copy.deepcopy(model).eval().to(memory_format=torch.channels_last)
+    try:
+        with torch.no_grad():
+            trial(torch.zeros(2, *input_shape, device=device).to(memory_format=torch.channels_last))
+    except RuntimeError as exc:
+        log.info("%s runs contiguous, not channels-last (%s)", type(model).__name__, str(exc).splitlines()[0])
+        return False
+    return True
+
+
+def timing_form(model: nn.Module, input_shape: tuple[int, ...] | None = None) -> nn.Module:
+    """`inference_form`, and channels-last when its weights are on the CPU and (given `input_shape`) its
+    forward runs so: how latency is timed."""
     form = inference_form(model)
     on_cpu = all(p.device.type == "cpu" for p in form.parameters())
-    return form.to(memory_format=torch.channels_last) if on_cpu else form
+    if on_cpu and (input_shape is None or runs_channels_last(form, input_shape)):
+        return form.to(memory_format=torch.channels_last)
+    return form

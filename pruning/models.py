@@ -171,6 +171,44 @@ def model_factory(name: str, field: str = "model.name") -> Callable[..., nn.Modu
         raise UserError(f"{field}: cannot import {name!r} ({exc})") from None
 
 
+# Layers whose channels torch-pruning would cut without our cost model counting them (so MACs and the budget
+# would be wrong), or cut in ways that break them (attention heads): refused rather than half-supported.
+UNSUPPORTED_LAYERS = (nn.MultiheadAttention, nn.RNNBase, nn.Conv1d, nn.Conv3d, nn.ConvTranspose1d,
+                      nn.ConvTranspose2d, nn.ConvTranspose3d)
+
+
+def _where(exc: BaseException) -> str:
+    """`file:line` of the innermost frame of `exc`: a user model's failure is named without a traceback dump."""
+    frame = exc.__traceback__
+    while frame is not None and frame.tb_next is not None:
+        frame = frame.tb_next
+    return f" at {frame.tb_frame.f_code.co_filename}:{frame.tb_lineno}" if frame is not None else ""
+
+
+def check_user_model(model: object, name: str, num_classes: int, input_shape: tuple[int, int, int],
+                     field: str = "model.name") -> None:
+    """A factory's model must be a module that maps one input to `num_classes` logits from layers we can prune
+    and count; anything else failed deep in training, or pruned and reported figures that were not true."""
+    if not isinstance(model, nn.Module):
+        raise UserError(f"{field}: {name} returned a {type(model).__name__}; expected a torch.nn.Module")
+    unsupported = [(n, type(m).__name__) for n, m in model.named_modules() if isinstance(m, UNSUPPORTED_LAYERS)]
+    if unsupported:
+        listed = ", ".join(f"{n} ({kind})" for n, kind in unsupported[:3]) + (" ..." if len(unsupported) > 3 else "")
+        raise UserError(f"{field}: {name} has layers PrunePilot cannot prune or count: {listed}; it prunes the "
+                        f"channels of Conv2d and Linear layers (with their norms), and would cut these without "
+                        f"counting their MACs")
+    try:
+        with torch.no_grad():
+            output = model.eval()(torch.zeros(1, *input_shape))
+    except Exception as exc:  # noqa: BLE001 - any failure of a user's forward on the data's shape is theirs
+        raise UserError(f"{field}: {name} cannot take inputs shaped {tuple(input_shape)} "
+                        f"({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}{_where(exc)})") from None
+    if not isinstance(output, torch.Tensor) or tuple(output.shape) != (1, num_classes):
+        got = tuple(output.shape) if isinstance(output, torch.Tensor) else f"a {type(output).__name__}"
+        raise UserError(f"{field}: {name} gives {got} for one input; expected logits shaped (1, {num_classes}), "
+                        f"one per class of the data")
+
+
 def build_model(name: str, in_channels: int, num_classes: int, input_shape: tuple[int, int, int] | None = None,
                 **kwargs: Any) -> nn.Module:
     """Build a zoo model by name, or a user model from 'module:factory' (called with the same keywords)."""
@@ -179,12 +217,9 @@ def build_model(name: str, in_channels: int, num_classes: int, input_shape: tupl
         model = factory(in_channels=in_channels, num_classes=num_classes, **kwargs)
     except TypeError as exc:
         raise UserError(f"model.kwargs: {name} rejected its arguments ({exc})") from None
-    if input_shape is not None:  # materialise lazy layers so that parameter counts and pruning see real shapes
-        try:
-            with torch.no_grad():
-                model.eval()(torch.zeros(1, *input_shape))
-        except RuntimeError as exc:
-            built = f"model.name/model.kwargs: {name} with {kwargs}" if kwargs else f"model.name: {name}"
-            raise UserError(f"{built} cannot take inputs shaped {tuple(input_shape)} "
-                            f"({str(exc).splitlines()[0]})") from None
+    except Exception as exc:  # noqa: BLE001 - a user's factory failing is a user error: say where, not a dump
+        raise UserError(f"model.name: {name} failed ({type(exc).__name__}: {exc}{_where(exc)})") from None
+    if input_shape is not None:  # also materialises lazy layers, so that parameter counts and pruning see real shapes
+        shown, field = (f"{name} with {kwargs}", "model.name/model.kwargs") if kwargs else (name, "model.name")
+        check_user_model(model, shown, num_classes, input_shape, field)
     return model

@@ -20,6 +20,7 @@ import torch_pruning as tp
 from torch import nn
 
 from pruning.cost import PRUNABLE_TYPES, LayerShape, layer_shapes
+from pruning.errors import UserError
 
 Mode = Literal["structured", "unstructured"]
 
@@ -58,6 +59,8 @@ class UnitGraph:
     fingerprint: str = ""
     removable: dict[str, str] = field(default_factory=dict)
     """Unit name -> the residual block it is the inside of (`removable_blocks`): at ratio 1 the whole block goes."""
+    grouped_whole: set[str] = field(default_factory=set)
+    """Layers whose channels are kept whole because they couple to a grouped (not depthwise) conv."""
 
     @property
     def names(self) -> list[str]:
@@ -165,6 +168,11 @@ def discover_units(model: nn.Module, input_shape: tuple[int, ...], mode: Mode = 
     else:
         dg = build_dependency_graph(model, input_shape)
         for group in dg.get_all_groups(ignored_layers=classifier_layers(model), root_module_types=PRUNABLE_TYPES):
+            if any(_is_grouped_conv(dep.target.module) for dep, _ in group):
+                # kept whole: cutting a grouped conv's channels unevenly across its groups breaks it
+                graph.grouped_whole |= {names[dep.target.module] for dep, _ in group
+                                        if names.get(dep.target.module) in shapes}
+                continue
             outs, ins = set(), set()
             for dep, _ in group:
                 target = names.get(dep.target.module)
@@ -184,6 +192,9 @@ def discover_units(model: nn.Module, input_shape: tuple[int, ...], mode: Mode = 
                 graph.out_unit[layer] = head
             for layer in ins_sorted:
                 graph.in_unit[layer] = head
+    if not graph.units:  # a policy over nothing "pruned" to 100% of dense MACs and reported that as done
+        raise UserError(f"the model has no prunable channels ({mode}): it needs a Conv2d or a Linear layer before "
+                        f"its last Linear (the classifier, whose outputs are the classes, is never pruned)")
     graph.units.sort(key=lambda u: order[u.name])
     graph.units = [Unit(**{**u.__dict__, "index": i}) for i, u in enumerate(graph.units)]
     if mode == "unstructured":
@@ -191,7 +202,15 @@ def discover_units(model: nn.Module, input_shape: tuple[int, ...], mode: Mode = 
     graph.fingerprint = _fingerprint(mode, shapes, modules, graph.units)
     if mode == "structured":
         graph.removable = removable_blocks(model, graph)
+        from pruning.apply import check_pruned_forward  # apply builds on this module
+        check_pruned_forward(model, graph)
     return graph
+
+
+def _is_grouped_conv(module: nn.Module) -> bool:
+    """A conv of several groups that is not depthwise (ResNeXt-style): its channels are pruned as a whole or not."""
+    return isinstance(module, nn.Conv2d) and 1 < module.groups and not (
+        module.groups == module.in_channels == module.out_channels)
 
 
 def _common_parent(names: list[str]) -> str:

@@ -105,6 +105,9 @@ def latency_table_job(args: argparse.Namespace) -> int:
 # ------------------------------------------------------------------------------------ shared pieces
 def unit_graph(ctx: Context, model: torch.nn.Module) -> UnitGraph:
     graph = discover_units(model, ctx.data.input_shape, ctx.cfg.prune.mode)
+    if graph.grouped_whole:
+        log.info("channels shared with a grouped (not depthwise) conv are kept whole, since pruning would break it; "
+                 "%d layer(s) have such channels: %s", len(graph.grouped_whole), ", ".join(sorted(graph.grouped_whole)))
     if ctx.cfg.env.remove_blocks:  # say what the setting can do here: a model may have no block to remove
         log.info("env.remove_blocks: %d residual block(s) of %s can be removed%s", len(graph.removable),
                  ctx.cfg.model.name, f" ({', '.join(sorted(set(graph.removable.values())))})" if graph.removable
@@ -123,7 +126,13 @@ def policy_from_args(ctx: Context, graph: UnitGraph, policy_path: str | None) ->
                      ", ".join(left_out[:8]), ", ..." if len(left_out) > 8 else "")
         return policy
     if p.macs_target is not None:
-        return uniform_for_macs(graph, p.macs_target, p.round_to, p.max_ratio)
+        policy = uniform_for_macs(graph, p.macs_target, p.round_to, p.max_ratio)
+        reached = policy.macs_ratio(graph, p.round_to)
+        if reached > p.macs_target:  # pruned to the closest reachable without a word, the report then showed more
+            raise UserError(f"prune.macs_target: {p.macs_target:g} cannot be reached: every unit pruned at "
+                            f"prune.max_ratio {p.max_ratio:g} keeps {reached:.1%} of dense MACs (the layers outside any "
+                            f"prunable unit, such as the classifier, stay whole); raise the target or prune.max_ratio")
+        return policy
     if p.uniform_ratio is not None:
         return SparsityPolicy.uniform(graph, p.uniform_ratio, uniform_ratio=p.uniform_ratio)
     raise UserError("prune: give --policy FILE, or set prune.macs_target (e.g. 0.5) or prune.uniform_ratio")

@@ -145,7 +145,7 @@ def test_unstructured_mode_has_no_latency_table():
 
 def test_grouped_convs_are_refused_by_name():
     model = nn.Sequential(nn.Conv2d(1, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 8, 3, padding=1, groups=2), nn.ReLU(),
-                          nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 3))
+                          nn.Conv2d(8, 8, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 3))
     graph = discover_units(model, (1, 6, 6))
     with pytest.raises(UserError, match=r"layer 2 is a grouped conv \(groups=2\)"):
         measure_latency_table(model, graph, batch_size=2, repeats=1, rounds=1)

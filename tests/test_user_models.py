@@ -1,0 +1,86 @@
+"""A user's own model ('module:factory'): what it must give, and the kinds PrunePilot refuses or keeps whole."""
+
+import pytest
+import torch
+from torch import nn
+
+from pruning.apply import prune_structured
+from pruning.errors import UserError
+from pruning.inference import runs_channels_last, timing_form
+from pruning.models import build_model
+from pruning.units import discover_units
+from tests.test_cli import run_cli, tiny_config  # noqa: F401 - a fixture
+
+SHAPE = (1, 10, 10)
+
+
+@pytest.mark.parametrize("factory, message", [
+    ("not_a_module", r"model.name: tests.fixtures:not_a_module returned a str; expected a torch.nn.Module"),
+    ("two_extra_logits", r"gives \(1, 6\) for one input; expected logits shaped \(1, 4\), one per class"),
+    ("logits_and_features", r"gives a tuple for one input; expected logits shaped \(1, 4\)"),
+    ("with_attention", r"has layers PrunePilot cannot prune or count: attn \(MultiheadAttention\)"),
+    ("factory_that_raises", r"tests.fixtures:factory_that_raises failed \(ValueError: weights file missing at "
+                            r".*tests/fixtures.py:\d+\)"),
+])
+def test_a_user_model_that_cannot_be_pruned_or_scored_is_refused_when_built(factory, message):
+    """Each went on before: extra logits trained and scored without a word, a tuple or a str failed with a
+    traceback in training, and attention was cut to a width its heads cannot take (a traceback mid-search)."""
+    with pytest.raises(UserError, match=message):
+        build_model(f"tests.fixtures:{factory}", 1, 4, SHAPE)
+
+
+def test_a_model_with_nothing_to_prune_is_refused():
+    """It 'pruned' to 100% of dense MACs, and the report said done."""
+    model = build_model("tests.fixtures:classifier_only", 1, 4, SHAPE)
+    with pytest.raises(UserError, match=r"the model has no prunable channels \(structured\)"):
+        discover_units(model, SHAPE)
+
+
+def test_channels_that_a_grouped_conv_shares_are_kept_whole_and_the_rest_prune():
+    """Pruning a 4-group conv's channels unevenly across its groups broke its forward (a traceback)."""
+    model = build_model("tests.fixtures:grouped_conv", 1, 4, SHAPE).eval()
+    graph = discover_units(model, SHAPE)
+    assert graph.grouped_whole == {"0", "3", "6"}
+    assert graph.names == ["6", "9"]
+    prune_structured(model, graph, {"6": 16, "9": 12})
+    assert (model[3].weight.shape, model[6].weight.shape[0], model[9].weight.shape[0]) == ((32, 4, 3, 3), 16, 12)
+    assert model(torch.zeros(2, *SHAPE)).shape == (2, 4)
+
+
+def test_a_forward_with_a_fixed_feature_count_is_refused_before_pruning():
+    """`x.view(n, 800)` failed at the first pruned evaluation: a traceback, or a failed Ray trial."""
+    model = build_model("tests.fixtures:fixed_view", 1, 4, SHAPE)
+    with pytest.raises(UserError, match=r"the model fails once its channels are pruned \(RuntimeError: .*\); a forward "
+                                        r"that hard-codes channel or feature counts"):
+        discover_units(model, SHAPE)
+
+
+def test_a_forward_that_fails_channels_last_is_trained_and_timed_contiguous():
+    """`.view` on a conv output fails on the channels-last layout that CPU training and timing use."""
+    model = build_model("tests.fixtures:fixed_view", 1, 4, SHAPE)
+    assert not runs_channels_last(model, SHAPE)
+    form = timing_form(model, SHAPE)
+    assert form(torch.zeros(3, *SHAPE)).shape == (3, 4)
+    assert runs_channels_last(build_model("resnet20", 1, 4, SHAPE), SHAPE)
+    assert timing_form(build_model("resnet20", 1, 4, SHAPE), SHAPE).conv1.weight.is_contiguous(
+        memory_format=torch.channels_last)
+
+
+def test_user_models_through_the_command_line(tmp_path, tiny_config):
+    fixed = run_cli("train", str(tiny_config), "model.name=tests.fixtures:fixed_view", "--out",
+                    str(tmp_path / "fixed.pt"), cwd=tmp_path)
+    assert fixed.returncode == 0, fixed.stderr  # trained contiguous: channels-last stopped it with a traceback
+    refused = run_cli("prune", str(tiny_config), "model.name=tests.fixtures:fixed_view",
+                      f"model.checkpoint={tmp_path / 'fixed.pt'}", "--out", str(tmp_path / "p1"), cwd=tmp_path)
+    assert refused.returncode == 2 and "fails once its channels are pruned" in refused.stderr
+    assert "Traceback" not in refused.stderr and not (tmp_path / "p1").exists()
+    # a target the kept-whole layers put out of reach was pruned to the closest reachable without a word
+    unreachable = run_cli("prune", str(tiny_config), "model.name=tests.fixtures:grouped_conv", "prune.macs_target=0.05",
+                          "--out", str(tmp_path / "p2"), cwd=tmp_path)
+    assert unreachable.returncode == 2, unreachable.stderr
+    assert "prune.macs_target: 0.05 cannot be reached: every unit pruned at prune.max_ratio" in unreachable.stderr
+    assert "3 layer(s) have such channels: 0, 3, 6" in unreachable.stderr
+    reachable = run_cli("prune", str(tiny_config), "model.name=tests.fixtures:grouped_conv", "--out",
+                        str(tmp_path / "p3"), cwd=tmp_path)
+    assert reachable.returncode == 0, reachable.stderr
+    assert (tmp_path / "p3" / "report.md").is_file()
