@@ -25,7 +25,7 @@ AGENT_NAMES: tuple[str, ...] = AgentName.__args__
 
 
 class Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
 
 
 IN_MEMORY_DATASETS = ("digits", "synthetic")

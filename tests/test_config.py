@@ -32,6 +32,14 @@ def test_out_of_range_ratio(tmp_path):
         load_config(write(tmp_path, "prune:\n  max_ratio: 1.5\n"))
 
 
+@pytest.mark.parametrize("override", ["prune.finetune_epochs=.inf", "prune.final_epochs=inf", "env.latency_weight=inf",
+                                      "agent.noise_sigma=nan"])
+def test_infinite_or_nan_numbers_are_refused(tmp_path, override):
+    """An infinite fine-tune ran until killed, an infinite latency weight made every reward -inf: all were taken."""
+    with pytest.raises(UserError, match=rf"field `{override.split('=')[0]}`: Input should be a finite number"):
+        load_config(write(tmp_path, "{}"), [override])
+
+
 def test_overrides_are_typed_and_validated(tmp_path):
     cfg = load_config(write(tmp_path, "{}"), ["prune.steps=6", "data.name=digits", "prune.macs_target=0.25"])
     assert cfg.prune.steps == 6 and cfg.data.name == "digits" and cfg.prune.macs_target == 0.25
