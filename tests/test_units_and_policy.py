@@ -1,3 +1,4 @@
+import copy
 import json
 import math
 
@@ -175,3 +176,27 @@ def test_fit_to_macs_meets_target_and_keeps_the_shape(graphs, target):
     inside = (vector > 0) & (vector < 0.8)
     assert inside.sum() > len(vector) // 2  # one common offset: unclipped ratios keep their differences
     assert np.allclose(np.diff(vector[inside]), np.diff(shape[inside]))  # shape rises, so `inside` is one run
+
+
+def _torch_macs(model, shape) -> float:
+    """MACs by torch's own counter (FlopCounterMode counts 2 FLOPs per multiply-add of conv, linear and matmul)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with FlopCounterMode(display=False) as counter, torch.no_grad():
+        model.eval()(torch.zeros(1, *shape))
+    return counter.get_total_flops() / 2
+
+
+@pytest.mark.parametrize("name", ZOO)
+def test_macs_agree_with_torchs_flop_counter_dense_pruned_and_predicted(graphs, name):
+    """The MACs every reward, budget and report uses, checked against a counter we did not write, on the dense
+    model, on a physically pruned copy (blocks removed where the model has them) and as predicted from kept counts."""
+    model, graph = graphs[name]
+    assert count_macs(model, SHAPE) == graph.dense_macs == _torch_macs(model, SHAPE)
+    rng = np.random.default_rng(0)
+    kept = {u.name: int(rng.integers(1, u.channels + 1)) for u in graph.units}
+    removed = [u.name for u in graph.units if u.name in graph.removable][::2]
+    kept.update({unit: 0 for unit in removed})
+    pruned = prune_structured(copy.deepcopy(model), graph, kept)
+    assert count_macs(pruned, SHAPE) == _torch_macs(pruned, SHAPE) == pytest.approx(graph.macs(kept), rel=1e-12)
+    assert _torch_macs(pruned, SHAPE) < 0.8 * graph.dense_macs
