@@ -119,6 +119,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "dashboard" and args.overrides:
         parser.error(f"unrecognized arguments: {' '.join(args.overrides)}")
     logging.basicConfig(level=logging.INFO, format="%(message)s")
+    import_from_working_folder()
     # the dashboard keeps nothing to save, and its server (Bottle) swallows the interrupt and could hang after it
     restore_sigterm = stop_on_sigterm() if args.command != "dashboard" else (lambda: None)
     try:
@@ -134,6 +135,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 130
     finally:
         restore_sigterm()
+
+
+def import_from_working_folder() -> None:
+    """A `module:factory` (model.name, data.name) beside the config imports as it would under `python -m`: the
+    console script's sys.path lacked the working folder, so `mymodels:net` failed with 'No module named'. Appended,
+    so a file there never shadows an installed package; Ray's workers get the driver's sys.path with the job."""
+    here = os.getcwd()
+    if here not in sys.path and "" not in sys.path:
+        sys.path.append(here)
 
 
 def run_folder(args: argparse.Namespace, name: str) -> Path:

@@ -84,3 +84,15 @@ def test_user_models_through_the_command_line(tmp_path, tiny_config):
                         str(tmp_path / "p3"), cwd=tmp_path)
     assert reachable.returncode == 0, reachable.stderr
     assert (tmp_path / "p3" / "report.md").is_file()
+
+
+def test_a_user_model_beside_the_config_imports_from_the_working_folder(tmp_path, tiny_config, monkeypatch):
+    """The `prunepilot` console script's sys.path lacked the working folder (unlike `python -m`), so a user's
+    `mymodels:net` next to the config failed with 'No module named mymodels'."""
+    from search.cli import main
+
+    (tmp_path / "mymodels_pp.py").write_text("from tests.fixtures import tiny_cnn as net\n")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr("sys.path", [p for p in __import__("sys").path if p not in ("", str(tmp_path))])
+    assert main(["train", str(tiny_config), "model.name=mymodels_pp:net", "--out", str(tmp_path / "m.pt")]) == 0
+    assert (tmp_path / "m.pt").is_file()
