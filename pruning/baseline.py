@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -55,8 +56,25 @@ def build_from_arch(arch: dict) -> nn.Module:
     return build_model(arch["name"], arch["in_channels"], arch["num_classes"], tuple(arch["input_shape"]), **arch["kwargs"])
 
 
-def baseline_path(cfg: RunConfig, data: DataBundle) -> Path:
-    key = stable_hash({"arch": architecture(cfg, data), "data": data.fingerprint,
+def model_structure(model: nn.Module) -> str:
+    """A digest of what the model computes: its layers as printed (types, sizes, strides, activations) and the
+    source of every module class that is not torch's own (their forward). The cache key named only the model's
+    name, so an edited user model loaded the weights of the old one: silently where the shapes still fitted."""
+    sources = []
+    for kind in sorted({type(m) for m in model.modules() if not type(m).__module__.startswith("torch.")},
+                       key=lambda t: f"{t.__module__}.{t.__qualname__}"):
+        try:
+            sources.append(inspect.getsource(kind))
+        except (OSError, TypeError):  # defined where no source is kept (an interactive session)
+            sources.append(f"{kind.__module__}.{kind.__qualname__}")
+    return stable_hash({"layers": repr(model), "sources": sources})
+
+
+def baseline_path(cfg: RunConfig, data: DataBundle, model: nn.Module | None = None) -> Path:
+    """The cache file of the dense baseline `cfg` trains: its architecture, structure, data, recipe and seed."""
+    arch = architecture(cfg, data)
+    structure = model_structure(model if model is not None else build_from_arch(arch))
+    key = stable_hash({"arch": arch, "structure": structure, "data": data.fingerprint,
                        "recipe": train_recipe(cfg).__dict__, "seed": cfg.seed})
     return cache_dir() / "baselines" / f"{cfg.model.name.replace(':', '_')}-{key}.pt"
 
@@ -83,7 +101,7 @@ def get_baseline(cfg: RunConfig, data: DataBundle, device: torch.device, generat
             raise UserError(f"model.checkpoint: {path} does not fit model {cfg.model.name!r} ({str(exc).splitlines()[0]})") from None
         trained_now = False
     else:
-        path = baseline_path(cfg, data)
+        path = baseline_path(cfg, data, model)
         trained_now = retrain or not path.is_file()
         if trained_now:
             log.info("training the dense baseline %s (%s epochs); cached at %s", cfg.model.name, cfg.train.epochs, path)
@@ -92,7 +110,11 @@ def get_baseline(cfg: RunConfig, data: DataBundle, device: torch.device, generat
             train(model, data, train_recipe(cfg), generator, description=f"train {cfg.model.name}", show_progress=show_progress)
             model = model.to(memory_format=torch.contiguous_format)
         else:
-            model.load_state_dict(load_checkpoint(path)["state_dict"])
+            try:
+                model.load_state_dict(load_checkpoint(path)["state_dict"])
+            except RuntimeError as exc:  # a file written by hand or another version into the cache
+                raise UserError(f"{path}: the cached baseline does not fit model {cfg.model.name!r} "
+                                f"({str(exc).splitlines()[0]}); delete it to train the baseline again") from None
     model.eval()
     val_acc = evaluate_accuracy(model, data.x_val, data.y_val)
     test_acc = evaluate_accuracy(model, data.x_test, data.y_test)

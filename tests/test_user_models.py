@@ -1,5 +1,7 @@
 """A user's own model ('module:factory'): what it must give, and the kinds PrunePilot refuses or keeps whole."""
 
+import re
+
 import pytest
 import torch
 from torch import nn
@@ -96,3 +98,29 @@ def test_a_user_model_beside_the_config_imports_from_the_working_folder(tmp_path
     monkeypatch.setattr("sys.path", [p for p in __import__("sys").path if p not in ("", str(tmp_path))])
     assert main(["train", str(tiny_config), "model.name=mymodels_pp:net", "--out", str(tmp_path / "m.pt")]) == 0
     assert (tmp_path / "m.pt").is_file()
+
+
+def test_an_edited_user_model_gets_a_baseline_of_its_own(tmp_path, tiny_config):
+    """The baseline cache was keyed by the model's name: after an edit, a wider model failed to load the cached
+    weights (a traceback), and another activation loaded the old model's weights without a word."""
+    module = tmp_path / "edited_pp.py"
+    versions = {
+        "first": "from tests.fixtures import tiny_cnn as net\n",
+        "wider": "from tests.fixtures import tiny_cnn\ndef net(in_channels, num_classes):\n"
+                 "    return tiny_cnn(in_channels, num_classes, width=12)\n",
+        "tanh": "from torch import nn\nfrom tests.fixtures import tiny_cnn\ndef net(in_channels, num_classes):\n"
+                "    model = tiny_cnn(in_channels, num_classes)\n    model[2] = nn.Tanh()\n    return model\n",
+        "forward": "import torch\nfrom torch import nn\nfrom tests.fixtures import tiny_cnn\n"
+                   "class Net(nn.Sequential):\n    def forward(self, x):\n        return super().forward(x * 2)\n"
+                   "def net(in_channels, num_classes):\n    return Net(*tiny_cnn(in_channels, num_classes))\n",
+    }
+    cached = {}
+    for version, source in [*versions.items(), ("first again", versions["first"])]:
+        module.write_text(source)
+        result = run_cli("train", str(tiny_config), "model.name=edited_pp:net", "--out", str(tmp_path / "m.pt"),
+                         cwd=tmp_path)
+        assert result.returncode == 0, result.stderr
+        path = re.search(r"(?:cached at|loaded from) (\S+\.pt)", result.stderr).group(1)
+        cached[version] = ("trained now" in result.stderr, path)
+    assert [trained for trained, _ in cached.values()] == [True, True, True, True, False]
+    assert len({path for _, path in cached.values()}) == 4 and cached["first again"][1] == cached["first"][1]
