@@ -98,6 +98,26 @@ def save_checkpoint(path: Path, model: torch.nn.Module, *, arch: dict[str, Any],
     }, path)
 
 
+STATE_DICT_KEYS = ("state_dict", "model_state_dict", "model", "net", "weights")
+"""Where training scripts and frameworks nest the weights in a checkpoint (Lightning, timm, hand-written loops)."""
+
+
+def _is_state_dict(value: Any) -> bool:
+    return isinstance(value, dict) and bool(value) and all(
+        isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in value.items())
+
+
+def foreign_state_dict(payload: dict) -> dict[str, torch.Tensor] | None:
+    """The weights of a checkpoint another tool wrote: a plain state_dict, or one under a usual key (with the
+    epoch or optimiser beside it), with DistributedDataParallel's `module.` prefix taken off. Such files were
+    refused, so a user's own trained weights needed a conversion script first."""
+    state_dict = payload if _is_state_dict(payload) else next(
+        (payload[k] for k in STATE_DICT_KEYS if _is_state_dict(payload.get(k))), None)
+    if state_dict is not None and all(k.startswith("module.") for k in state_dict):
+        state_dict = {k[len("module."):]: v for k, v in state_dict.items()}
+    return state_dict
+
+
 def load_checkpoint(path: str | Path) -> dict[str, Any]:
     """Read a checkpoint written by `save_checkpoint` (weights only); bad files are a UserError naming the file."""
     path = Path(path)
@@ -113,8 +133,12 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
                   else (str(exc).splitlines() or [""])[0])
         raise UserError(f"{path}: not a readable weights-only checkpoint ({type(exc).__name__}: {detail}); "
                         "PrunePilot reloads its own checkpoints without unpickling code") from None
-    if isinstance(payload, dict) and "format" not in payload and all(isinstance(v, torch.Tensor) for v in payload.values()):
-        return {"format": 0, "arch": None, "data_fingerprint": None, "kept_channels": {}, "metrics": {}, "state_dict": payload}
+    if isinstance(payload, dict) and "format" not in payload:
+        state_dict = foreign_state_dict(payload)
+        if state_dict is not None:
+            return {"format": 0, "arch": None, "data_fingerprint": None, "kept_channels": {}, "metrics": {},
+                     "state_dict": state_dict}
     if not isinstance(payload, dict) or payload.get("format") != FORMAT_VERSION:
-        raise UserError(f"{path}: not a PrunePilot checkpoint (format {FORMAT_VERSION}) nor a plain state_dict")
+        raise UserError(f"{path}: not a PrunePilot checkpoint (format {FORMAT_VERSION}), a state_dict, nor a dict holding "
+                        f"one under {', '.join(STATE_DICT_KEYS)}")
     return payload

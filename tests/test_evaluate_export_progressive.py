@@ -93,6 +93,22 @@ def test_bad_checkpoints_are_user_errors(tmp_path):
         load_checkpoint(tmp_path)
 
 
+def test_weights_that_other_tools_saved_load_as_a_state_dict(tmp_path):
+    """A user's own trained weights, as a training loop, Lightning or DDP saves them, were refused."""
+    weights = {"0.weight": torch.ones(2, 1, 3, 3), "0.bias": torch.zeros(2)}
+    saved = {"plain": weights, "lightning": {"epoch": 3, "state_dict": weights, "hyper_parameters": {"lr": 0.1}},
+             "loop": {"model": weights, "optimizer": {"state": {}}, "epoch": 9},
+             "ddp": {"model_state_dict": {f"module.{k}": v for k, v in weights.items()}}}
+    for name, payload in saved.items():
+        torch.save(payload, tmp_path / f"{name}.pt")
+        loaded = load_checkpoint(tmp_path / f"{name}.pt")
+        assert loaded["format"] == 0 and loaded["arch"] is None and loaded["state_dict"].keys() == weights.keys(), name
+    torch.save({"epoch": 3, "model": "resnet"}, tmp_path / "none.pt")
+    with pytest.raises(UserError, match=r"none.pt: not a PrunePilot checkpoint \(format 1\), a state_dict, nor a dict "
+                                        r"holding one under state_dict, model_state_dict, model, net, weights"):
+        load_checkpoint(tmp_path / "none.pt")
+
+
 @pytest.mark.parametrize("mode", ["structured", "unstructured"])
 def test_progressive_pass_reaches_the_policy_step_by_step(trained_vgg, digits, mode):
     graph = discover_units(trained_vgg, digits.input_shape, mode)
