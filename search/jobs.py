@@ -270,6 +270,9 @@ def render_prune_report(summary: dict, steps: pd.DataFrame, policy: SparsityPoli
         markdown_table(pd.DataFrame({"unit": graph.names, "ratio": policy.vector(graph),
                                      "kept": list(policy.kept(graph, summary["round_to"]).values())})), "",
     ]
+    if graph.grouped_whole:
+        lines += [f"Channels shared with a grouped (not depthwise) conv are kept whole, since pruning would break it: "
+                  f"{', '.join(sorted(graph.grouped_whole))}.", ""]
     return "\n".join(lines)
 
 
