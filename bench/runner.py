@@ -40,7 +40,7 @@ from pruning.errors import UserError
 from pruning.models import model_factory
 from pruning.runtime import set_threads
 from search.cli import output_folder
-from search.folder_claim import claim_is_stale, claim_text, create_exclusively, take_over
+from search.folder_claim import STALE_AFTER_S, hold_claim
 from search.local import SEARCHERS, check_searcher
 from search.report import markdown_table, write_json, write_table
 
@@ -405,16 +405,8 @@ BENCH_CLAIM = ".bench.claim"
 def claim_bench_folder(folder: Path) -> Callable[[], None]:
     """One bench at a time in a folder: a second one, started while the first runs, deleted the runs it found
     unfinished (the first's running ones) to start them again. Returns the release."""
-    path, claim = folder / BENCH_CLAIM, claim_text()
-    if not create_exclusively(path, claim):
-        held = read_json_object(path, "a bench's claim")
-        if not claim_is_stale(held):
-            raise UserError(f"{folder}: another `prunepilot bench` (pid {held.get('pid')} on {held.get('host')}) runs "
-                            f"in this folder, and a second would delete and restart the runs it has not finished; wait "
-                            f"for it, or stop it (Ctrl-C), then run this again (if it is gone, delete {path})")
-        log.info("%s: taking over from a bench that was stopped (its process is gone)", folder)
-        take_over(path, claim)
-
-    def release() -> None:
-        path.unlink(missing_ok=True)
-    return release
+    path = folder / BENCH_CLAIM
+    return hold_claim(path, lambda held: (
+        f"{folder}: another `prunepilot bench` (pid {held.get('pid')} on {held.get('host')}) runs in this folder, and "
+        f"a second would delete and restart the runs it has not finished; wait for it, or stop it (Ctrl-C), then run "
+        f"this again (if it is gone, delete {path}, or wait {STALE_AFTER_S:.0f} s after it stopped)"))

@@ -8,11 +8,22 @@ checks and wrote into, or deleted, the other's files.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import socket
+import threading
+import time
 from pathlib import Path
+from typing import Callable
 
 from pruning.checkpoint import atomic_write_text
+from pruning.errors import UserError
+
+log = logging.getLogger("prunepilot")
+HEARTBEAT_S = 10.0
+"""How often a held claim's file is touched."""
+STALE_AFTER_S = 120.0
+"""A held claim untouched this long is stale wherever its process ran (another node that crashed, say)."""
 
 
 def this_process() -> dict:
@@ -62,3 +73,50 @@ def take_over(path: Path, text: str) -> None:
 def claim_text(key: str | None = None) -> str:
     """This process's claim as JSON, under `key` when the claim file also holds other state (search.json)."""
     return json.dumps({key: this_process()} if key else this_process())
+
+
+def _held_by(path: Path) -> dict:
+    """The claim in `path`; an unreadable one (half a write by hand, say) reads as nobody's."""
+    try:
+        held = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+    return held if isinstance(held, dict) else {}
+
+
+def heartbeat_stopped(path: Path) -> bool:
+    """Whether a held claim's file went untouched for STALE_AFTER_S: its process stopped, on any machine."""
+    try:
+        return time.time() - path.stat().st_mtime > STALE_AFTER_S
+    except FileNotFoundError:
+        return True
+
+
+def hold_claim(path: Path, refusal: Callable[[dict], str]) -> Callable[[], None]:
+    """Claim `path` for as long as this process works in its folder, touched every HEARTBEAT_S by a daemon thread;
+    a live claim is a UserError (`refusal` of its pid and host), a stale one (process gone from this machine, or
+    heartbeat stopped) is taken over. Returns the release, which removes the claim if it is still this process's."""
+    text = claim_text()
+    if not create_exclusively(path, text):
+        held = _held_by(path)
+        if held and not (claim_is_stale(held) or heartbeat_stopped(path)):
+            raise UserError(refusal(held))
+        log.info("%s: taking over from a process that stopped (pid %s on %s)", path.parent, held.get("pid"),
+                 held.get("host"))
+        take_over(path, text)
+    stop = threading.Event()
+
+    def beat() -> None:
+        while not stop.wait(HEARTBEAT_S):
+            try:
+                os.utime(path)
+            except OSError:  # the folder went (a set-up stopped and removed what it made)
+                return
+
+    threading.Thread(target=beat, name=f"claim {path.name}", daemon=True).start()
+
+    def release() -> None:
+        stop.set()
+        if _held_by(path) == this_process():
+            path.unlink(missing_ok=True)
+    return release

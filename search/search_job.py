@@ -11,7 +11,7 @@ import time
 import uuid
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
 
 import pandas as pd
 
@@ -30,7 +30,8 @@ from pruning.evaluate import EvalResult, EvalSettings, Evaluator
 from pruning.latency_table import LatencyTable
 from pruning.policy import SparsityPolicy
 from search.cli import run_folder
-from search.folder_claim import claim_is_stale, claim_text, create_exclusively, take_over
+from search.folder_claim import (STALE_AFTER_S, claim_is_stale, claim_text, create_exclusively, hold_claim,
+                                 take_over)
 from search.jobs import baseline_of, final_pass, measure_table, prepare, unit_graph
 from search.local import check_searcher, run_local
 from search.ray_address import address_of_environment, check_ray_address
@@ -140,6 +141,20 @@ def claim_run_folder(out: Path) -> None:
     check_no_search_in(out)  # refuses a live one; a stale claim is taken over
     log.info("%s: taking over the run folder from a search whose set-up was stopped (its process is gone)", out)
     take_over(out / "search.json", claim)
+
+
+DRIVER_CLAIM = ".search.claim"
+"""Held by the search's driver from its set-up to its end, new or resumed (folder_claim.hold_claim)."""
+
+
+def hold_driver_claim(out: Path, config: str) -> Callable[[], None]:
+    """One driver at a time in a run folder: a `--resume` started while the search still ran (or a second resume)
+    continued the same Tune experiment and recorded into the same study beside it."""
+    return hold_claim(out / DRIVER_CLAIM, lambda held: (
+        f"{out}: its search is running (pid {held.get('pid')} on {held.get('host')}); a second driver would continue "
+        f"the same experiment and study beside it. Wait for it, or stop it (Ctrl-C) and run `prunepilot search {config} "
+        f"--resume {out}` then (if it is gone, delete {out / DRIVER_CLAIM}, or wait {STALE_AFTER_S:.0f} s after it "
+        f"stopped)"))
 
 
 def check_not_moved(out: Path, state: dict) -> None:
@@ -416,146 +431,152 @@ def search_job(args: argparse.Namespace) -> int:
                  out / "report.md")
         return 0
     created = not out.exists()
-    if args.storage_path and not args.resume:  # Tune would fail with a pyarrow traceback after the set-up
-        check_storage_path(Path(state["storage_path"]))
-    if backend == "ray":
-        from search.ray_backend import check_trial_fits, connect
-
-        connect(address, field=field)  # before any file or training: a cluster that refuses us (token, version) fails
-        check_trial_fits(cfg.search.cpus_per_trial, cfg.search.gpus_per_trial, embedded=not address)
-        if ctx.device.type == "cuda" and cfg.search.gpus_per_trial <= 0:
-            log.warning("the trials evaluate on the CPU: search.gpus_per_trial is 0 (the final pass runs on %s); give "
-                        "each trial a share of a GPU with search.gpus_per_trial (e.g. 0.5)", ctx.device)
-    if not args.resume:  # outside the discarding below: a claim refused leaves the other search's folder alone
-        claim_run_folder(out)
-    with discarded_if_setup_stops(out, created, claimed=not args.resume):
-        base = baseline_of(ctx)
-        graph = unit_graph(ctx, base.model)
-        if table is not None:  # another model's table fails before the sweep writes the run folder
-            table.check(graph, cfg.prune.round_to)
-        searched = searched_identity(cfg, graph)
-        if args.resume:
-            check_same_search(state, searched, out)
-        state.update(searched)
-        # built once (rankings, Taylor gradients, fixed BN batches): the sweep, the search and the final pass share it
-        evaluator = Evaluator(base.model, ctx.data, graph, EvalSettings.from_config(cfg))
-        if args.resume:
-            cfg.env.macs_target = state.get("macs_target", cfg.env.macs_target)  # the target the search started with
-        elif cfg.sweep.accuracy_floor is not None:
-            cfg.env.macs_target = target_from_floor(cfg, evaluator, out)
-        state["macs_target"] = cfg.env.macs_target
-        sink = EvaluationSink(state["storage"], state["study_name"], graph.names, cfg.search.searcher,
-                              cfg.search.evaluations, ctx.show_progress, new=not args.resume)
-        out.mkdir(parents=True, exist_ok=True)
-        sink.recorder  # open (and create) the study now: a bad --storage fails before any work
-        if sink.study_name != state["study_name"]:
-            log.info("%s already holds a study named %s (another search); this one records as %s",
-                     shown_storage(state["storage"]), state["study_name"], sink.study_name)
-            state["study_name"] = sink.study_name
-        atomic_write_text(out / "search.json", json.dumps(state, indent=2))  # read whole by a search starting here
-        if cfg.env.latency_weight > 0 and cfg.env.latency_table is None:  # measured once per run folder, kept on resume
-            table_path = out / "latency_table.json"
-            if not table_path.is_file():
-                measure_table(cfg, base.model, graph).save(table_path)
-            cfg.env.latency_table = str(table_path)
-        start = time.perf_counter()
-        agent, tune_seconds = None, None
-        warm = with_prior(load_warm_agent(args, cfg, graph), prior, cfg, graph)
-        # inside the set-up: an unreachable target (env.r_max) or a bad seed policy left a search.json and an empty
-        # study behind, and the rerun read 'already holds a search'
-        env = build_env(cfg, base.model, ctx.data, graph,
-                        **({"evaluator": evaluator} if backend == "local" else {"deferred": True}))
-        seeds = load_seed_policies(args.policy, env)
+    # a resume claims its folder before connecting (seconds for an embedded Ray); a new search once it made it
+    release = hold_driver_claim(out, args.config) if args.resume else (lambda: None)
+    try:
+        if args.storage_path and not args.resume:  # Tune would fail with a pyarrow traceback after the set-up
+            check_storage_path(Path(state["storage_path"]))
         if backend == "ray":
-            from search.ray_backend import RecordingCallback, run_tune, search_algorithm, trainable
+            from search.ray_backend import check_trial_fits, connect
 
-            searcher, space, samples = search_algorithm(cfg, env, base.model, graph, out / "agent", warm, seeds)
-    if backend == "local":
-        try:
-            _, agent = run_local(cfg, base.model, env, agent=warm, seeds=seeds, on_evaluation=lambda e: sink(
-                f"local-{e.episode}", {"ratios": e.policy.ratios, "accuracy": e.accuracy, "macs_ratio": e.macs_ratio,
-                                       "reward": e.reward, "episode": e.episode,
-                                       **{k: e.extra[k] for k in SCREEN_ATTRS if k in e.extra},
-                                       **latency_attr(env, e.policy.kept(graph, env.round_to))}))
-        except KeyboardInterrupt:
-            sink.close()
-            log.warning("search stopped after %d recorded evaluations (kept in %s for review); the local backend "
-                        "cannot be resumed: search again with another --out (on Ray, --resume continues a search)",
-                        len(sink.recorder.study.get_trials(deepcopy=False)), state["storage"])
-            raise
-        if agent is not None:
-            agent.save(out / "agent", env)
-    else:
-        tune_start = time.perf_counter()
-        try:
-            run_tune(cfg, trainable(cfg, evaluator), searcher, space, samples,
-                     Path(state["storage_path"]), RecordingCallback(sink), resume=bool(args.resume),
-                     name=state.get("experiment", EXPERIMENT_IN_RUN))  # states written before it was kept: the default
-        except KeyboardInterrupt:
-            sink.close()
-            log.warning("search stopped after %d recorded evaluations; continue it with: prunepilot search %s "
-                        "--resume %s", len(sink.recorder.study.get_trials(deepcopy=False)), args.config, out)
-            raise
-        tune_seconds = time.perf_counter() - tune_start
-        env = build_env(cfg, base.model, ctx.data, graph, evaluator=evaluator)
-    wall = time.perf_counter() - start
-    sink.close()
-    frame = write_table(sink.recorder.frame(), out, "evaluations")
-    best_row = best_evaluation(frame)
-    best = policy_of_row(best_row, graph, reward=float(best_row["reward"]), accuracy=float(best_row["accuracy"]),
-                                      macs_ratio=float(best_row["macs_ratio"]), searcher=cfg.search.searcher,
-                                      macs_target=env.macs_target)
-    best.save(out / "best_policy.json")
-    complete = frame[frame["state"] == "COMPLETE"].copy()
-    complete["best_reward"] = complete["reward"].cummax()
-    plot_lines(complete, "evaluation", ["reward", "best_reward"], out / "reward.png", "reward per evaluation")
-    plot_accuracy_vs_macs(complete, out / "accuracy_vs_macs.png")
-    uniform_policy = uniform(graph, env.macs_target, env.round_to, cfg.prune.max_ratio)
-    plot_unit_ratios(graph.names, {"best": list(best.vector(graph)), "uniform": list(uniform_policy.vector(graph))},
-                     out / "best_vs_uniform.png", f"{cfg.model.name}: best policy vs uniform at the same MACs")
-    uniform_result = env.evaluate(uniform_policy)
-    below_uniform = uniform_beats(env, uniform_result, float(best_row["reward"]), f"the search's best ({len(frame)} "
-                                  "evaluations)", "search longer (search.evaluations)")
-    nodes = complete["node_id"].nunique() if "node_id" in complete else 1
-    where = ("this process (no Ray)" if backend == "local" else
-             f"{nodes} Ray node(s)" + (" (counted over every session of this resumed search)" if args.resume else ""))
-    log.info("search: %d evaluations (%d failed) in %.0fs on %s; best reward %.4f (val acc %.4f, %.1f%% MACs); "
-             "uniform: val acc %.4f", len(frame), int((frame["state"] != "COMPLETE").sum()), wall, where,
-             best_row["reward"], best_row["accuracy"], 100 * best_row["macs_ratio"], uniform_result.accuracy)
-    section = "\n".join([
-        "", "## Search", "",
-        f"Searcher **{cfg.search.searcher}** ({backend} backend), {len(frame)} evaluations in {wall:.0f} s of this "
-        f"session on {where}; MACs target {env.macs_target:.2f}, reward `{env.reward_name}`{latency_term(env)}. "
-        f"Optuna study `{state['study_name']}` in `{shown_storage(state['storage'])}` (`prunepilot dashboard {out}`).",
-        "",
-        markdown_table(pd.DataFrame([
-            {"policy": "best found", "val accuracy (adaptive BN)": best_row["accuracy"],
-             "MACs ratio": best_row["macs_ratio"], **latency_attr(env, best.kept(graph, env.round_to)),
-             "reward": best_row["reward"]},
-            {"policy": "uniform", "val accuracy (adaptive BN)": uniform_result.accuracy,
-             "MACs ratio": uniform_result.macs_ratio, **latency_attr(env, uniform_result.kept),
-             "reward": env.reward(uniform_result)}])), "",
-        *([f"**The best policy found scores below the uniform policy** ({below_uniform}): search longer, or prune "
-           f"the uniform policy with `prunepilot prune CONFIG prune.macs_target={env.macs_target:.2f}`.", ""]
-          if below_uniform else []),
-        "![reward](reward.png) ![accuracy vs MACs](accuracy_vs_macs.png) ![best vs uniform](best_vs_uniform.png)", ""])
-    write_json({"evaluations": len(frame), "failed": int((frame["state"] != "COMPLETE").sum()), "wall_seconds": wall,
-                "nodes": int(nodes), "best": best.to_dict(), "uniform_accuracy": uniform_result.accuracy,
-                "uniform_reward": env.reward(uniform_result),
-                "backend": backend, "tune_seconds": tune_seconds, "concurrency": cfg.search.concurrency if backend == "ray" else 1,
-                "baseline": base.identity()}, out / "search_summary.json")
-    if cfg.search.final_pass:  # search.seed: repeats differ in fine-tuning order too, not only in the search
-        try:
-            final_pass(ctx, base, graph, best, out, cfg.search_seed, extra_report=section, evaluator=evaluator)
-        except KeyboardInterrupt:
-            # the local backend cannot resume: prune runs the same pass (same config and overrides) into a subfolder
-            prune = shlex.join(["prunepilot", "prune", args.config, "--policy", str(out / "best_policy.json"), "--out",
-                                str(out / "final"), *args.overrides])
-            again = (f"prunepilot search {args.config} --resume {out} (Tune's finished search is not run again)"
-                     if backend == "ray" else prune)
-            log.warning("final pass stopped; the search's %d evaluations and its best policy are kept in %s; run the "
-                        "pass again with: %s", len(frame), out, again)
-            raise
-    else:
-        (out / "report.md").write_text(f"# Search report: {cfg.model.name} ({cfg.name})\n{section}")
+            connect(address, field=field)  # before any file or training: a cluster that refuses us (token, version) fails
+            check_trial_fits(cfg.search.cpus_per_trial, cfg.search.gpus_per_trial, embedded=not address)
+            if ctx.device.type == "cuda" and cfg.search.gpus_per_trial <= 0:
+                log.warning("the trials evaluate on the CPU: search.gpus_per_trial is 0 (the final pass runs on %s); give "
+                            "each trial a share of a GPU with search.gpus_per_trial (e.g. 0.5)", ctx.device)
+        if not args.resume:  # outside the discarding below: a claim refused leaves the other search's folder alone
+            claim_run_folder(out)
+            release = hold_driver_claim(out, args.config)
+        with discarded_if_setup_stops(out, created, claimed=not args.resume):
+            base = baseline_of(ctx)
+            graph = unit_graph(ctx, base.model)
+            if table is not None:  # another model's table fails before the sweep writes the run folder
+                table.check(graph, cfg.prune.round_to)
+            searched = searched_identity(cfg, graph)
+            if args.resume:
+                check_same_search(state, searched, out)
+            state.update(searched)
+            # built once (rankings, Taylor gradients, fixed BN batches): the sweep, the search and the final pass share it
+            evaluator = Evaluator(base.model, ctx.data, graph, EvalSettings.from_config(cfg))
+            if args.resume:
+                cfg.env.macs_target = state.get("macs_target", cfg.env.macs_target)  # the target the search started with
+            elif cfg.sweep.accuracy_floor is not None:
+                cfg.env.macs_target = target_from_floor(cfg, evaluator, out)
+            state["macs_target"] = cfg.env.macs_target
+            sink = EvaluationSink(state["storage"], state["study_name"], graph.names, cfg.search.searcher,
+                                  cfg.search.evaluations, ctx.show_progress, new=not args.resume)
+            out.mkdir(parents=True, exist_ok=True)
+            sink.recorder  # open (and create) the study now: a bad --storage fails before any work
+            if sink.study_name != state["study_name"]:
+                log.info("%s already holds a study named %s (another search); this one records as %s",
+                         shown_storage(state["storage"]), state["study_name"], sink.study_name)
+                state["study_name"] = sink.study_name
+            atomic_write_text(out / "search.json", json.dumps(state, indent=2))  # read whole by a search starting here
+            if cfg.env.latency_weight > 0 and cfg.env.latency_table is None:  # measured once per run folder, kept on resume
+                table_path = out / "latency_table.json"
+                if not table_path.is_file():
+                    measure_table(cfg, base.model, graph).save(table_path)
+                cfg.env.latency_table = str(table_path)
+            start = time.perf_counter()
+            agent, tune_seconds = None, None
+            warm = with_prior(load_warm_agent(args, cfg, graph), prior, cfg, graph)
+            # inside the set-up: an unreachable target (env.r_max) or a bad seed policy left a search.json and an empty
+            # study behind, and the rerun read 'already holds a search'
+            env = build_env(cfg, base.model, ctx.data, graph,
+                            **({"evaluator": evaluator} if backend == "local" else {"deferred": True}))
+            seeds = load_seed_policies(args.policy, env)
+            if backend == "ray":
+                from search.ray_backend import RecordingCallback, run_tune, search_algorithm, trainable
+
+                searcher, space, samples = search_algorithm(cfg, env, base.model, graph, out / "agent", warm, seeds)
+        if backend == "local":
+            try:
+                _, agent = run_local(cfg, base.model, env, agent=warm, seeds=seeds, on_evaluation=lambda e: sink(
+                    f"local-{e.episode}", {"ratios": e.policy.ratios, "accuracy": e.accuracy, "macs_ratio": e.macs_ratio,
+                                           "reward": e.reward, "episode": e.episode,
+                                           **{k: e.extra[k] for k in SCREEN_ATTRS if k in e.extra},
+                                           **latency_attr(env, e.policy.kept(graph, env.round_to))}))
+            except KeyboardInterrupt:
+                sink.close()
+                log.warning("search stopped after %d recorded evaluations (kept in %s for review); the local backend "
+                            "cannot be resumed: search again with another --out (on Ray, --resume continues a search)",
+                            len(sink.recorder.study.get_trials(deepcopy=False)), state["storage"])
+                raise
+            if agent is not None:
+                agent.save(out / "agent", env)
+        else:
+            tune_start = time.perf_counter()
+            try:
+                run_tune(cfg, trainable(cfg, evaluator), searcher, space, samples,
+                         Path(state["storage_path"]), RecordingCallback(sink), resume=bool(args.resume),
+                         name=state.get("experiment", EXPERIMENT_IN_RUN))  # states written before it was kept: the default
+            except KeyboardInterrupt:
+                sink.close()
+                log.warning("search stopped after %d recorded evaluations; continue it with: prunepilot search %s "
+                            "--resume %s", len(sink.recorder.study.get_trials(deepcopy=False)), args.config, out)
+                raise
+            tune_seconds = time.perf_counter() - tune_start
+            env = build_env(cfg, base.model, ctx.data, graph, evaluator=evaluator)
+        wall = time.perf_counter() - start
+        sink.close()
+        frame = write_table(sink.recorder.frame(), out, "evaluations")
+        best_row = best_evaluation(frame)
+        best = policy_of_row(best_row, graph, reward=float(best_row["reward"]), accuracy=float(best_row["accuracy"]),
+                                          macs_ratio=float(best_row["macs_ratio"]), searcher=cfg.search.searcher,
+                                          macs_target=env.macs_target)
+        best.save(out / "best_policy.json")
+        complete = frame[frame["state"] == "COMPLETE"].copy()
+        complete["best_reward"] = complete["reward"].cummax()
+        plot_lines(complete, "evaluation", ["reward", "best_reward"], out / "reward.png", "reward per evaluation")
+        plot_accuracy_vs_macs(complete, out / "accuracy_vs_macs.png")
+        uniform_policy = uniform(graph, env.macs_target, env.round_to, cfg.prune.max_ratio)
+        plot_unit_ratios(graph.names, {"best": list(best.vector(graph)), "uniform": list(uniform_policy.vector(graph))},
+                         out / "best_vs_uniform.png", f"{cfg.model.name}: best policy vs uniform at the same MACs")
+        uniform_result = env.evaluate(uniform_policy)
+        below_uniform = uniform_beats(env, uniform_result, float(best_row["reward"]), f"the search's best ({len(frame)} "
+                                      "evaluations)", "search longer (search.evaluations)")
+        nodes = complete["node_id"].nunique() if "node_id" in complete else 1
+        where = ("this process (no Ray)" if backend == "local" else
+                 f"{nodes} Ray node(s)" + (" (counted over every session of this resumed search)" if args.resume else ""))
+        log.info("search: %d evaluations (%d failed) in %.0fs on %s; best reward %.4f (val acc %.4f, %.1f%% MACs); "
+                 "uniform: val acc %.4f", len(frame), int((frame["state"] != "COMPLETE").sum()), wall, where,
+                 best_row["reward"], best_row["accuracy"], 100 * best_row["macs_ratio"], uniform_result.accuracy)
+        section = "\n".join([
+            "", "## Search", "",
+            f"Searcher **{cfg.search.searcher}** ({backend} backend), {len(frame)} evaluations in {wall:.0f} s of this "
+            f"session on {where}; MACs target {env.macs_target:.2f}, reward `{env.reward_name}`{latency_term(env)}. "
+            f"Optuna study `{state['study_name']}` in `{shown_storage(state['storage'])}` (`prunepilot dashboard {out}`).",
+            "",
+            markdown_table(pd.DataFrame([
+                {"policy": "best found", "val accuracy (adaptive BN)": best_row["accuracy"],
+                 "MACs ratio": best_row["macs_ratio"], **latency_attr(env, best.kept(graph, env.round_to)),
+                 "reward": best_row["reward"]},
+                {"policy": "uniform", "val accuracy (adaptive BN)": uniform_result.accuracy,
+                 "MACs ratio": uniform_result.macs_ratio, **latency_attr(env, uniform_result.kept),
+                 "reward": env.reward(uniform_result)}])), "",
+            *([f"**The best policy found scores below the uniform policy** ({below_uniform}): search longer, or prune "
+               f"the uniform policy with `prunepilot prune CONFIG prune.macs_target={env.macs_target:.2f}`.", ""]
+              if below_uniform else []),
+            "![reward](reward.png) ![accuracy vs MACs](accuracy_vs_macs.png) ![best vs uniform](best_vs_uniform.png)", ""])
+        write_json({"evaluations": len(frame), "failed": int((frame["state"] != "COMPLETE").sum()), "wall_seconds": wall,
+                    "nodes": int(nodes), "best": best.to_dict(), "uniform_accuracy": uniform_result.accuracy,
+                    "uniform_reward": env.reward(uniform_result),
+                    "backend": backend, "tune_seconds": tune_seconds, "concurrency": cfg.search.concurrency if backend == "ray" else 1,
+                    "baseline": base.identity()}, out / "search_summary.json")
+        if cfg.search.final_pass:  # search.seed: repeats differ in fine-tuning order too, not only in the search
+            try:
+                final_pass(ctx, base, graph, best, out, cfg.search_seed, extra_report=section, evaluator=evaluator)
+            except KeyboardInterrupt:
+                # the local backend cannot resume: prune runs the same pass (same config and overrides) into a subfolder
+                prune = shlex.join(["prunepilot", "prune", args.config, "--policy", str(out / "best_policy.json"), "--out",
+                                    str(out / "final"), *args.overrides])
+                again = (f"prunepilot search {args.config} --resume {out} (Tune's finished search is not run again)"
+                         if backend == "ray" else prune)
+                log.warning("final pass stopped; the search's %d evaluations and its best policy are kept in %s; run the "
+                            "pass again with: %s", len(frame), out, again)
+                raise
+        else:
+            (out / "report.md").write_text(f"# Search report: {cfg.model.name} ({cfg.name})\n{section}")
+    finally:
+        release()
     return 0

@@ -834,3 +834,30 @@ def test_ctrl_c_in_a_searchs_set_up_leaves_no_folder_to_block_the_rerun(tmp_path
     out = tmp_path / "run"
     assert main(["search", str(tiny_config), "--backend", "local", "--out", str(out), "--quiet"]) == 130
     assert not out.exists()
+
+
+def test_a_held_claim_is_refused_while_its_heartbeat_runs_and_taken_over_after(tmp_path, monkeypatch):
+    """Another machine's claim was never judged stale: a job that crashed on one node blocked its folder for good."""
+    from pruning.errors import UserError
+    from search import folder_claim
+
+    monkeypatch.setattr(folder_claim, "HEARTBEAT_S", 0.05)
+    path = tmp_path / ".claim"
+    release = folder_claim.hold_claim(path, lambda held: f"held by {held['pid']}")
+    before = path.stat().st_mtime
+    time.sleep(0.3)
+    assert path.stat().st_mtime > before  # the heartbeat touches it
+    with pytest.raises(UserError, match=rf"held by {os.getpid()}"):
+        folder_claim.hold_claim(path, lambda held: f"held by {held['pid']}")
+    release()
+    assert not path.exists()
+    elsewhere = {"pid": 4242, "host": "another-node"}  # its process cannot be seen from here: only its heartbeat
+    path.write_text(json.dumps(elsewhere))
+    with pytest.raises(UserError, match="held by 4242"):
+        folder_claim.hold_claim(path, lambda held: f"held by {held['pid']}")
+    stopped = time.time() - folder_claim.STALE_AFTER_S - 5
+    os.utime(path, (stopped, stopped))
+    release = folder_claim.hold_claim(path, lambda held: f"held by {held['pid']}")
+    assert json.loads(path.read_text()) == folder_claim.this_process()
+    release()
+    assert not path.exists()

@@ -340,6 +340,13 @@ def test_a_killed_driver_resumes_without_loss_or_duplicates(ray_env, config, tmp
     try:
         wait_for(three_recorded, 300, "three recorded evaluations",
                  lambda: f" ({recorded(out)} recorded); the driver's output:\n{log.read_text()[-3000:]}")
+        if stop == "SIGINT":  # a --resume while the search still ran continued its experiment and study beside it
+            beside = subprocess.run(search_cmd(config, tmp_path / "ignored", "--resume", str(out), *HEAVIER, *LATENCY,
+                                               f"search.evaluations={FAULT_EVALUATIONS}"), env=ray_env, cwd=tmp_path,
+                                    capture_output=True, text=True, timeout=300)
+            assert beside.returncode == 2 and "Traceback" not in beside.stderr, beside.stderr[-3000:]
+            assert f"{out}: its search is running (pid {driver.pid} on " in beside.stderr
+            assert driver.poll() is None and (out / ".search.claim").is_file()
     finally:
         if stop != "SIGKILL":
             os.kill(driver.pid, getattr(signal, stop))  # Ctrl-C or a scheduler's SIGTERM reaches the driver, mid-search
@@ -355,12 +362,15 @@ def test_a_killed_driver_resumes_without_loss_or_duplicates(ray_env, config, tmp
         assert not (out / "report.md").exists() and not (out / "evaluations.csv").exists()  # no final pass
     partial = recorded(out)
     assert 3 <= partial < FAULT_EVALUATIONS
+    # a stopped driver releases its claim; a killed one leaves it to the resume, which sees its process gone
+    assert (out / ".search.claim").is_file() == (stop == "SIGKILL")
     table = (out / "latency_table.json").read_bytes()
     result = subprocess.run(search_cmd(config, tmp_path / "ignored", "--resume", str(out), *HEAVIER, *LATENCY,
                                        f"search.evaluations={FAULT_EVALUATIONS}"), env=ray_env,
                             cwd=tmp_path, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
     frame = assert_complete_once(out, FAULT_EVALUATIONS)
+    assert not (out / ".search.claim").exists()
     # the resumed search kept its stored latency overrides and priced its policies with the same table, not a new one
     assert (out / "latency_table.json").read_bytes() == table and frame["latency_ratio"].notna().all()
 
