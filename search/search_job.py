@@ -30,8 +30,8 @@ from pruning.evaluate import EvalResult, EvalSettings, Evaluator
 from pruning.latency_table import LatencyTable
 from pruning.policy import SparsityPolicy
 from search.cli import run_folder
-from search.folder_claim import (STALE_AFTER_S, claim_is_stale, claim_text, create_exclusively, hold_claim,
-                                 take_over)
+from search.folder_claim import (STALE_AFTER_S, claim_is_stale, claim_text, create_exclusively, heartbeat_stopped,
+                                 hold_claim, take_over)
 from search.jobs import baseline_of, final_pass, measure_table, prepare, unit_graph
 from search.local import check_searcher, run_local
 from search.ray_address import address_of_environment, check_ray_address
@@ -121,7 +121,8 @@ def check_no_search_in(out: Path) -> None:
     kept = read_json_object(out / "search.json", "a search's state")
     claim = kept.get("setting_up")
     if isinstance(claim, dict):
-        if claim_is_stale(claim):
+        driver = out / DRIVER_CLAIM  # held from just after this claim: its heartbeat tells of another machine's too
+        if claim_is_stale(claim) or (driver.is_file() and heartbeat_stopped(driver)):
             return
         raise UserError(f"{out}: another search (pid {claim.get('pid')} on {claim.get('host')}) is setting up in this "
                         "folder; give this one another --out (if that search is gone, delete its search.json)")

@@ -861,3 +861,20 @@ def test_a_held_claim_is_refused_while_its_heartbeat_runs_and_taken_over_after(t
     assert json.loads(path.read_text()) == folder_claim.this_process()
     release()
     assert not path.exists()
+
+
+def test_a_set_up_claim_from_another_machine_is_stale_once_its_drivers_heartbeat_stops(tmp_path):
+    from pruning.errors import UserError
+    from search.folder_claim import STALE_AFTER_S
+    from search.search_job import DRIVER_CLAIM, check_no_search_in
+
+    elsewhere = {"pid": 4242, "host": "another-node"}
+    (tmp_path / "search.json").write_text(json.dumps({"setting_up": elsewhere}))
+    with pytest.raises(UserError, match=r"another search \(pid 4242 on another-node\) is setting up"):
+        check_no_search_in(tmp_path)  # no driver claim yet: it may be about to take it
+    (tmp_path / DRIVER_CLAIM).write_text(json.dumps(elsewhere))
+    with pytest.raises(UserError, match="is setting up"):
+        check_no_search_in(tmp_path)  # its heartbeat runs
+    stopped = time.time() - STALE_AFTER_S - 5
+    os.utime(tmp_path / DRIVER_CLAIM, (stopped, stopped))
+    check_no_search_in(tmp_path)  # that node stopped: the folder may be taken over
