@@ -186,7 +186,7 @@ def test_runs_on_another_dense_model_are_never_tabled_together(bench_run, tmp_pa
 
     import torch
 
-    from pruning.checkpoint import cache_dir, load_checkpoint
+    from pruning.checkpoint import load_checkpoint
 
     config, out = bench_run
     runs = pd.read_csv(out / "runs.csv")
@@ -194,7 +194,13 @@ def test_runs_on_another_dense_model_are_never_tabled_together(bench_run, tmp_pa
     clone = tmp_path / "clone"
     shutil.copytree(out, clone, ignore=shutil.ignore_patterns("runs", "transfer"))
     runs[runs["run"] != "ddpg-m40-s1"].to_csv(clone / "runs.csv", index=False)  # one run left to run
-    (cached,) = (cache_dir() / "baselines").glob("tests.fixtures_tiny_cnn-*.pt")
+    from pruning.baseline import baseline_path
+    from pruning.config import load_config
+    from pruning.data import load_data
+
+    cfg = load_config(config)  # the bench's own baseline: other tests' tiny_cnn baselines may share the cache
+    cached = baseline_path(cfg, load_data(cfg.data.name, None, cfg.data.val_fraction, cfg.data.val_size,
+                                          **cfg.data.options))
     original = cached.read_bytes()
     payload = load_checkpoint(cached)
     payload["state_dict"] = {k: v + 1e-3 if v.is_floating_point() else v for k, v in payload["state_dict"].items()}
