@@ -33,7 +33,6 @@ from bench.zoo import display_zoo, zoo_rows
 from envs.factory import check_env_settings
 from envs.rewards import describe_latency_penalty
 from pruning.baseline import known_digest
-from pruning.checkpoint import read_json_object
 from pruning.config import AGENT_NAMES, RunConfig, load_config, validated
 from pruning.data import load_data
 from pruning.errors import UserError
