@@ -4,7 +4,6 @@ import re
 
 import pytest
 import torch
-from torch import nn
 
 from pruning.apply import prune_structured
 from pruning.errors import UserError
