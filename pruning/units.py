@@ -119,9 +119,17 @@ def classifier_layers(model: nn.Module) -> list[nn.Module]:
     return linears[-1:]
 
 
+def forward_batch(model: nn.Module, batch: torch.Tensor) -> torch.Tensor:
+    return model(batch)
+
+
 def build_dependency_graph(model: nn.Module, input_shape: tuple[int, ...]) -> tp.DependencyGraph:
+    """Torch-pruning's tracing, given the forward: without one it runs `model(*inputs)` under a bare `except:`
+    and retries with `model(inputs)`, so a Ctrl-C during the first forward was swallowed (a search went on into
+    Tune) and every trace ran the model twice (first on one unbatched image)."""
     device = next(model.parameters()).device
-    return tp.DependencyGraph().build_dependency(model, example_inputs=torch.zeros(1, *input_shape, device=device))
+    return tp.DependencyGraph().build_dependency(model, example_inputs=torch.zeros(1, *input_shape, device=device),
+                                                 forward_fn=forward_batch)
 
 
 def _fingerprint(mode: str, shapes: dict[str, LayerShape], modules: dict[str, nn.Module], units: list[Unit]) -> str:

@@ -200,3 +200,29 @@ def test_macs_agree_with_torchs_flop_counter_dense_pruned_and_predicted(graphs, 
     pruned = prune_structured(copy.deepcopy(model), graph, kept)
     assert count_macs(pruned, SHAPE) == _torch_macs(pruned, SHAPE) == pytest.approx(graph.macs(kept), rel=1e-12)
     assert _torch_macs(pruned, SHAPE) < 0.8 * graph.dense_macs
+
+
+class InterruptedOnce(torch.nn.Module):
+    """A forward that a Ctrl-C interrupts the first time it runs."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv, self.fc, self.calls = torch.nn.Conv2d(1, 4, 3), torch.nn.Linear(4, 3), []
+
+    def forward(self, x):
+        self.calls.append(tuple(x.shape))
+        if len(self.calls) == 1:
+            raise KeyboardInterrupt
+        return self.fc(self.conv(x).mean((2, 3)))
+
+
+def test_a_ctrl_c_during_tracing_stops_the_job_and_the_model_is_traced_on_one_batch():
+    """torch-pruning's tracing ran `model(*inputs)` under a bare `except:`: a Ctrl-C in it was swallowed and the
+    model traced again, so a search went on into Tune (a cluster search waiting for a node never stopped)."""
+    model = InterruptedOnce()
+    with pytest.raises(KeyboardInterrupt):
+        discover_units(model, (1, 8, 8), "structured")
+    assert model.calls == [(1, 1, 8, 8)]
+    model.calls.append("past the interrupt")
+    discover_units(model, (1, 8, 8), "structured")
+    assert all(shape == (1, 1, 8, 8) for shape in model.calls[2:])  # never the unbatched (1, 8, 8) first
