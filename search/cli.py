@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 from pruning.errors import UserError
-from search.termination import sigterm_received, stop_on_sigterm
+from search.termination import sigterm_received, stop_on_signals
 
 log = logging.getLogger("prunepilot")
 
@@ -121,7 +121,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     import_from_working_folder()
     # the dashboard keeps nothing to save, and its server (Bottle) swallows the interrupt and could hang after it
-    restore_sigterm = stop_on_sigterm() if args.command != "dashboard" else (lambda: None)
+    restore_signals = stop_on_signals() if args.command != "dashboard" else (lambda: None)
     try:
         return _commands()[args.command](args)
     except UserError as exc:
@@ -134,7 +134,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"prunepilot {args.command}: interrupted", file=sys.stderr)
         return 130
     finally:
-        restore_sigterm()
+        restore_signals()
 
 
 def import_from_working_folder() -> None:

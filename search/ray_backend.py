@@ -33,7 +33,7 @@ from pruning.units import UnitGraph
 from search.agent_searcher import AgentSearcher
 from search.recording import SCREEN_ATTRS
 from search.reuse import check_seeding
-from search.termination import keep_sigterm_handler
+from search.termination import interrupt, interrupted, interrupts_deferred, keep_sigterm_handler
 from search.trial import TrialPayload, evaluate_policy_trial
 
 log = logging.getLogger("prunepilot")
@@ -50,11 +50,13 @@ def connect(address: str | None, num_cpus: int | None = None, field: str = "--ad
     logging.getLogger("ray").setLevel(logging.WARNING)
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
     try:
-        if address:
-            ray.init(address=address, log_to_driver=False, logging_level=logging.WARNING)
-        else:
-            ray.init(address="local", num_cpus=num_cpus, include_dashboard=False, dashboard_host="127.0.0.1",
-                     log_to_driver=False, logging_level=logging.WARNING)
+        with interrupts_deferred("Ray's start"):
+            if address:
+                ray.init(address=address, log_to_driver=False, logging_level=logging.WARNING)
+            else:
+                log.info("starting Ray embedded in this process (--address joins a cluster)")
+                ray.init(address="local", num_cpus=num_cpus, include_dashboard=False, dashboard_host="127.0.0.1",
+                         log_to_driver=False, logging_level=logging.WARNING)
     except (ConnectionError, RuntimeError, ValueError) as exc:
         hint = ("; if the cluster was started under RAY_AUTH_MODE=token, this shell needs RAY_AUTH_MODE=token and the "
                 "cluster's token (RAY_AUTH_TOKEN) too" if os.environ.get("RAY_AUTH_MODE") != "token" else
@@ -195,20 +197,17 @@ def fit_was_interrupted(tuner: Any) -> bool:
     """Run `tuner.fit()`; True when Ctrl-C (SIGINT) stopped it.
 
     Tune catches SIGINT itself, saves the experiment and returns as if the search were done; the only trace it
-    leaves is that it puts back the SIGINT handler it found (after a run that ends normally it keeps its own). So a
-    marker handler goes in first and is looked for afterwards.
+    leaves is that it puts back the SIGINT handler it found (after a run that ends normally it keeps its own). So our
+    handler goes in first and is looked for afterwards.
     """
     if threading.current_thread() is not threading.main_thread() or int(os.getenv("TUNE_DISABLE_SIGINT_HANDLER", "0")):
         tuner.fit()  # Tune installs no handler here: a Ctrl-C raises KeyboardInterrupt by itself
         return False
 
-    def marker(signum: int, frame: Any) -> None:
-        raise KeyboardInterrupt
-
     previous = signal.getsignal(signal.SIGINT)
-    signal.signal(signal.SIGINT, marker)
+    signal.signal(signal.SIGINT, interrupt)
     try:
-        tuner.fit()
-        return signal.getsignal(signal.SIGINT) is marker
+        tuner.fit()  # a Ctrl-C before Tune's handler is in raises KeyboardInterrupt where Tune may drop it: latched
+        return signal.getsignal(signal.SIGINT) is interrupt or interrupted()
     finally:
         signal.signal(signal.SIGINT, previous)

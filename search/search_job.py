@@ -40,6 +40,7 @@ from search.report import markdown_table, plot_lines, plot_unit_ratios, write_js
 from search.review import pinned_storage, policy_of_row, recorded_run_folder, shown_storage, sqlite_url
 from search.reuse import SEEDING_SEARCHERS, check_seed_policies, load_seed_policies, move_policy
 from search.trial import latency_attr
+from search.termination import raise_if_interrupted
 
 log = logging.getLogger("prunepilot")
 
@@ -373,6 +374,7 @@ def discarded_if_setup_stops(out: Path, created: bool, claimed: bool) -> Iterato
     this call claimed goes."""
     try:
         yield
+        raise_if_interrupted()  # one that the set-up's libraries swallowed
     except (UserError, KeyboardInterrupt):
         if created and out.exists():
             shutil.rmtree(out)
@@ -497,6 +499,7 @@ def search_job(args: argparse.Namespace) -> int:
                                            "reward": e.reward, "episode": e.episode,
                                            **{k: e.extra[k] for k in SCREEN_ATTRS if k in e.extra},
                                            **latency_attr(env, e.policy.kept(graph, env.round_to))}))
+                raise_if_interrupted()
             except KeyboardInterrupt:
                 sink.close()
                 log.warning("search stopped after %d recorded evaluations (kept in %s for review); the local backend "

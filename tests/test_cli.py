@@ -17,6 +17,7 @@ import torch
 
 from envs.layer_pruning import FEATURES, OBS_VERSION
 from search.cli import main
+from search.termination import interrupts_deferred, raise_if_interrupted, stop_on_signals
 
 TINY = """
 model: {name: "tests.fixtures:tiny_cnn"}
@@ -218,6 +219,42 @@ def test_sigterm_stops_a_search_as_ctrl_c_does(tmp_path, tiny_config, sigint_ign
     assert driver.returncode == 143, err[-2000:]
     assert "search stopped after" in err and "prunepilot search: terminated (SIGTERM)" in err
     assert recorded_trials(out / "study.db") >= 1 and not (out / "evaluations.csv").exists()
+
+
+def ctrl_c() -> None:
+    os.kill(os.getpid(), signal.SIGINT)
+    time.sleep(0.05)  # the handler runs in the main thread at its next bytecode
+
+
+def test_a_ctrl_c_that_code_swallowed_is_raised_again_and_one_held_during_a_start_is_raised_after_it():
+    """Python raises KeyboardInterrupt wherever the main thread is; a bare `except:` or a fork's at-fork hooks
+    (`ray.init`) dropped it and the job ran to its end. The job's phase boundaries raise it again."""
+    restore = stop_on_signals()
+    try:
+        try:
+            ctrl_c()
+        except BaseException:  # noqa: B036 - what a library's bare except does
+            pass
+        with pytest.raises(KeyboardInterrupt):
+            raise_if_interrupted()
+        restore = (restore(), stop_on_signals())[1]  # a new job
+        raise_if_interrupted()
+        reached = []
+        with pytest.raises(KeyboardInterrupt):
+            with interrupts_deferred("the start"):
+                ctrl_c()
+                reached.append("the end of the start")
+        assert reached == ["the end of the start"]
+        restore = (restore(), stop_on_signals())[1]
+        with pytest.raises(KeyboardInterrupt):
+            with interrupts_deferred("the start"):
+                ctrl_c()
+                ctrl_c()  # a second one stops at once
+                reached.append("past the second")
+        assert reached == ["the end of the start"]
+    finally:
+        restore()
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
 
 
 def recorded_trials(db: Path) -> int:

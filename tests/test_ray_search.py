@@ -237,6 +237,26 @@ def wait_for(predicate, timeout: float, what: str, details=lambda: "") -> None:
     raise AssertionError(f"timed out waiting for {what}{details()}")
 
 
+def test_ctrl_c_while_ray_starts_stops_once_it_has_started(ray_env, config, tmp_path):
+    """A Ctrl-C inside `ray.init` was dropped by Python's at-fork hooks as Ray forked its processes (the search then
+    ran to the end with exit code 0), or left Ray's core worker half-made, and the interpreter's exit segfaulted
+    (exit code 139)."""
+    out, log = tmp_path / "run", tmp_path / "driver.log"
+    with log.open("w") as stderr:
+        driver = subprocess.Popen(search_cmd(config, out), env=ray_env, cwd=tmp_path, stderr=stderr)
+        try:
+            wait_for(lambda: "starting Ray embedded" in log.read_text(), 120, "Ray's start",
+                     lambda: log.read_text()[-3000:])
+            driver.send_signal(signal.SIGINT)
+            assert driver.wait(timeout=120) == 130, log.read_text()[-3000:]
+        finally:
+            driver.kill()
+    said = log.read_text()
+    assert "stopping once Ray's start is done (Ctrl-C again stops at once)" in said, said[-3000:]
+    assert "Exception ignored" not in said and "prunepilot search: interrupted" in said
+    assert not out.exists()
+
+
 def test_a_killed_worker_is_retried_and_nothing_is_lost(ray_env, config, tmp_path):
     out = tmp_path / "run"
     # ~1 s evaluations, and the kill lands while the worker computes: Tune 2.60 retries a trial that was RUNNING
