@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 from pruning.errors import UserError
-from search.termination import sigterm_received, stop_on_signals
+from search.termination import interrupts_deferred, sigterm_received, stop_on_signals
 
 log = logging.getLogger("prunepilot")
 
@@ -123,7 +123,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     # the dashboard keeps nothing to save, and its server (Bottle) swallows the interrupt and could hang after it
     restore_signals = stop_on_signals() if args.command != "dashboard" else (lambda: None)
     try:
-        return _commands()[args.command](args)
+        with interrupts_deferred("loading"):  # a Ctrl-C inside a C extension's import failed it with a traceback
+            command = _commands()[args.command]
+        return command(args)
     except UserError as exc:
         print(f"prunepilot {args.command}: error: {exc}", file=sys.stderr)
         return 2
