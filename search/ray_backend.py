@@ -11,10 +11,12 @@ import os
 import signal
 import threading
 import uuid
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import ray
+from ray._private import utils as ray_private_utils
 from ray import tune
 from ray.tune import Callback
 from ray.tune.search import BasicVariantGenerator
@@ -50,7 +52,7 @@ def connect(address: str | None, num_cpus: int | None = None, field: str = "--ad
     logging.getLogger("ray").setLevel(logging.WARNING)
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
     try:
-        with interrupts_deferred("Ray's start"):
+        with interrupts_deferred("Ray's start"), sigterm_handler_kept():
             if address:
                 ray.init(address=address, log_to_driver=False, logging_level=logging.WARNING)
             else:
@@ -63,6 +65,22 @@ def connect(address: str | None, num_cpus: int | None = None, field: str = "--ad
                 "; check that RAY_AUTH_TOKEN is the cluster's token")
         raise UserError(f"{field}: cannot connect to Ray at {address!r} ({exc}){hint}") from None
     keep_sigterm_handler()  # the driver's handler printed a stack dump and ended the job with nothing said
+
+
+@contextmanager
+def sigterm_handler_kept() -> Iterator[None]:
+    """`ray.init` first installs a driver SIGTERM handler of its own (`sys.exit(15)`): a SIGTERM while Ray started
+    ended the job with no word (exit code 15), or its SystemExit was dropped in an at-fork hook and the job ran to
+    its end. Ray installs it through `ray._private.utils.set_sigterm_handler`, held off here while it starts."""
+    installer = getattr(ray_private_utils, "set_sigterm_handler", None)
+    if installer is None:  # another Ray: keep_sigterm_handler still puts ours back once it has started
+        yield
+        return
+    ray_private_utils.set_sigterm_handler = lambda handler: None
+    try:
+        yield
+    finally:
+        ray_private_utils.set_sigterm_handler = installer
 
 
 def check_trial_fits(cpus: float, gpus: float, embedded: bool) -> None:

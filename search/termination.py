@@ -69,12 +69,14 @@ def interrupts_deferred(what: str) -> Iterator[None]:
 
 def _as_interrupt(signum: int, frame: Any) -> None:
     _received.set()
-    _pending.set()
     handler = signal.getsignal(signal.SIGINT)
-    if callable(handler):  # Tune's (it saves the experiment and stops), or Python's default: KeyboardInterrupt
+    if not callable(handler):  # SIGINT ignored, as in a batch script's background job (`prunepilot search ... &`)
+        _pending.set()
+        raise KeyboardInterrupt  # stop all the same
+    try:  # Tune's (it saves the experiment and stops), ours (KeyboardInterrupt, or held while Ray starts)
         handler(signal.SIGINT, frame)
-    else:  # SIGINT ignored, as in a batch script's background job (`prunepilot search ... &`): stop all the same
-        raise KeyboardInterrupt
+    finally:  # after: a held one must not find itself already pending (that stops at once)
+        _pending.set()
 
 
 def stop_on_signals() -> Callable[[], None]:
