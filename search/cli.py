@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import os
 import signal
@@ -136,7 +137,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"prunepilot {args.command}: interrupted", file=sys.stderr)
         return 130
     finally:
+        shut_ray_down()
         restore_signals()
+
+
+def shut_ray_down() -> None:
+    """Stop the Ray this job started or joined now, a Ctrl-C held until it is done: left to Ray's exit hook, a Ctrl-C
+    that landed in it (pressed as the job finished) printed a traceback and the job exited with code 1."""
+    ray = sys.modules.get("ray")
+    if ray is not None and ray.is_initialized():
+        with contextlib.suppress(KeyboardInterrupt), interrupts_deferred("Ray's shutdown"):
+            ray.shutdown()
 
 
 def import_from_working_folder() -> None:

@@ -40,7 +40,7 @@ from search.report import markdown_table, plot_lines, plot_unit_ratios, write_js
 from search.review import pinned_storage, policy_of_row, recorded_run_folder, shown_storage, sqlite_url
 from search.reuse import SEEDING_SEARCHERS, check_seed_policies, load_seed_policies, move_policy
 from search.trial import latency_attr
-from search.termination import raise_if_interrupted
+from search.termination import interrupts_deferred, raise_if_interrupted
 
 log = logging.getLogger("prunepilot")
 
@@ -521,66 +521,69 @@ def search_job(args: argparse.Namespace) -> int:
                 raise
             tune_seconds = time.perf_counter() - tune_start
             env = build_env(cfg, base.model, ctx.data, graph, evaluator=evaluator)
-        wall = time.perf_counter() - start
-        sink.close()
-        frame = write_table(sink.recorder.frame(), out, "evaluations")
-        best_row = best_evaluation(frame)
-        best = policy_of_row(best_row, graph, reward=float(best_row["reward"]), accuracy=float(best_row["accuracy"]),
-                                          macs_ratio=float(best_row["macs_ratio"]), searcher=cfg.search.searcher,
-                                          macs_target=env.macs_target)
-        best.save(out / "best_policy.json")
-        complete = frame[frame["state"] == "COMPLETE"].copy()
-        complete["best_reward"] = complete["reward"].cummax()
-        plot_lines(complete, "evaluation", ["reward", "best_reward"], out / "reward.png", "reward per evaluation")
-        plot_accuracy_vs_macs(complete, out / "accuracy_vs_macs.png")
-        uniform_policy = uniform(graph, env.macs_target, env.round_to, cfg.prune.max_ratio)
-        plot_unit_ratios(graph.names, {"best": list(best.vector(graph)), "uniform": list(uniform_policy.vector(graph))},
-                         out / "best_vs_uniform.png", f"{cfg.model.name}: best policy vs uniform at the same MACs")
-        uniform_result = env.evaluate(uniform_policy)
-        below_uniform = uniform_beats(env, uniform_result, float(best_row["reward"]), f"the search's best ({len(frame)} "
-                                      "evaluations)", "search longer (search.evaluations)")
-        nodes = complete["node_id"].nunique() if "node_id" in complete else 1
-        where = ("this process (no Ray)" if backend == "local" else
-                 f"{nodes} Ray node(s)" + (" (counted over every session of this resumed search)" if args.resume else ""))
-        log.info("search: %d evaluations (%d failed) in %.0fs on %s; best reward %.4f (val acc %.4f, %.1f%% MACs); "
-                 "uniform: val acc %.4f", len(frame), int((frame["state"] != "COMPLETE").sum()), wall, where,
-                 best_row["reward"], best_row["accuracy"], 100 * best_row["macs_ratio"], uniform_result.accuracy)
-        section = "\n".join([
-            "", "## Search", "",
-            f"Searcher **{cfg.search.searcher}** ({backend} backend), {len(frame)} evaluations in {wall:.0f} s of this "
-            f"session on {where}; MACs target {env.macs_target:.2f}, reward `{env.reward_name}`{latency_term(env)}. "
-            f"Optuna study `{state['study_name']}` in `{shown_storage(state['storage'])}` (`prunepilot dashboard {out}`).",
-            "",
-            markdown_table(pd.DataFrame([
-                {"policy": "best found", "val accuracy (adaptive BN)": best_row["accuracy"],
-                 "MACs ratio": best_row["macs_ratio"], **latency_attr(env, best.kept(graph, env.round_to)),
-                 "reward": best_row["reward"]},
-                {"policy": "uniform", "val accuracy (adaptive BN)": uniform_result.accuracy,
-                 "MACs ratio": uniform_result.macs_ratio, **latency_attr(env, uniform_result.kept),
-                 "reward": env.reward(uniform_result)}])), "",
-            *([f"**The best policy found scores below the uniform policy** ({below_uniform}): search longer, or prune "
-               f"the uniform policy with `prunepilot prune CONFIG prune.macs_target={env.macs_target:.2f}`.", ""]
-              if below_uniform else []),
-            "![reward](reward.png) ![accuracy vs MACs](accuracy_vs_macs.png) ![best vs uniform](best_vs_uniform.png)", ""])
-        write_json({"evaluations": len(frame), "failed": int((frame["state"] != "COMPLETE").sum()), "wall_seconds": wall,
-                    "nodes": int(nodes), "best": best.to_dict(), "uniform_accuracy": uniform_result.accuracy,
-                    "uniform_reward": env.reward(uniform_result),
-                    "backend": backend, "tune_seconds": tune_seconds, "concurrency": cfg.search.concurrency if backend == "ray" else 1,
-                    "baseline": base.identity()}, out / "search_summary.json")
-        if cfg.search.final_pass:  # search.seed: repeats differ in fine-tuning order too, not only in the search
-            try:
+        try:
+            # held: a Ctrl-C in the report's writing left a search that --resume finishes, and no word of it
+            with interrupts_deferred("writing the search's report"):
+                wall = time.perf_counter() - start
+                sink.close()
+                frame = write_table(sink.recorder.frame(), out, "evaluations")
+                best_row = best_evaluation(frame)
+                best = policy_of_row(best_row, graph, reward=float(best_row["reward"]), accuracy=float(best_row["accuracy"]),
+                                                  macs_ratio=float(best_row["macs_ratio"]), searcher=cfg.search.searcher,
+                                                  macs_target=env.macs_target)
+                best.save(out / "best_policy.json")
+                complete = frame[frame["state"] == "COMPLETE"].copy()
+                complete["best_reward"] = complete["reward"].cummax()
+                plot_lines(complete, "evaluation", ["reward", "best_reward"], out / "reward.png", "reward per evaluation")
+                plot_accuracy_vs_macs(complete, out / "accuracy_vs_macs.png")
+                uniform_policy = uniform(graph, env.macs_target, env.round_to, cfg.prune.max_ratio)
+                plot_unit_ratios(graph.names, {"best": list(best.vector(graph)), "uniform": list(uniform_policy.vector(graph))},
+                                 out / "best_vs_uniform.png", f"{cfg.model.name}: best policy vs uniform at the same MACs")
+                uniform_result = env.evaluate(uniform_policy)
+                below_uniform = uniform_beats(env, uniform_result, float(best_row["reward"]), f"the search's best ({len(frame)} "
+                                              "evaluations)", "search longer (search.evaluations)")
+                nodes = complete["node_id"].nunique() if "node_id" in complete else 1
+                where = ("this process (no Ray)" if backend == "local" else
+                         f"{nodes} Ray node(s)" + (" (counted over every session of this resumed search)" if args.resume else ""))
+                log.info("search: %d evaluations (%d failed) in %.0fs on %s; best reward %.4f (val acc %.4f, %.1f%% MACs); "
+                         "uniform: val acc %.4f", len(frame), int((frame["state"] != "COMPLETE").sum()), wall, where,
+                         best_row["reward"], best_row["accuracy"], 100 * best_row["macs_ratio"], uniform_result.accuracy)
+                section = "\n".join([
+                    "", "## Search", "",
+                    f"Searcher **{cfg.search.searcher}** ({backend} backend), {len(frame)} evaluations in {wall:.0f} s of this "
+                    f"session on {where}; MACs target {env.macs_target:.2f}, reward `{env.reward_name}`{latency_term(env)}. "
+                    f"Optuna study `{state['study_name']}` in `{shown_storage(state['storage'])}` (`prunepilot dashboard {out}`).",
+                    "",
+                    markdown_table(pd.DataFrame([
+                        {"policy": "best found", "val accuracy (adaptive BN)": best_row["accuracy"],
+                         "MACs ratio": best_row["macs_ratio"], **latency_attr(env, best.kept(graph, env.round_to)),
+                         "reward": best_row["reward"]},
+                        {"policy": "uniform", "val accuracy (adaptive BN)": uniform_result.accuracy,
+                         "MACs ratio": uniform_result.macs_ratio, **latency_attr(env, uniform_result.kept),
+                         "reward": env.reward(uniform_result)}])), "",
+                    *([f"**The best policy found scores below the uniform policy** ({below_uniform}): search longer, or prune "
+                       f"the uniform policy with `prunepilot prune CONFIG prune.macs_target={env.macs_target:.2f}`.", ""]
+                      if below_uniform else []),
+                    "![reward](reward.png) ![accuracy vs MACs](accuracy_vs_macs.png) ![best vs uniform](best_vs_uniform.png)", ""])
+                write_json({"evaluations": len(frame), "failed": int((frame["state"] != "COMPLETE").sum()), "wall_seconds": wall,
+                            "nodes": int(nodes), "best": best.to_dict(), "uniform_accuracy": uniform_result.accuracy,
+                            "uniform_reward": env.reward(uniform_result),
+                            "backend": backend, "tune_seconds": tune_seconds, "concurrency": cfg.search.concurrency if backend == "ray" else 1,
+                            "baseline": base.identity()}, out / "search_summary.json")
+                if not cfg.search.final_pass:
+                    (out / "report.md").write_text(f"# Search report: {cfg.model.name} ({cfg.name})\n{section}")
+            if cfg.search.final_pass:  # search.seed: repeats differ in fine-tuning order too, not only in the search
                 final_pass(ctx, base, graph, best, out, cfg.search_seed, extra_report=section, evaluator=evaluator)
-            except KeyboardInterrupt:
+        except KeyboardInterrupt:
+            if cfg.search.final_pass:
                 # the local backend cannot resume: prune runs the same pass (same config and overrides) into a subfolder
-                prune = shlex.join(["prunepilot", "prune", args.config, "--policy", str(out / "best_policy.json"), "--out",
-                                    str(out / "final"), *args.overrides])
+                prune = shlex.join(["prunepilot", "prune", args.config, "--policy", str(out / "best_policy.json"),
+                                    "--out", str(out / "final"), *args.overrides])
                 again = (f"prunepilot search {args.config} --resume {out} (Tune's finished search is not run again)"
                          if backend == "ray" else prune)
-                log.warning("final pass stopped; the search's %d evaluations and its best policy are kept in %s; run the "
-                            "pass again with: %s", len(frame), out, again)
-                raise
-        else:
-            (out / "report.md").write_text(f"# Search report: {cfg.model.name} ({cfg.name})\n{section}")
+                log.warning("final pass stopped; the search's %d evaluations and its best policy are kept in %s; run "
+                            "the pass again with: %s", len(sink.recorder.study.get_trials(deepcopy=False)), out, again)
+            raise
     finally:
         release()
     return 0

@@ -257,6 +257,27 @@ def test_a_ctrl_c_that_code_swallowed_is_raised_again_and_one_held_during_a_star
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
 
 
+def test_a_ctrl_c_as_a_finished_search_shuts_ray_down_is_held_and_the_search_ends_with_its_code(tmp_path, tiny_config,
+                                                                                                 monkeypatch):
+    """Ray's shutdown ran in its exit hook, where a Ctrl-C pressed as the job finished printed a traceback and the
+    process exited with code 1 after all its files were written."""
+    import ray
+
+    shut_down, real_shutdown = [], ray.shutdown
+
+    def shutdown_met_by_a_ctrl_c(*args, **kwargs):
+        ctrl_c()
+        real_shutdown(*args, **kwargs)
+        shut_down.append(True)
+
+    monkeypatch.setattr(ray, "shutdown", shutdown_met_by_a_ctrl_c)
+    assert main(["search", str(tiny_config), "--backend", "ray", "--out", str(tmp_path / "run"), "--quiet",
+                 "search.evaluations=2", "agent.warmup_episodes=2", "env.macs_target=0.6", "sweep.accuracy_floor=null",
+                 "search.final_pass=false"]) == 0
+    assert shut_down == [True] and not ray.is_initialized()
+    assert (tmp_path / "run" / "report.md").is_file()
+
+
 def recorded_trials(db: Path) -> int:
     if not db.exists():
         return 0
