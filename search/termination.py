@@ -46,37 +46,42 @@ def raise_if_interrupted() -> None:
 
 @contextmanager
 def interrupts_deferred(what: str) -> Iterator[None]:
-    """Hold a Ctrl-C until `what` is done, then raise it; a second one stops at once. Ray's start interrupted
-    halfway left its core worker to crash the interpreter's exit (a segfault, exit code 139)."""
+    """Hold a Ctrl-C (or a SIGTERM, in a job that handles it) until `what` is done, then raise it; a second one
+    stops at once. Ray's start interrupted halfway left its core worker to crash the interpreter's exit (a segfault,
+    exit code 139). A SIGINT the shell ignores stays ignored."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
-    previous = signal.getsignal(signal.SIGINT)
+    replaced = ([signal.SIGINT] if signal.getsignal(signal.SIGINT) is not signal.SIG_IGN else []) + \
+        ([signal.SIGTERM] if _installed.is_set() else [])
+    previous = {s: signal.getsignal(s) for s in replaced}
 
     def defer(signum: int, frame: Any) -> None:
+        if signum == signal.SIGTERM:
+            _received.set()
         if _pending.is_set():
             raise KeyboardInterrupt
         _pending.set()
         log.warning("stopping once %s is done (Ctrl-C again stops at once)", what)
 
-    signal.signal(signal.SIGINT, defer)
+    for signum in replaced:
+        signal.signal(signum, defer)
     try:
         yield
     finally:
-        signal.signal(signal.SIGINT, previous)
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
     raise_if_interrupted()
 
 
 def _as_interrupt(signum: int, frame: Any) -> None:
     _received.set()
+    _pending.set()
     handler = signal.getsignal(signal.SIGINT)
-    if not callable(handler):  # SIGINT ignored, as in a batch script's background job (`prunepilot search ... &`)
-        _pending.set()
-        raise KeyboardInterrupt  # stop all the same
-    try:  # Tune's (it saves the experiment and stops), ours (KeyboardInterrupt, or held while Ray starts)
+    if callable(handler):  # Tune's (it saves the experiment and stops), or ours: KeyboardInterrupt
         handler(signal.SIGINT, frame)
-    finally:  # after: a held one must not find itself already pending (that stops at once)
-        _pending.set()
+    else:  # SIGINT ignored, as in a batch script's background job (`prunepilot search ... &`): stop all the same
+        raise KeyboardInterrupt
 
 
 def stop_on_signals() -> Callable[[], None]:

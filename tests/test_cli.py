@@ -17,7 +17,7 @@ import torch
 
 from envs.layer_pruning import FEATURES, OBS_VERSION
 from search.cli import main
-from search.termination import interrupts_deferred, raise_if_interrupted, stop_on_signals
+from search.termination import interrupts_deferred, raise_if_interrupted, sigterm_received, stop_on_signals
 
 TINY = """
 model: {name: "tests.fixtures:tiny_cnn"}
@@ -252,6 +252,20 @@ def test_a_ctrl_c_that_code_swallowed_is_raised_again_and_one_held_during_a_star
                 ctrl_c()  # a second one stops at once
                 reached.append("past the second")
         assert reached == ["the end of the start"]
+        restore = (restore(), stop_on_signals())[1]
+        signal.signal(signal.SIGINT, signal.SIG_IGN)  # a script's background job: Ctrl-C stays ignored
+        with interrupts_deferred("the start"):
+            ctrl_c()
+            reached.append("ignored")
+        assert reached == ["the end of the start", "ignored"]
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+        restore = (restore(), stop_on_signals())[1]
+        with pytest.raises(KeyboardInterrupt):  # a scheduler's SIGTERM is held too, and ends the job as SIGTERM
+            with interrupts_deferred("the start"):
+                os.kill(os.getpid(), signal.SIGTERM)
+                time.sleep(0.05)
+                reached.append("after SIGTERM")
+        assert reached[-1] == "after SIGTERM" and sigterm_received()
     finally:
         restore()
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
