@@ -36,7 +36,7 @@ from pruning.runtime import set_threads
 from search.review import policy_of_row
 from pruning.units import discover_units
 from search.jobs import measure_table
-from search.search_job import best_evaluation
+from search.search_report import best_evaluation
 from search.report import markdown_table
 
 

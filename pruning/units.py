@@ -120,6 +120,8 @@ def classifier_layers(model: nn.Module) -> list[nn.Module]:
 
 
 def forward_batch(model: nn.Module, batch: torch.Tensor) -> torch.Tensor:
+    """The forward torch-pruning traces with: the model called once, on the batch as its one argument (see
+    build_dependency_graph)."""
     return model(batch)
 
 

@@ -13,6 +13,7 @@ from sqlalchemy.exc import ArgumentError
 
 from pruning.checkpoint import read_json_object
 from pruning.errors import UserError
+from search.folder_claim import SETUP_CLAIM_KEY
 from search.review import retry_schema_race, shown_storage, storage_after_move, storage_error
 
 log = logging.getLogger(__name__)
@@ -27,7 +28,7 @@ def storage_of(run: Path, override: str | None = None) -> str:
     if not state.is_file():
         raise UserError(f"{run}: not a search run folder (no search.json); give the folder `prunepilot search` wrote")
     kept = read_json_object(state, "a search's state")
-    if "setting_up" in kept:  # claim_run_folder's: the search has not opened its study yet
+    if SETUP_CLAIM_KEY in kept:  # claim_run_folder's: the search has not opened its study yet
         raise UserError(f"{run}: its search is still setting up (or was stopped then), before it recorded anything; "
                         "review it once its search runs")
     storage = storage_after_move(run, kept)

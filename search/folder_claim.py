@@ -24,6 +24,8 @@ HEARTBEAT_S = 10.0
 """How often a held claim's file is touched."""
 STALE_AFTER_S = 120.0
 """A held claim untouched this long is stale wherever its process ran (another node that crashed, say)."""
+SETUP_CLAIM_KEY = "setting_up"
+"""search.json's one key while its search sets up (the claim on the run folder, before the study is opened)."""
 
 
 def this_process() -> dict:

@@ -13,63 +13,34 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Callable, Iterator
 
-import pandas as pd
-
 from agents.agent import PruningAgent
 from agents.baselines import uniform
 from agents.sb3_agents import check_agent_kwargs
 from agents.transfer_prior import SourceRewards
 from envs.factory import build_env, env_kwargs
 from envs.layer_pruning import LayerPruningEnv
-from envs.rewards import describe_latency_penalty
 from pruning.analysis import largest_ratio_above, uniform_sweep
 from pruning.checkpoint import atomic_write_text, read_json_object
 from pruning.config import AGENT_NAMES, RunConfig
 from pruning.errors import UserError
-from pruning.evaluate import EvalResult, EvalSettings, Evaluator
+from pruning.evaluate import EvalSettings, Evaluator
 from pruning.latency_table import LatencyTable
 from pruning.policy import SparsityPolicy
 from search.cli import run_folder
-from search.folder_claim import (STALE_AFTER_S, claim_is_stale, claim_text, create_exclusively, heartbeat_stopped,
-                                 hold_claim, take_over)
+from search.folder_claim import (SETUP_CLAIM_KEY, STALE_AFTER_S, claim_is_stale, claim_text, create_exclusively,
+                                 heartbeat_stopped, hold_claim, take_over)
 from search.jobs import baseline_of, final_pass, measure_table, prepare, unit_graph
 from search.local import check_searcher, run_local
 from search.ray_address import address_of_environment, check_ray_address
 from search.recording import SCREEN_ATTRS, EvaluationSink
-from search.report import markdown_table, plot_lines, plot_unit_ratios, write_json, write_table
-from search.review import pinned_storage, policy_of_row, recorded_run_folder, shown_storage, sqlite_url
+from search.report import write_json, write_table
+from search.review import pinned_storage, recorded_run_folder, shown_storage, sqlite_url
 from search.reuse import SEEDING_SEARCHERS, check_seed_policies, load_seed_policies, move_policy
-from search.trial import latency_attr
+from search.search_report import uniform_beats, write_search_report
 from search.termination import interrupts_deferred, raise_if_interrupted
+from search.trial import latency_attr
 
 log = logging.getLogger("prunepilot")
-
-
-def pareto_front(frame: pd.DataFrame) -> pd.DataFrame:
-    """Rows not dominated in (higher accuracy, lower MACs ratio)."""
-    ordered = frame.sort_values(["macs_ratio", "accuracy"], ascending=[True, False])
-    front, best = [], -1.0
-    for _, row in ordered.iterrows():
-        if row["accuracy"] > best:
-            front.append(row)
-            best = row["accuracy"]
-    return pd.DataFrame(front)
-
-
-def plot_accuracy_vs_macs(frame: pd.DataFrame, path: Path) -> None:
-    import matplotlib.pyplot as plt
-
-    front = pareto_front(frame)
-    fig, ax = plt.subplots(figsize=(6, 4))
-    ax.scatter(frame["macs_ratio"], frame["accuracy"], s=12, alpha=0.5, label="evaluated policies")
-    ax.plot(front["macs_ratio"], front["accuracy"], color="C3", marker="o", label="Pareto front")
-    ax.set_xlabel("fraction of dense MACs")
-    ax.set_ylabel("validation accuracy (adaptive BN)")
-    ax.grid(alpha=0.3)
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
 
 
 EXPERIMENT_IN_RUN = "search"
@@ -84,7 +55,7 @@ def prepare_run_folder(args: argparse.Namespace, cfg_name: str, backend: str) ->
         if not state_file.is_file():
             raise UserError(f"--resume: {state_file} not found; give the folder of an earlier `prunepilot search`")
         state = read_json_object(state_file, "a search's state")
-        if "setting_up" in state:
+        if SETUP_CLAIM_KEY in state:
             raise UserError(f"--resume: {out} holds a search whose set-up did not finish (nothing was evaluated), or "
                             f"is still running; a new search with --out {out} takes the folder over once it is gone")
         check_not_moved(out, state)
@@ -120,7 +91,7 @@ def check_no_search_in(out: Path) -> None:
     """Refuse a run folder that holds a search, or one that another search is setting up (its claim names the
     process); a claim whose process is gone from this machine (killed mid-set-up) is left for `claim_run_folder`."""
     kept = read_json_object(out / "search.json", "a search's state")
-    claim = kept.get("setting_up")
+    claim = kept.get(SETUP_CLAIM_KEY)
     if isinstance(claim, dict):
         driver = out / DRIVER_CLAIM  # held from just after this claim: its heartbeat tells of another machine's too
         if claim_is_stale(claim) or (driver.is_file() and heartbeat_stopped(driver)):
@@ -137,7 +108,7 @@ def claim_run_folder(out: Path) -> None:
     the 'already holds a search' check and wrote into one folder: one study.db holding both, one search.json, one
     evaluations.csv and report. search.json is created exclusively, so the second is refused."""
     out.mkdir(parents=True, exist_ok=True)
-    claim = claim_text("setting_up")
+    claim = claim_text(SETUP_CLAIM_KEY)
     if create_exclusively(out / "search.json", claim):
         return
     check_no_search_in(out)  # refuses a live one; a stale claim is taken over
@@ -309,35 +280,6 @@ def transfer_job(args: argparse.Namespace) -> int:
              cfg.model.name, rows[best]["source"], rows[best]["accuracy"], 100 * rows[best]["macs_ratio"],
              uniform_result.accuracy, 100 * uniform_result.macs_ratio, out / "policy.json")
     return 0
-
-
-def uniform_beats(env: LayerPruningEnv, uniform_result: EvalResult, reward: float, what: str, advice: str) -> str:
-    """Warn when the uniform rule at the same MACs target scores a higher reward than `what`: a short search or a
-    policy from another model can lose to it, and the user would otherwise prune with the worse one unawares.
-    Returns the comparison for the report ('' when uniform does not win)."""
-    uniform_reward = env.reward(uniform_result)
-    if uniform_reward <= reward:
-        return ""
-    said = (f"reward {reward:.4f} against uniform's {uniform_reward:.4f}, val acc {uniform_result.accuracy:.4f} at "
-            f"{100 * uniform_result.macs_ratio:.1f}% MACs")
-    log.warning("%s scores below the uniform policy at the same MACs target: %s; %s, or prune the uniform policy "
-                "(prunepilot prune CONFIG prune.macs_target=%.2f)", what, said, advice, env.macs_target)
-    return said
-
-
-def latency_term(env: LayerPruningEnv) -> str:
-    """How predicted latency enters the reward, for the report; empty when it does not."""
-    if env.latency_weight == 0:
-        return ""
-    return (f"{describe_latency_penalty(env.latency_weight, env.latency_target)}, L the predicted latency ratio "
-            f"(layer latency table at batch {env.latency_table.batch_size}, {env.latency_table.threads} thread(s))")
-
-
-def best_evaluation(frame: pd.DataFrame) -> pd.Series:
-    complete = frame[frame["state"] == "COMPLETE"]
-    if complete.empty:
-        raise UserError("search: no evaluation finished; see the Ray logs under the run folder's ray/ directory")
-    return complete.loc[complete["reward"].idxmax()]
 
 
 def check_storage_path(folder: Path) -> None:
@@ -521,58 +463,15 @@ def search_job(args: argparse.Namespace) -> int:
                 raise
             tune_seconds = time.perf_counter() - tune_start
             env = build_env(cfg, base.model, ctx.data, graph, evaluator=evaluator)
+        passing = False  # whether a Ctrl-C stopped the final pass or came (held) while the report was written
         try:
             # held: a Ctrl-C in the report's writing left a search that --resume finishes, and no word of it
             with interrupts_deferred("writing the search's report"):
-                wall = time.perf_counter() - start
-                sink.close()
-                frame = write_table(sink.recorder.frame(), out, "evaluations")
-                best_row = best_evaluation(frame)
-                best = policy_of_row(best_row, graph, reward=float(best_row["reward"]), accuracy=float(best_row["accuracy"]),
-                                                  macs_ratio=float(best_row["macs_ratio"]), searcher=cfg.search.searcher,
-                                                  macs_target=env.macs_target)
-                best.save(out / "best_policy.json")
-                complete = frame[frame["state"] == "COMPLETE"].copy()
-                complete["best_reward"] = complete["reward"].cummax()
-                plot_lines(complete, "evaluation", ["reward", "best_reward"], out / "reward.png", "reward per evaluation")
-                plot_accuracy_vs_macs(complete, out / "accuracy_vs_macs.png")
-                uniform_policy = uniform(graph, env.macs_target, env.round_to, cfg.prune.max_ratio)
-                plot_unit_ratios(graph.names, {"best": list(best.vector(graph)), "uniform": list(uniform_policy.vector(graph))},
-                                 out / "best_vs_uniform.png", f"{cfg.model.name}: best policy vs uniform at the same MACs")
-                uniform_result = env.evaluate(uniform_policy)
-                below_uniform = uniform_beats(env, uniform_result, float(best_row["reward"]), f"the search's best ({len(frame)} "
-                                              "evaluations)", "search longer (search.evaluations)")
-                nodes = complete["node_id"].nunique() if "node_id" in complete else 1
-                where = ("this process (no Ray)" if backend == "local" else
-                         f"{nodes} Ray node(s)" + (" (counted over every session of this resumed search)" if args.resume else ""))
-                log.info("search: %d evaluations (%d failed) in %.0fs on %s; best reward %.4f (val acc %.4f, %.1f%% MACs); "
-                         "uniform: val acc %.4f", len(frame), int((frame["state"] != "COMPLETE").sum()), wall, where,
-                         best_row["reward"], best_row["accuracy"], 100 * best_row["macs_ratio"], uniform_result.accuracy)
-                section = "\n".join([
-                    "", "## Search", "",
-                    f"Searcher **{cfg.search.searcher}** ({backend} backend), {len(frame)} evaluations in {wall:.0f} s of this "
-                    f"session on {where}; MACs target {env.macs_target:.2f}, reward `{env.reward_name}`{latency_term(env)}. "
-                    f"Optuna study `{state['study_name']}` in `{shown_storage(state['storage'])}` (`prunepilot dashboard {out}`).",
-                    "",
-                    markdown_table(pd.DataFrame([
-                        {"policy": "best found", "val accuracy (adaptive BN)": best_row["accuracy"],
-                         "MACs ratio": best_row["macs_ratio"], **latency_attr(env, best.kept(graph, env.round_to)),
-                         "reward": best_row["reward"]},
-                        {"policy": "uniform", "val accuracy (adaptive BN)": uniform_result.accuracy,
-                         "MACs ratio": uniform_result.macs_ratio, **latency_attr(env, uniform_result.kept),
-                         "reward": env.reward(uniform_result)}])), "",
-                    *([f"**The best policy found scores below the uniform policy** ({below_uniform}): search longer, or prune "
-                       f"the uniform policy with `prunepilot prune CONFIG prune.macs_target={env.macs_target:.2f}`.", ""]
-                      if below_uniform else []),
-                    "![reward](reward.png) ![accuracy vs MACs](accuracy_vs_macs.png) ![best vs uniform](best_vs_uniform.png)", ""])
-                write_json({"evaluations": len(frame), "failed": int((frame["state"] != "COMPLETE").sum()), "wall_seconds": wall,
-                            "nodes": int(nodes), "best": best.to_dict(), "uniform_accuracy": uniform_result.accuracy,
-                            "uniform_reward": env.reward(uniform_result),
-                            "backend": backend, "tune_seconds": tune_seconds, "concurrency": cfg.search.concurrency if backend == "ray" else 1,
-                            "baseline": base.identity()}, out / "search_summary.json")
-                if not cfg.search.final_pass:
-                    (out / "report.md").write_text(f"# Search report: {cfg.model.name} ({cfg.name})\n{section}")
+                best, section = write_search_report(
+                    cfg, env, graph, sink, out, state=state, backend=backend, resumed=bool(args.resume),
+                    wall=time.perf_counter() - start, tune_seconds=tune_seconds, baseline=base.identity())
             if cfg.search.final_pass:  # search.seed: repeats differ in fine-tuning order too, not only in the search
+                passing = True
                 final_pass(ctx, base, graph, best, out, cfg.search_seed, extra_report=section, evaluator=evaluator)
         except KeyboardInterrupt:
             if cfg.search.final_pass:
@@ -581,8 +480,9 @@ def search_job(args: argparse.Namespace) -> int:
                                     "--out", str(out / "final"), *args.overrides])
                 again = (f"prunepilot search {args.config} --resume {out} (Tune's finished search is not run again)"
                          if backend == "ray" else prune)
-                log.warning("final pass stopped; the search's %d evaluations and its best policy are kept in %s; run "
-                            "the pass again with: %s", len(sink.recorder.study.get_trials(deepcopy=False)), out, again)
+                log.warning("%s; the search's %d evaluations and its best policy are kept in %s; run the pass %s: %s",
+                            "final pass stopped" if passing else "stopped before the final pass",
+                            len(sink.recorder.study.get_trials(deepcopy=False)), out, "again with" if passing else "with", again)
             raise
     finally:
         release()

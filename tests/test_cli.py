@@ -9,6 +9,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import pandas as pd
@@ -226,6 +227,12 @@ def ctrl_c() -> None:
     time.sleep(0.05)  # the handler runs in the main thread at its next bytecode
 
 
+def a_new_job(restore: Callable[[], None]) -> Callable[[], None]:
+    """Put back the last job's signal handlers and install a fresh job's (no Ctrl-C pending)."""
+    restore()
+    return stop_on_signals()
+
+
 def test_a_ctrl_c_that_code_swallowed_is_raised_again_and_one_held_during_a_start_is_raised_after_it():
     """Python raises KeyboardInterrupt wherever the main thread is; a bare `except:` or a fork's at-fork hooks
     (`ray.init`) dropped it and the job ran to its end. The job's phase boundaries raise it again."""
@@ -237,7 +244,7 @@ def test_a_ctrl_c_that_code_swallowed_is_raised_again_and_one_held_during_a_star
             pass
         with pytest.raises(KeyboardInterrupt):
             raise_if_interrupted()
-        restore = (restore(), stop_on_signals())[1]  # a new job
+        restore = a_new_job(restore)
         raise_if_interrupted()
         reached = []
         with pytest.raises(KeyboardInterrupt):
@@ -245,21 +252,21 @@ def test_a_ctrl_c_that_code_swallowed_is_raised_again_and_one_held_during_a_star
                 ctrl_c()
                 reached.append("the end of the start")
         assert reached == ["the end of the start"]
-        restore = (restore(), stop_on_signals())[1]
+        restore = a_new_job(restore)
         with pytest.raises(KeyboardInterrupt):
             with interrupts_deferred("the start"):
                 ctrl_c()
                 ctrl_c()  # a second one stops at once
                 reached.append("past the second")
         assert reached == ["the end of the start"]
-        restore = (restore(), stop_on_signals())[1]
+        restore = a_new_job(restore)
         signal.signal(signal.SIGINT, signal.SIG_IGN)  # a script's background job: Ctrl-C stays ignored
         with interrupts_deferred("the start"):
             ctrl_c()
             reached.append("ignored")
         assert reached == ["the end of the start", "ignored"]
         signal.signal(signal.SIGINT, signal.default_int_handler)
-        restore = (restore(), stop_on_signals())[1]
+        restore = a_new_job(restore)
         with pytest.raises(KeyboardInterrupt):  # a scheduler's SIGTERM is held too, and ends the job as SIGTERM
             with interrupts_deferred("the start"):
                 os.kill(os.getpid(), signal.SIGTERM)
@@ -291,6 +298,31 @@ def test_a_ctrl_c_as_a_finished_search_shuts_ray_down_is_held_and_the_search_end
     assert shut_down == [True] and not ray.is_initialized()
     assert (tmp_path / "run" / "report.md").is_file()
 
+
+
+def test_a_ctrl_c_while_the_search_report_is_written_is_held_and_then_says_how_to_run_the_final_pass(
+        tmp_path, tiny_config, monkeypatch, caplog):
+    """Held until the report is written (a finished search with half a report and no word of how to finish it), then
+    the job stops before its final pass and says so; it used to say 'final pass stopped' of a pass never started."""
+    import search.search_job as job
+
+    real_report = job.write_search_report
+
+    def report_met_by_a_ctrl_c(*args, **kwargs):
+        ctrl_c()
+        return real_report(*args, **kwargs)
+
+    monkeypatch.setattr(job, "write_search_report", report_met_by_a_ctrl_c)
+    out = tmp_path / "run"
+    with caplog.at_level(logging.WARNING, logger="prunepilot"):
+        assert main(["search", str(tiny_config), "--backend", "local", "--out", str(out), "--quiet",
+                     "search.evaluations=2", "agent.warmup_episodes=2", "env.macs_target=0.6",
+                     "sweep.accuracy_floor=null"]) == 130
+    assert (out / "best_policy.json").is_file() and (out / "search_summary.json").is_file()
+    assert not (out / "summary.json").exists() and not (out / "report.md").exists()
+    assert (f"stopped before the final pass; the search's 2 evaluations and its best policy are kept in {out}; run "
+            f"the pass with: prunepilot prune {tiny_config} --policy {out / 'best_policy.json'} --out {out / 'final'} "
+            "search.evaluations=2") in caplog.text, caplog.text
 
 def recorded_trials(db: Path) -> int:
     if not db.exists():
