@@ -11,6 +11,7 @@ import hashlib
 import json
 import os
 import pickle
+import secrets
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -53,11 +54,17 @@ def weights_digest(state_dict: dict[str, torch.Tensor], length: int = 16) -> str
 
 
 def atomic_write_text(path: Path, text: str) -> None:
-    """Write text through a temporary file in the same folder, then rename: a crash never leaves half a file."""
+    """Write text through a temporary file in the same folder, then rename: a crash never leaves half a file.
+    The temporary file is this call's own: two processes writing one path (claims taken over at once) shared one
+    name, and the second's rename failed with a traceback once the first had renamed it away."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    tmp.replace(path)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}-{secrets.token_hex(4)}.tmp")  # mode as any file (umask)
+    try:
+        with tmp.open("x") as file:
+            file.write(text)
+        tmp.replace(path)
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 def read_json_object(path: Path, what: str) -> dict[str, Any]:

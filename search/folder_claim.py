@@ -7,6 +7,7 @@ checks and wrote into, or deleted, the other's files.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
@@ -67,9 +68,40 @@ def create_exclusively(path: Path, text: str) -> bool:
         written.unlink(missing_ok=True)
 
 
-def take_over(path: Path, text: str) -> None:
-    """Replace a stale claim with this process's."""
-    atomic_write_text(path, text)
+def take_over(path: Path, stale: str, text: str) -> bool:
+    """Replace the claim `stale` (the text read from `path` and judged stale) with `text`; False when another
+    process took it over first. Two processes that judged one claim stale at once both replaced it, and both went
+    on in the folder: the replacement is made only while `path` still holds `stale`, under a lock named after
+    that claim and created exclusively."""
+    lock = path.with_name(f".{path.name}.takeover-{hashlib.sha1(stale.encode()).hexdigest()[:12]}")
+    if not create_exclusively(lock, claim_text()):
+        if not (claim_is_stale(_held_by(lock)) or heartbeat_stopped(lock)):  # another is taking it over now
+            deadline = time.monotonic() + 2.0
+            while lock.exists() and time.monotonic() < deadline:
+                time.sleep(0.01)
+            return False  # the caller reads its claim, made by now
+        lock.unlink(missing_ok=True)  # one that was killed while taking it over
+        if not create_exclusively(lock, claim_text()):
+            return False
+    try:
+        try:
+            current = path.read_text()
+        except FileNotFoundError:  # its owner removed it: a claim made afresh
+            return create_exclusively(path, text)
+        if current != stale:  # already taken over (and its lock gone)
+            return False
+        atomic_write_text(path, text)
+        return True
+    finally:
+        lock.unlink(missing_ok=True)
+
+
+def read_claim(path: Path) -> str:
+    """A claim file's text as it is now ('' when it went in the meantime), for `take_over` to compare."""
+    try:
+        return path.read_text()
+    except FileNotFoundError:
+        return ""
 
 
 def claim_text(key: str | None = None) -> str:
@@ -77,10 +109,11 @@ def claim_text(key: str | None = None) -> str:
     return json.dumps({key: this_process()} if key else this_process())
 
 
-def _held_by(path: Path) -> dict:
-    """The claim in `path`; an unreadable one (half a write by hand, say) reads as nobody's."""
+def _held_by(path: Path, text: str | None = None) -> dict:
+    """The claim in `path` (or its `text`, read before); an unreadable one (half a write by hand, say) reads as
+    nobody's."""
     try:
-        held = json.loads(path.read_text())
+        held = json.loads(path.read_text() if text is None else text)
     except (OSError, ValueError):
         return {}
     return held if isinstance(held, dict) else {}
@@ -100,12 +133,14 @@ def hold_claim(path: Path, refusal: Callable[[dict], str]) -> Callable[[], None]
     heartbeat stopped) is taken over. Returns the release, which removes the claim if it is still this process's."""
     text = claim_text()
     if not create_exclusively(path, text):
-        held = _held_by(path)
+        seen = read_claim(path)
+        held = _held_by(path, seen)
         if held and not (claim_is_stale(held) or heartbeat_stopped(path)):
             raise UserError(refusal(held))
         log.info("%s: taking over from a process that stopped (pid %s on %s)", path.parent, held.get("pid"),
                  held.get("host"))
-        take_over(path, text)
+        if not take_over(path, seen, text):
+            raise UserError(refusal(_held_by(path)))  # the process that took it over first
     stop = threading.Event()
 
     def beat() -> None:

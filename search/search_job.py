@@ -28,7 +28,7 @@ from pruning.latency_table import LatencyTable
 from pruning.policy import SparsityPolicy
 from search.cli import run_folder
 from search.folder_claim import (SETUP_CLAIM_KEY, STALE_AFTER_S, claim_is_stale, claim_text, create_exclusively,
-                                 heartbeat_stopped, hold_claim, take_over)
+                                 heartbeat_stopped, hold_claim, read_claim, take_over)
 from search.jobs import baseline_of, final_pass, measure_table, prepare, unit_graph
 from search.local import check_searcher, run_local
 from search.ray_address import address_of_environment, check_ray_address
@@ -111,9 +111,13 @@ def claim_run_folder(out: Path) -> None:
     claim = claim_text(SETUP_CLAIM_KEY)
     if create_exclusively(out / "search.json", claim):
         return
+    seen = read_claim(out / "search.json")  # what is judged below: only that is replaced
     check_no_search_in(out)  # refuses a live one; a stale claim is taken over
     log.info("%s: taking over the run folder from a search whose set-up was stopped (its process is gone)", out)
-    take_over(out / "search.json", claim)
+    if not take_over(out / "search.json", seen, claim):
+        check_no_search_in(out)  # another search took it over first: refused with its pid
+        raise UserError(f"{out}: another search took this run folder over at the same time; give this one another "
+                        "--out")
 
 
 DRIVER_CLAIM = ".search.claim"

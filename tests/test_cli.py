@@ -967,6 +967,55 @@ def test_a_held_claim_is_refused_while_its_heartbeat_runs_and_taken_over_after(t
     assert not path.exists()
 
 
+
+def take_in_a_race(take: Callable[[], object], start, done, outcomes) -> None:
+    """One of several processes that `take` a claim at the same moment; puts what happened."""
+    from pruning.errors import UserError
+
+    start.wait()
+    try:
+        take()
+        outcomes.put("took it")
+    except UserError as exc:
+        outcomes.put(str(exc))
+    except BaseException as exc:  # noqa: BLE001 - a crash is an outcome here
+        outcomes.put(f"crashed: {exc!r}")
+    done.wait()  # the winner holds its claim until every process has tried
+
+
+@pytest.mark.parametrize("claim", ["driver claim", "search.json's set-up claim"])
+def test_a_stale_claim_that_several_processes_take_over_at_once_goes_to_one_of_them(tmp_path, claim):
+    """Jobs started together into a folder with a stale claim (resubmitted after a crash, say) each replaced it and
+    all went on in one folder, and the temporary file they shared made some crash with a traceback."""
+    import multiprocessing
+
+    from search import folder_claim
+    from search.search_job import claim_run_folder
+
+    context, racers = multiprocessing.get_context("fork"), 6
+    gone = int(subprocess.run(["sh", "-c", "echo $$"], capture_output=True, text=True).stdout)
+    dead = {"pid": gone, "host": socket.gethostname()}
+    for race in range(6):
+        folder = tmp_path / str(race)
+        folder.mkdir()
+        if claim == "driver claim":
+            (folder / ".claim").write_text(json.dumps(dead))
+            take = lambda: folder_claim.hold_claim(folder / ".claim", lambda held: f"held by pid {held.get('pid')}")  # noqa: E731
+        else:
+            (folder / "search.json").write_text(json.dumps({"setting_up": dead}))
+            take = lambda: claim_run_folder(folder)  # noqa: E731
+        start, done, outcomes = context.Barrier(racers), context.Barrier(racers), context.Queue()
+        processes = [context.Process(target=take_in_a_race, args=(take, start, done, outcomes)) for _ in range(racers)]
+        for process in processes:
+            process.start()
+        said = [outcomes.get(timeout=60) for _ in processes]
+        for process in processes:
+            process.join(timeout=60)
+        assert said.count("took it") == 1, said
+        refusals = [s for s in said if s != "took it"]
+        assert all(f"pid {gone}" not in s and not s.startswith("crashed") for s in refusals), said
+        assert len(list(folder.glob(".*tmp"))) == len(list(folder.glob(".*takeover*"))) == 0
+
 def test_a_set_up_claim_from_another_machine_is_stale_once_its_drivers_heartbeat_stops(tmp_path):
     from pruning.errors import UserError
     from search.folder_claim import STALE_AFTER_S
