@@ -211,6 +211,12 @@ def run_tune(cfg: RunConfig, fn: Any, searcher: Any, space: dict, samples: int, 
         raise KeyboardInterrupt  # the saved experiment is what --resume continues; no final pass on half a search
 
 
+def experiment_saved(storage_path: Path, name: str) -> bool:
+    """Whether Tune has saved the experiment `storage_path/name`, so that `--resume` can continue it (a Ctrl-C in
+    its first seconds stops it before that)."""
+    return tune.Tuner.can_restore(str(storage_path / name))
+
+
 def fit_was_interrupted(tuner: Any) -> bool:
     """Run `tuner.fit()`; True when Ctrl-C (SIGINT) stopped it.
 

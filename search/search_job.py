@@ -435,7 +435,8 @@ def search_job(args: argparse.Namespace) -> int:
                             **({"evaluator": evaluator} if backend == "local" else {"deferred": True}))
             seeds = load_seed_policies(args.policy, env)
             if backend == "ray":
-                from search.ray_backend import RecordingCallback, run_tune, search_algorithm, trainable
+                from search.ray_backend import (RecordingCallback, experiment_saved, run_tune, search_algorithm,
+                                                trainable)
 
                 searcher, space, samples = search_algorithm(cfg, env, base.model, graph, out / "agent", warm, seeds)
         if backend == "local":
@@ -456,14 +457,20 @@ def search_job(args: argparse.Namespace) -> int:
                 agent.save(out / "agent", env)
         else:
             tune_start = time.perf_counter()
+            experiment = state.get("experiment", EXPERIMENT_IN_RUN)  # states written before it was kept: the default
             try:
                 run_tune(cfg, trainable(cfg, evaluator), searcher, space, samples,
-                         Path(state["storage_path"]), RecordingCallback(sink), resume=bool(args.resume),
-                         name=state.get("experiment", EXPERIMENT_IN_RUN))  # states written before it was kept: the default
+                         Path(state["storage_path"]), RecordingCallback(sink), resume=bool(args.resume), name=experiment)
             except KeyboardInterrupt:
                 sink.close()
-                log.warning("search stopped after %d recorded evaluations; continue it with: prunepilot search %s "
-                            "--resume %s", len(sink.recorder.study.get_trials(deepcopy=False)), args.config, out)
+                recorded = len(sink.recorder.study.get_trials(deepcopy=False))
+                if experiment_saved(Path(state["storage_path"]), experiment):
+                    log.warning("search stopped after %d recorded evaluations; continue it with: prunepilot search %s "
+                                "--resume %s", recorded, args.config, out)
+                else:  # the hint above led to '--resume: no restorable Tune experiment'
+                    log.warning("search stopped after %d recorded evaluations, before Ray Tune first saved its "
+                                "experiment, so --resume has nothing to continue: search again with another --out "
+                                "(or delete %s)", recorded, out)
                 raise
             tune_seconds = time.perf_counter() - tune_start
             env = build_env(cfg, base.model, ctx.data, graph, evaluator=evaluator)

@@ -324,6 +324,30 @@ def test_a_ctrl_c_while_the_search_report_is_written_is_held_and_then_says_how_t
             f"the pass with: prunepilot prune {tiny_config} --policy {out / 'best_policy.json'} --out {out / 'final'} "
             "search.evaluations=2") in caplog.text, caplog.text
 
+
+def test_a_ctrl_c_before_tune_first_saves_its_experiment_says_there_is_nothing_to_resume(tmp_path, tiny_config,
+                                                                                         monkeypatch, caplog):
+    """The hint said 'continue it with --resume', which then refused: no restorable Tune experiment."""
+    from search import ray_backend
+
+    real_run_tune = ray_backend.run_tune
+
+    def run_tune_met_by_a_ctrl_c(*args, **kwargs):
+        ctrl_c()  # as Tune starts, before it has saved anything
+        real_run_tune(*args, **kwargs)
+
+    monkeypatch.setattr(ray_backend, "run_tune", run_tune_met_by_a_ctrl_c)
+    out = tmp_path / "run"
+    with caplog.at_level(logging.WARNING, logger="prunepilot"):
+        assert main(["search", str(tiny_config), "--backend", "ray", "--out", str(out), "--quiet",
+                     "search.evaluations=2", "agent.warmup_episodes=2", "env.macs_target=0.6",
+                     "sweep.accuracy_floor=null"]) == 130
+    assert (f"search stopped after 0 recorded evaluations, before Ray Tune first saved its experiment, so --resume "
+            f"has nothing to continue: search again with another --out (or delete {out})") in caplog.text
+    assert "continue it with" not in caplog.text
+    monkeypatch.setattr(ray_backend, "run_tune", real_run_tune)
+    assert main(["search", str(tiny_config), "--resume", str(out), "--quiet"]) == 2  # what the hint no longer offers
+
 def recorded_trials(db: Path) -> int:
     if not db.exists():
         return 0
