@@ -69,7 +69,7 @@ def rescore(folder: Path, config: str, overrides: list[str], patterns: list[str]
     if top < 1:
         raise UserError(f"--top: must be at least 1, got {top}")
     cfg, data, base = load_run(config, overrides)
-    graph = discover_units(base.model, data.input_shape, cfg.prune.mode)
+    graph = discover_units(base.model, data.input_shape, cfg.prune.mode, cfg.prune.round_to)
     settings = EvalSettings.from_config(cfg)
     searched = Evaluator(base.model, data, graph, settings)
     held = held_out_images(searched, data.x_val, data.y_val, settings.val_limit)

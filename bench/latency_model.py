@@ -151,7 +151,7 @@ def main(argv: list[str] | None = None) -> int:
         torch.manual_seed(args.seed)
         data = load_data(cfg.data.name, cfg.data.path, cfg.data.val_fraction, cfg.data.val_size, **cfg.data.options)
         model = build_from_arch(architecture(cfg, data)).eval()
-        graph = discover_units(model, data.input_shape, cfg.prune.mode)
+        graph = discover_units(model, data.input_shape, cfg.prune.mode, cfg.prune.round_to)
         table = LatencyTable.load(args.table) if args.table else measure_table(cfg, model, graph)
         table.check(graph, cfg.prune.round_to)
         named: list[tuple[str, float, SparsityPolicy]] = []

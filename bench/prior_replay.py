@@ -189,7 +189,7 @@ def main(argv: list[str] | None = None) -> int:
         also = [SourceRewards.load(path, "--also-source") for path in also_sources(args.source, args.also_source)]
         source = SourceRewards.pooled([source, *also])
         cfg, data, base = load_run(args.config, args.overrides)
-        graph = discover_units(base.model, data.input_shape, cfg.prune.mode)
+        graph = discover_units(base.model, data.input_shape, cfg.prune.mode, cfg.prune.round_to)
         pool = recorded_pool(args.pool, graph, cfg.prune.round_to)
         if len(pool) < args.budget + args.candidates:
             raise UserError(f"--pool: {len(pool)} distinct policies, fewer than --budget + --candidates "

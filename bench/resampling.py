@@ -36,7 +36,7 @@ def compare(folder: Path, config: str, target: float, overrides: list[str],
             random_draws: int) -> tuple[pd.DataFrame, str]:
     """(one row per moved policy, reference or random draw; the target model's name)."""
     cfg, data, base = load_run(config, [*overrides, f"env.macs_target={target}"])
-    graph = discover_units(base.model, data.input_shape, cfg.prune.mode)
+    graph = discover_units(base.model, data.input_shape, cfg.prune.mode, cfg.prune.round_to)
     env = build_env(cfg, base.model, data, graph)
     runs = sorted((folder / "runs").glob(f"*-{target_tag(target)}-s*/best_policy.json"))
     if not runs:

@@ -136,7 +136,8 @@ def screen(folder: Path, target: float, methods: list[str], seeds: int,
         raise UserError(f"{config_file}: not found; RESULTS_FOLDER must be a `prunepilot bench` results folder")
     cfg = RunConfig.model_validate(json.loads(config_file.read_text()))
     data = load_data(cfg.data.name, cfg.data.path, cfg.data.val_fraction, cfg.data.val_size, **cfg.data.options)
-    graph = discover_units(build_from_arch(architecture(cfg, data)), data.input_shape, cfg.prune.mode)
+    graph = discover_units(build_from_arch(architecture(cfg, data)), data.input_shape, cfg.prune.mode,
+                           cfg.prune.round_to)
     agents = {method: agent_config(cfg, method, variants) for method in methods}  # bad input fails before the fit
     recorded = recorded_evaluations(folder, target)
     gp, r2 = fit_surrogate(recorded, graph)

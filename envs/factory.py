@@ -55,7 +55,7 @@ def load_run_data(cfg: RunConfig) -> DataBundle:
 def build_env(cfg: RunConfig, model: nn.Module, data: DataBundle, graph: UnitGraph | None = None,
               evaluator: PolicyEvaluator | None = None, deferred: bool = False, **overrides: Any) -> LayerPruningEnv:
     """An environment over `model` on `data` with the config's env and eval settings (keywords override)."""
-    graph = graph or discover_units(model, data.input_shape, cfg.prune.mode)
+    graph = graph or discover_units(model, data.input_shape, cfg.prune.mode, cfg.prune.round_to)
     if evaluator is None and not deferred:
         evaluator = Evaluator(model, data, graph, EvalSettings.from_config(cfg))
     return LayerPruningEnv(graph, evaluator, deferred=deferred, **{**env_kwargs(cfg), **overrides})

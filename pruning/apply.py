@@ -8,6 +8,7 @@ importance at every step simply by calling these again.
 from __future__ import annotations
 
 import copy
+import math
 
 import torch
 import torch_pruning as tp
@@ -16,7 +17,7 @@ from torch.nn.utils import prune as torch_prune
 
 from pruning.errors import UserError
 from pruning.importance import channel_importance, weight_scores
-from pruning.units import UnitGraph, build_dependency_graph
+from pruning.units import UnitGraph, build_dependency_graph, kept_count
 
 
 def out_channels(module: nn.Module) -> int:
@@ -78,23 +79,54 @@ def prune_structured(model: nn.Module, graph: UnitGraph, kept: dict[str, int], c
     return model
 
 
-def check_pruned_forward(model: nn.Module, graph: UnitGraph) -> None:
-    """Prune a copy by one channel per unit and run it once: a forward that hard-codes a channel count
-    (`x.view(n, 512)`) otherwise failed with a traceback at the first evaluation, or inside a Ray trial."""
-    kept = {unit.name: unit.channels - 1 for unit in graph.units if unit.channels > 1}
+def check_pruned_forward(model: nn.Module, graph: UnitGraph, round_to: int = 1) -> None:
+    """Prune a copy by one step per unit (one channel, or `round_to`) and run it once: a model that torch-pruning
+    cannot cut, or whose forward breaks on fewer channels (`x.view(n, 512)`, a GroupNorm's groups), otherwise
+    failed with a traceback at the first evaluation, or inside a Ray trial."""
+    kept = {}
+    for unit in graph.units:
+        fewer = kept_count(unit.channels, min(1.0, round_to / unit.channels), round_to)
+        if fewer < unit.channels:
+            kept[unit.name] = fewer
     if not kept:
         return
     probe = copy.deepcopy(model).eval()
     device = next(probe.parameters()).device
     try:
         prune_structured(probe, graph, kept, "l1")  # outside no_grad: torch-pruning traces with autograd
+    except Exception as exc:  # noqa: BLE001 - a layer torch-pruning cannot cut: say so, not a dump
+        raise UserError(f"model.name: torch-pruning cannot remove channels from this model ({first_line(exc)}); one "
+                        "of its layers, or the way they connect, is not supported by structured pruning: prune it "
+                        "with prune.mode=unstructured, or replace that layer") from None
+    try:
         with torch.no_grad():
             probe(torch.zeros(1, *graph.input_shape, device=device))
     except Exception as exc:  # noqa: BLE001 - the user's forward failed on fewer channels: say so, not a dump
-        raise UserError(f"model.name: the model fails once its channels are pruned ({type(exc).__name__}: "
-                        f"{str(exc).splitlines()[0] if str(exc) else ''}); a forward that hard-codes channel or "
-                        f"feature counts (x.view(n, 512), torch.reshape to fixed sizes) cannot be pruned: use "
-                        f"torch.flatten(x, 1) or shapes read from the tensor") from None
+        advice = divisibility_hint(model, round_to) or (
+            "a forward that hard-codes channel or feature counts (x.view(n, 512), torch.reshape to fixed sizes) cannot "
+            "be pruned: use torch.flatten(x, 1) or shapes read from the tensor")
+        raise UserError(f"model.name: the model fails once its channels are pruned ({first_line(exc)}); {advice}") \
+            from None
+
+
+def first_line(exc: BaseException) -> str:
+    """`Type: first line of its message`, for an error that names a user's failure in one line."""
+    said = str(exc).splitlines()
+    return f"{type(exc).__name__}: {said[0] if said else ''}"
+
+
+def divisibility_hint(model: nn.Module, round_to: int) -> str:
+    """What to give prune.round_to when GroupNorm layers (which need channels divisible by their groups) are why a
+    pruned model fails; '' when none asks for more than `round_to` gives."""
+    groups = {name: m.num_groups for name, m in model.named_modules()
+              if isinstance(m, nn.GroupNorm) and m.num_groups > 1 and round_to % m.num_groups}
+    if not groups:
+        return ""
+    multiple = math.lcm(round_to, *groups.values())
+    listed = ", ".join(f"{name} ({count} groups)" for name, count in list(groups.items())[:3])
+    return (f"its GroupNorm layers keep a channel count divisible by their groups: {listed}"
+            f"{' ...' if len(groups) > 3 else ''}; prune with prune.round_to={multiple} so that every unit keeps a "
+            f"multiple of {multiple} channels")
 
 
 def remove_blocks(model: nn.Module, graph: UnitGraph, kept: dict[str, int]) -> list[str]:

@@ -159,8 +159,11 @@ def _layer_features(module: nn.Module) -> tuple[int, int, int]:
     return module.in_features, 1, 1
 
 
-def discover_units(model: nn.Module, input_shape: tuple[int, ...], mode: Mode = "structured") -> UnitGraph:
-    """Find the prunable units of `model` (which is not modified)."""
+def discover_units(model: nn.Module, input_shape: tuple[int, ...], mode: Mode = "structured",
+                   round_to: int = 1, check_forward: bool = True) -> UnitGraph:
+    """Find the prunable units of `model` (which is not modified); in structured mode, check that it still runs
+    with each unit pruned by one step of `round_to` channels (prune.round_to), unless it is rebuilt to counts
+    known to work (`check_forward=False`: a saved pruned model)."""
     shapes = layer_shapes(model, input_shape)
     modules = dict(model.named_modules())
     order = {name: i for i, name in enumerate(modules)}
@@ -212,8 +215,9 @@ def discover_units(model: nn.Module, input_shape: tuple[int, ...], mode: Mode = 
     graph.fingerprint = _fingerprint(mode, shapes, modules, graph.units)
     if mode == "structured":
         graph.removable = removable_blocks(model, graph)
+    if mode == "structured" and check_forward:
         from pruning.apply import check_pruned_forward  # apply builds on this module
-        check_pruned_forward(model, graph)
+        check_pruned_forward(model, graph, round_to)
     return graph
 
 

@@ -104,7 +104,7 @@ def latency_table_job(args: argparse.Namespace) -> int:
 
 # ------------------------------------------------------------------------------------ shared pieces
 def unit_graph(ctx: Context, model: torch.nn.Module) -> UnitGraph:
-    graph = discover_units(model, ctx.data.input_shape, ctx.cfg.prune.mode)
+    graph = discover_units(model, ctx.data.input_shape, ctx.cfg.prune.mode, ctx.cfg.prune.round_to)
     if graph.grouped_whole:
         log.info("channels shared with a grouped (not depthwise) conv are kept whole, since pruning would break it; "
                  "%d layer(s) have such channels: %s", len(graph.grouped_whole), ", ".join(sorted(graph.grouped_whole)))

@@ -92,3 +92,27 @@ class _FixedView(nn.Module):
 
 def fixed_view(in_channels: int, num_classes: int) -> nn.Module:
     return _FixedView(in_channels, num_classes)
+
+
+def group_norm_cnn(in_channels: int, num_classes: int) -> nn.Module:
+    """GroupNorm keeps working only on a channel count divisible by its groups (4 here): prune.round_to=4."""
+    return nn.Sequential(nn.Conv2d(in_channels, 8, 3, padding=1), nn.GroupNorm(4, 8), nn.ReLU(),
+                         nn.Conv2d(8, 16, 3, padding=1), nn.GroupNorm(4, 16), nn.ReLU(),
+                         nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(16, num_classes))
+
+
+class _PixelShuffled(nn.Module):
+    """A sub-pixel upsampling (PixelShuffle) between convs: torch-pruning cannot follow it."""
+
+    def __init__(self, in_channels: int, num_classes: int):
+        super().__init__()
+        self.up = nn.Sequential(nn.Conv2d(in_channels, 16, 3, padding=1), nn.PixelShuffle(2))
+        self.conv = nn.Conv2d(4, 8, 3, padding=1)
+        self.fc = nn.Linear(8, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(torch.flatten(nn.functional.adaptive_avg_pool2d(self.conv(self.up(x)), 1), 1))
+
+
+def pixel_shuffled(in_channels: int, num_classes: int) -> nn.Module:
+    return _PixelShuffled(in_channels, num_classes)

@@ -56,6 +56,40 @@ def test_a_forward_with_a_fixed_feature_count_is_refused_before_pruning():
         discover_units(model, SHAPE)
 
 
+
+def test_a_model_that_breaks_once_pruned_is_refused_with_what_would_prune_it():
+    """Every such model was told that its forward hard-codes channel counts: a GroupNorm model (which prunes with
+    prune.round_to at a multiple of its groups, but was refused at any round_to) and one that torch-pruning itself
+    cannot cut."""
+    group_norm = build_model("tests.fixtures:group_norm_cnn", 1, 4, SHAPE)
+    with pytest.raises(UserError, match=re.escape(
+            "(RuntimeError: Expected number of channels in input to be divisible by num_groups, but got input of "
+            "shape [1, 7, 10, 10] and num_groups=4); its GroupNorm layers keep a channel count divisible by their "
+            "groups: 1 (4 groups), 4 (4 groups); prune with prune.round_to=4 so that every unit keeps a multiple of 4 "
+            "channels")):
+        discover_units(group_norm, SHAPE)
+    with pytest.raises(UserError, match=r"prune with prune.round_to=4 so"):
+        discover_units(group_norm, SHAPE, round_to=2)
+    assert [(u.name, u.channels) for u in discover_units(group_norm, SHAPE, round_to=4).units] == [("0", 8), ("3", 16)]
+    with pytest.raises(UserError, match=r"model.name: torch-pruning cannot remove channels from this model \(IndexError: "
+                                        r".*\); one of its layers, or the way they connect, is not supported"):
+        discover_units(build_model("tests.fixtures:pixel_shuffled", 1, 4, SHAPE), SHAPE)
+
+
+def test_a_group_norm_model_prunes_end_to_end_with_its_round_to(tmp_path, tiny_config):
+    """Pruned, fine-tuned, saved and loaded back at multiples of its 4 groups (the reload used to probe it at one
+    channel and fail after the whole pass)."""
+    from pruning.export import load_pruned
+
+    out = tmp_path / "gn"
+    done = run_cli("prune", str(tiny_config), "model.name=tests.fixtures:group_norm_cnn", "prune.round_to=4",
+                   "prune.macs_target=0.4", "--out", str(out), "--quiet", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    model = load_pruned(out / "model.pt")
+    widths = [m.num_channels for m in model.modules() if isinstance(m, torch.nn.GroupNorm)]
+    assert all(width % 4 == 0 for width in widths) and sum(widths) < 8 + 16, widths
+    assert model(torch.zeros(2, *SHAPE)).shape == (2, 4)
+
 def test_a_forward_that_fails_channels_last_is_trained_and_timed_contiguous():
     """`.view` on a conv output fails on the channels-last layout that CPU training and timing use."""
     model = build_model("tests.fixtures:fixed_view", 1, 4, SHAPE)
