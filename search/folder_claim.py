@@ -120,11 +120,27 @@ def _held_by(path: Path, text: str | None = None) -> dict:
 
 
 def heartbeat_stopped(path: Path) -> bool:
-    """Whether a held claim's file went untouched for STALE_AFTER_S: its process stopped, on any machine."""
+    """Whether a held claim's file went untouched for STALE_AFTER_S: its process stopped, on any machine. Judged
+    by the file system's clock, which stamped the heartbeat: this machine's own clock, some minutes off the
+    server's on a cluster's shared folder, took a live claim for stale (or a stale one for live)."""
     try:
-        return time.time() - path.stat().st_mtime > STALE_AFTER_S
+        return file_system_now(path.parent) - path.stat().st_mtime > STALE_AFTER_S
     except FileNotFoundError:
         return True
+
+
+def file_system_now(folder: Path) -> float:
+    """The time as `folder`'s file system stamps it (a network file system: its server's), read from a file
+    touched for the purpose; this machine's clock where the folder cannot be written."""
+    probe = folder / f".clock.{os.getpid()}-{threading.get_ident()}"
+    try:
+        probe.touch()
+        try:
+            return probe.stat().st_mtime
+        finally:
+            probe.unlink(missing_ok=True)
+    except OSError:
+        return time.time()
 
 
 def hold_claim(path: Path, refusal: Callable[[dict], str]) -> Callable[[], None]:

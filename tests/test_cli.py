@@ -992,6 +992,24 @@ def test_a_held_claim_is_refused_while_its_heartbeat_runs_and_taken_over_after(t
 
 
 
+
+@pytest.mark.parametrize("skew_s", [-600.0, 600.0])
+def test_a_heartbeat_is_judged_by_the_file_systems_clock_not_this_machines(tmp_path, monkeypatch, skew_s):
+    """A cluster node whose clock is minutes off the shared folder's server took a live claim for stale (and took
+    the folder over from a running search), or kept a stale one for live."""
+    from search import folder_claim
+
+    live, stopped = tmp_path / "live.claim", tmp_path / "stopped.claim"
+    live.write_text("{}")
+    stopped.write_text("{}")
+    long_ago = time.time() - folder_claim.STALE_AFTER_S - 30
+    os.utime(stopped, (long_ago, long_ago))
+    real_time = time.time
+    monkeypatch.setattr(folder_claim.time, "time", lambda: real_time() + skew_s)  # this machine's clock is off
+    assert not folder_claim.heartbeat_stopped(live)
+    assert folder_claim.heartbeat_stopped(stopped)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["live.claim", "stopped.claim"]  # no probe left behind
+
 def take_in_a_race(take: Callable[[], object], start, done, outcomes) -> None:
     """One of several processes that `take` a claim at the same moment; puts what happened."""
     from pruning.errors import UserError
