@@ -278,26 +278,38 @@ def test_a_ctrl_c_that_code_swallowed_is_raised_again_and_one_held_during_a_star
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
 
 
+def met_by_a_ctrl_c(monkeypatch, owner: object, name: str) -> Callable:
+    """Replace `owner.name` by itself preceded by a Ctrl-C (a real SIGINT to this process), counting its calls in
+    `.calls`; returns the original."""
+    real = getattr(owner, name)
+
+    def after_a_ctrl_c(*args, **kwargs):
+        after_a_ctrl_c.calls += 1
+        ctrl_c()
+        return real(*args, **kwargs)
+
+    after_a_ctrl_c.calls = 0
+
+    monkeypatch.setattr(owner, name, after_a_ctrl_c)
+    return real
+
+
+def tiny_search(config: Path, out: Path, backend: str, *overrides: str) -> list[str]:
+    """`prunepilot search` of the tiny config: two evaluations at 60% MACs, no sweep."""
+    return ["search", str(config), "--backend", backend, "--out", str(out), "--quiet", "search.evaluations=2",
+            "agent.warmup_episodes=2", "env.macs_target=0.6", "sweep.accuracy_floor=null", *overrides]
+
+
 def test_a_ctrl_c_as_a_finished_search_shuts_ray_down_is_held_and_the_search_ends_with_its_code(tmp_path, tiny_config,
                                                                                                  monkeypatch):
     """Ray's shutdown ran in its exit hook, where a Ctrl-C pressed as the job finished printed a traceback and the
     process exited with code 1 after all its files were written."""
     import ray
 
-    shut_down, real_shutdown = [], ray.shutdown
-
-    def shutdown_met_by_a_ctrl_c(*args, **kwargs):
-        ctrl_c()
-        real_shutdown(*args, **kwargs)
-        shut_down.append(True)
-
-    monkeypatch.setattr(ray, "shutdown", shutdown_met_by_a_ctrl_c)
-    assert main(["search", str(tiny_config), "--backend", "ray", "--out", str(tmp_path / "run"), "--quiet",
-                 "search.evaluations=2", "agent.warmup_episodes=2", "env.macs_target=0.6", "sweep.accuracy_floor=null",
-                 "search.final_pass=false"]) == 0
-    assert shut_down == [True] and not ray.is_initialized()
+    met_by_a_ctrl_c(monkeypatch, ray, "shutdown")
+    assert main(tiny_search(tiny_config, tmp_path / "run", "ray", "search.final_pass=false")) == 0
+    assert ray.shutdown.calls == 1 and not ray.is_initialized()
     assert (tmp_path / "run" / "report.md").is_file()
-
 
 
 def test_a_ctrl_c_while_the_search_report_is_written_is_held_and_then_says_how_to_run_the_final_pass(
@@ -306,18 +318,11 @@ def test_a_ctrl_c_while_the_search_report_is_written_is_held_and_then_says_how_t
     the job stops before its final pass and says so; it used to say 'final pass stopped' of a pass never started."""
     import search.search_job as job
 
-    real_report = job.write_search_report
-
-    def report_met_by_a_ctrl_c(*args, **kwargs):
-        ctrl_c()
-        return real_report(*args, **kwargs)
-
-    monkeypatch.setattr(job, "write_search_report", report_met_by_a_ctrl_c)
+    met_by_a_ctrl_c(monkeypatch, job, "write_search_report")
     out = tmp_path / "run"
     with caplog.at_level(logging.WARNING, logger="prunepilot"):
-        assert main(["search", str(tiny_config), "--backend", "local", "--out", str(out), "--quiet",
-                     "search.evaluations=2", "agent.warmup_episodes=2", "env.macs_target=0.6",
-                     "sweep.accuracy_floor=null"]) == 130
+        assert main(tiny_search(tiny_config, out, "local")) == 130
+    assert job.write_search_report.calls == 1
     assert (out / "best_policy.json").is_file() and (out / "search_summary.json").is_file()
     assert not (out / "summary.json").exists() and not (out / "report.md").exists()
     assert (f"stopped before the final pass; the search's 2 evaluations and its best policy are kept in {out}; run "
@@ -330,18 +335,10 @@ def test_a_ctrl_c_before_tune_first_saves_its_experiment_says_there_is_nothing_t
     """The hint said 'continue it with --resume', which then refused: no restorable Tune experiment."""
     from search import ray_backend
 
-    real_run_tune = ray_backend.run_tune
-
-    def run_tune_met_by_a_ctrl_c(*args, **kwargs):
-        ctrl_c()  # as Tune starts, before it has saved anything
-        real_run_tune(*args, **kwargs)
-
-    monkeypatch.setattr(ray_backend, "run_tune", run_tune_met_by_a_ctrl_c)
+    real_run_tune = met_by_a_ctrl_c(monkeypatch, ray_backend, "run_tune")  # as Tune starts, before it saves anything
     out = tmp_path / "run"
     with caplog.at_level(logging.WARNING, logger="prunepilot"):
-        assert main(["search", str(tiny_config), "--backend", "ray", "--out", str(out), "--quiet",
-                     "search.evaluations=2", "agent.warmup_episodes=2", "env.macs_target=0.6",
-                     "sweep.accuracy_floor=null"]) == 130
+        assert main(tiny_search(tiny_config, out, "ray")) == 130
     assert (f"search stopped after 0 recorded evaluations, before Ray Tune first saved its experiment, so --resume "
             f"has nothing to continue: search again with another --out (or delete {out})") in caplog.text
     assert "continue it with" not in caplog.text
