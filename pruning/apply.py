@@ -15,7 +15,7 @@ import torch_pruning as tp
 from torch import nn
 from torch.nn.utils import prune as torch_prune
 
-from pruning.errors import UserError
+from pruning.errors import UserError, first_line
 from pruning.importance import channel_importance, weight_scores
 from pruning.units import UnitGraph, build_dependency_graph, kept_count
 
@@ -107,12 +107,6 @@ def check_pruned_forward(model: nn.Module, graph: UnitGraph, round_to: int = 1) 
             "be pruned: use torch.flatten(x, 1) or shapes read from the tensor")
         raise UserError(f"model.name: the model fails once its channels are pruned ({first_line(exc)}); {advice}") \
             from None
-
-
-def first_line(exc: BaseException) -> str:
-    """`Type: first line of its message`, for an error that names a user's failure in one line."""
-    said = str(exc).splitlines()
-    return f"{type(exc).__name__}: {said[0] if said else ''}"
 
 
 def divisibility_hint(model: nn.Module, round_to: int) -> str:

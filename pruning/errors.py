@@ -8,3 +8,9 @@ class UserError(Exception):
 
     The message must name the field or file at fault and say what was expected.
     """
+
+
+def first_line(exc: BaseException) -> str:
+    """`Type: first line of its message`: a failure in a user's model named in one line, without a traceback."""
+    said = str(exc).splitlines()
+    return f"{type(exc).__name__}: {said[0] if said else ''}"

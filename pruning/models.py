@@ -13,7 +13,7 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
-from pruning.errors import UserError
+from pruning.errors import UserError, first_line
 
 
 class LeNet5(nn.Module):
@@ -202,7 +202,7 @@ def check_user_model(model: object, name: str, num_classes: int, input_shape: tu
             output = model.eval()(torch.zeros(1, *input_shape))
     except Exception as exc:  # noqa: BLE001 - any failure of a user's forward on the data's shape is theirs
         raise UserError(f"{field}: {name} cannot take inputs shaped {tuple(input_shape)} "
-                        f"({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}{_where(exc)})") from None
+                        f"({first_line(exc)}{_where(exc)})") from None
     if not isinstance(output, torch.Tensor) or tuple(output.shape) != (1, num_classes):
         got = tuple(output.shape) if isinstance(output, torch.Tensor) else f"a {type(output).__name__}"
         raise UserError(f"{field}: {name} gives {got} for one input; expected logits shaped (1, {num_classes}), "
