@@ -112,8 +112,13 @@ def check_pruned_forward(model: nn.Module, graph: UnitGraph, round_to: int = 1) 
 def divisibility_hint(model: nn.Module, round_to: int) -> str:
     """What to give prune.round_to when GroupNorm layers (which need channels divisible by their groups) are why a
     pruned model fails; '' when none asks for more than `round_to` gives."""
-    groups = {name: m.num_groups for name, m in model.named_modules()
-              if isinstance(m, nn.GroupNorm) and m.num_groups > 1 and round_to % m.num_groups}
+    norms = {name: m for name, m in model.named_modules() if isinstance(m, nn.GroupNorm) and m.num_groups > 1}
+    per_channel = [name for name, m in norms.items() if m.num_groups == m.num_channels]
+    if per_channel:  # no rounding keeps a multiple of all its channels but all of them
+        return (f"its GroupNorm layers with one channel per group ({', '.join(per_channel[:3])}"
+                f"{' ...' if len(per_channel) > 3 else ''}) break at any pruned width: give them fewer groups (a "
+                "divisor of the channels, e.g. nn.GroupNorm(1, C))")
+    groups = {name: m.num_groups for name, m in norms.items() if round_to % m.num_groups}
     if not groups:
         return ""
     multiple = math.lcm(round_to, *groups.values())

@@ -101,6 +101,12 @@ def group_norm_cnn(in_channels: int, num_classes: int) -> nn.Module:
                          nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(16, num_classes))
 
 
+def per_channel_group_norm_cnn(in_channels: int, num_classes: int) -> nn.Module:
+    """GroupNorm with as many groups as channels: no pruned width keeps it working."""
+    return nn.Sequential(nn.Conv2d(in_channels, 8, 3, padding=1), nn.GroupNorm(8, 8), nn.ReLU(),
+                         nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, num_classes))
+
+
 class _PixelShuffled(nn.Module):
     """A sub-pixel upsampling (PixelShuffle) between convs: torch-pruning cannot follow it."""
 

@@ -71,6 +71,9 @@ def test_a_model_that_breaks_once_pruned_is_refused_with_what_would_prune_it():
     with pytest.raises(UserError, match=r"prune with prune.round_to=4 so"):
         discover_units(group_norm, SHAPE, round_to=2)
     assert [(u.name, u.channels) for u in discover_units(group_norm, SHAPE, round_to=4).units] == [("0", 8), ("3", 16)]
+    with pytest.raises(UserError, match=re.escape("its GroupNorm layers with one channel per group (1) break at any "
+                                                  "pruned width: give them fewer groups")):
+        discover_units(build_model("tests.fixtures:per_channel_group_norm_cnn", 1, 4, SHAPE), SHAPE, round_to=8)
     with pytest.raises(UserError, match=r"model.name: torch-pruning cannot remove channels from this model \(IndexError: "
                                         r".*\); one of its layers, or the way they connect, is not supported"):
         discover_units(build_model("tests.fixtures:pixel_shuffled", 1, 4, SHAPE), SHAPE)
