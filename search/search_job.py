@@ -10,6 +10,7 @@ import shutil
 import time
 import uuid
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator
 
@@ -25,11 +26,13 @@ from pruning.config import AGENT_NAMES, RunConfig
 from pruning.errors import UserError
 from pruning.evaluate import EvalSettings, Evaluator
 from pruning.latency_table import LatencyTable
+from pruning.baseline import Baseline
 from pruning.policy import SparsityPolicy
+from pruning.units import UnitGraph
 from search.cli import run_folder
 from search.folder_claim import (SETUP_CLAIM_KEY, STALE_AFTER_S, claim_is_stale, claim_text, create_exclusively,
                                  heartbeat_stopped, hold_claim, read_claim, take_over)
-from search.jobs import baseline_of, final_pass, measure_table, prepare, unit_graph
+from search.jobs import Context, baseline_of, final_pass, measure_table, prepare, unit_graph
 from search.local import check_searcher, run_local
 from search.ray_address import address_of_environment, check_ray_address
 from search.recording import SCREEN_ATTRS, EvaluationSink
@@ -352,11 +355,20 @@ def warn_of_ray_settings(cfg: RunConfig, backend: str) -> None:
                     ", ".join(f"search.{k}={v}" for k, v in given.items()), " and ".join(f"search.{k}" for k in given))
 
 
-def search_job(args: argparse.Namespace) -> int:
-    check_backend_flags(args)
-    use_stored_overrides(args)
-    ctx = prepare(args)
-    cfg = ctx.cfg
+@dataclass(frozen=True)
+class SearchPlan:
+    """Where the search runs and what it loads, settled by checks made before any training or file."""
+    backend: str
+    address: str | None
+    field: str
+    """Where the address came from (`--address` or `RAY_ADDRESS`), named in its errors."""
+    prior: SourceRewards | None
+    table: LatencyTable | None
+
+
+def plan_search(args: argparse.Namespace, cfg: RunConfig) -> SearchPlan:
+    """Check every flag and file a search names before any training: a wrong one found after the baseline's
+    training (or by Ray, which retries a wrong address forever) cost minutes."""
     check_searcher(cfg.search.searcher)
     if not args.resume:  # a resume keeps the target its search started with
         check_one_search_target(cfg)
@@ -365,15 +377,187 @@ def search_job(args: argparse.Namespace) -> int:
     address, field = address_of_environment(args.address) if backend == "ray" else (None, "--address")
     if field == "RAY_ADDRESS":
         log.info("joining the Ray cluster at RAY_ADDRESS=%s (unset RAY_ADDRESS to run Ray embedded)", address)
-    check_ray_address(address, field=field)  # before any training: Ray would retry a wrong one forever
-    check_seed_policies(args.policy, cfg.search.searcher)  # likewise
-    check_warm_agent(getattr(args, "agent", None), cfg.search.searcher)  # likewise
+    check_ray_address(address, field=field)
+    check_seed_policies(args.policy, cfg.search.searcher)
+    check_warm_agent(getattr(args, "agent", None), cfg.search.searcher)
     if cfg.search.searcher in AGENT_NAMES:
-        check_agent_kwargs(cfg.agent)  # likewise
-    prior = load_prior(args, cfg)  # likewise
-    table = LatencyTable.load(cfg.env.latency_table) if cfg.env.latency_table else None  # likewise
+        check_agent_kwargs(cfg.agent)
+    prior = load_prior(args, cfg)
+    table = LatencyTable.load(cfg.env.latency_table) if cfg.env.latency_table else None
     warn_of_ray_settings(cfg, backend)
-    out, state = prepare_run_folder(args, cfg.name, backend)
+    return SearchPlan(backend, address, field, prior, table)
+
+
+def connect_to_ray(ctx: Context, plan: SearchPlan) -> None:
+    """Join (or start) Ray before any file or training: a cluster that refuses us (token, version) or has no room
+    for one trial fails here."""
+    from search.ray_backend import check_trial_fits, connect
+
+    cfg = ctx.cfg
+    connect(plan.address, field=plan.field)
+    check_trial_fits(cfg.search.cpus_per_trial, cfg.search.gpus_per_trial, embedded=not plan.address)
+    if ctx.device.type == "cuda" and cfg.search.gpus_per_trial <= 0:
+        log.warning("the trials evaluate on the CPU: search.gpus_per_trial is 0 (the final pass runs on %s); give "
+                    "each trial a share of a GPU with search.gpus_per_trial (e.g. 0.5)", ctx.device)
+
+
+@dataclass
+class SearchSetup:
+    """What the set-up built for the search, its report and the final pass to share."""
+    base: Baseline
+    graph: UnitGraph
+    evaluator: Evaluator
+    """Built once (rankings, Taylor gradients, fixed BN batches): the sweep, the search and the final pass share it."""
+    sink: EvaluationSink
+    env: LayerPruningEnv
+    warm: PruningAgent | None
+    seeds: list[SparsityPolicy]
+    start: float
+    """perf_counter() as the search proper began (after the baseline, the sweep and the latency table)."""
+    tune_search: tuple | None
+    """Ray only: (Tune search algorithm, param space, number of trials), built in the set-up so that its errors
+    (an agent's settings, a seed policy) leave no half-made run."""
+
+
+def set_up_search(args: argparse.Namespace, ctx: Context, plan: SearchPlan, out: Path, state: dict) -> SearchSetup:
+    """Baseline, units, evaluator, MACs target, the study and `search.json`: everything a search needs before its
+    first evaluation (inside `discarded_if_setup_stops`, so a failure here leaves no half-made run)."""
+    cfg = ctx.cfg
+    base = baseline_of(ctx)
+    graph = unit_graph(ctx, base.model)
+    if plan.table is not None:  # another model's table fails before the sweep writes the run folder
+        plan.table.check(graph, cfg.prune.round_to)
+    searched = searched_identity(cfg, graph)
+    if args.resume:
+        check_same_search(state, searched, out)
+    state.update(searched)
+    evaluator = Evaluator(base.model, ctx.data, graph, EvalSettings.from_config(cfg))
+    if args.resume:
+        cfg.env.macs_target = state.get("macs_target", cfg.env.macs_target)  # the target the search started with
+    elif cfg.sweep.accuracy_floor is not None:
+        cfg.env.macs_target = target_from_floor(cfg, evaluator, out)
+    state["macs_target"] = cfg.env.macs_target
+    sink = EvaluationSink(state["storage"], state["study_name"], graph.names, cfg.search.searcher,
+                          cfg.search.evaluations, ctx.show_progress, new=not args.resume)
+    out.mkdir(parents=True, exist_ok=True)
+    sink.recorder  # open (and create) the study now: a bad --storage fails before any work
+    if sink.study_name != state["study_name"]:
+        log.info("%s already holds a study named %s (another search); this one records as %s",
+                 shown_storage(state["storage"]), state["study_name"], sink.study_name)
+        state["study_name"] = sink.study_name
+    atomic_write_text(out / "search.json", json.dumps(state, indent=2))  # read whole by a search starting here
+    if cfg.env.latency_weight > 0 and cfg.env.latency_table is None:  # measured once per run folder, kept on resume
+        table_path = out / "latency_table.json"
+        if not table_path.is_file():
+            measure_table(cfg, base.model, graph).save(table_path)
+        cfg.env.latency_table = str(table_path)
+    start = time.perf_counter()
+    warm = with_prior(load_warm_agent(args, cfg, graph), plan.prior, cfg, graph)
+    # inside the set-up: an unreachable target (env.r_max) or a bad seed policy left a search.json and an empty
+    # study behind, and the rerun read 'already holds a search'
+    env = build_env(cfg, base.model, ctx.data, graph,
+                    **({"evaluator": evaluator} if plan.backend == "local" else {"deferred": True}))
+    seeds = load_seed_policies(args.policy, env)
+    tune_search = None
+    if plan.backend == "ray":
+        from search.ray_backend import search_algorithm
+
+        tune_search = search_algorithm(cfg, env, base.model, graph, out / "agent", warm, seeds)
+    return SearchSetup(base, graph, evaluator, sink, env, warm, seeds, start, tune_search)
+
+
+def recorded_count(sink: EvaluationSink) -> int:
+    return len(sink.recorder.study.get_trials(deepcopy=False))
+
+
+def search_locally(cfg: RunConfig, setup: SearchSetup, out: Path, state: dict) -> None:
+    """One policy at a time in this process; the agent is saved beside the run."""
+    env, graph, sink = setup.env, setup.graph, setup.sink
+    try:
+        _, agent = run_local(cfg, setup.base.model, env, agent=setup.warm, seeds=setup.seeds,
+                             on_evaluation=lambda e: sink(
+                                 f"local-{e.episode}",
+                                 {"ratios": e.policy.ratios, "accuracy": e.accuracy, "macs_ratio": e.macs_ratio,
+                                  "reward": e.reward, "episode": e.episode,
+                                  **{k: e.extra[k] for k in SCREEN_ATTRS if k in e.extra},
+                                  **latency_attr(env, e.policy.kept(graph, env.round_to))}))
+        raise_if_interrupted()
+    except KeyboardInterrupt:
+        sink.close()
+        log.warning("search stopped after %d recorded evaluations (kept in %s for review); the local backend cannot "
+                    "be resumed: search again with another --out (on Ray, --resume continues a search)",
+                    recorded_count(sink), state["storage"])
+        raise
+    if agent is not None:
+        agent.save(out / "agent", env)
+
+
+def search_on_ray(args: argparse.Namespace, ctx: Context, setup: SearchSetup, out: Path, state: dict) -> float:
+    """Every evaluation a Tune trial (started, or continued with --resume); returns Tune's seconds and leaves
+    `setup.env` scoring in this process, for the report."""
+    from search import ray_backend
+
+    cfg = ctx.cfg
+    searcher, space, samples = setup.tune_search
+    tune_start = time.perf_counter()
+    experiment = state.get("experiment", EXPERIMENT_IN_RUN)  # states written before it was kept: the default
+    try:
+        ray_backend.run_tune(cfg, ray_backend.trainable(cfg, setup.evaluator), searcher, space, samples,
+                             Path(state["storage_path"]), ray_backend.RecordingCallback(setup.sink),
+                             resume=bool(args.resume), name=experiment)
+    except KeyboardInterrupt:
+        setup.sink.close()
+        recorded = recorded_count(setup.sink)
+        if ray_backend.experiment_saved(Path(state["storage_path"]), experiment):
+            log.warning("search stopped after %d recorded evaluations; continue it with: prunepilot search %s "
+                        "--resume %s", recorded, args.config, out)
+        else:  # the hint above led to '--resume: no restorable Tune experiment'
+            log.warning("search stopped after %d recorded evaluations, before Ray Tune first saved its experiment, so "
+                        "--resume has nothing to continue: search again with another --out (or delete %s)",
+                        recorded, out)
+        raise
+    tune_seconds = time.perf_counter() - tune_start
+    setup.env = build_env(cfg, setup.base.model, ctx.data, setup.graph, evaluator=setup.evaluator)
+    return tune_seconds
+
+
+def report_and_final_pass(args: argparse.Namespace, ctx: Context, setup: SearchSetup, out: Path, state: dict,
+                          backend: str, tune_seconds: float | None) -> None:
+    """The search's report, then (search.final_pass) the progressive pass on its best policy; a Ctrl-C in either
+    says how to run the pass that did not run."""
+    cfg = ctx.cfg
+    passing = False  # whether a Ctrl-C stopped the final pass or came (held) while the report was written
+    try:
+        # held: a Ctrl-C in the report's writing left a search that --resume finishes, and no word of it
+        with interrupts_deferred("writing the search's report"):
+            best, section = write_search_report(
+                cfg, setup.env, setup.graph, setup.sink, out, state=state, backend=backend,
+                resumed=bool(args.resume), wall=time.perf_counter() - setup.start, tune_seconds=tune_seconds,
+                baseline=setup.base.identity())
+        if cfg.search.final_pass:  # search.seed: repeats differ in fine-tuning order too, not only in the search
+            passing = True
+            final_pass(ctx, setup.base, setup.graph, best, out, cfg.search_seed, extra_report=section,
+                       evaluator=setup.evaluator)
+    except KeyboardInterrupt:
+        if cfg.search.final_pass:
+            # the local backend cannot resume: prune runs the same pass (same config and overrides) into a subfolder
+            prune = shlex.join(["prunepilot", "prune", args.config, "--policy", str(out / "best_policy.json"),
+                                "--out", str(out / "final"), *args.overrides])
+            again = (f"prunepilot search {args.config} --resume {out} (Tune's finished search is not run again)"
+                     if backend == "ray" else prune)
+            log.warning("%s; the search's %d evaluations and its best policy are kept in %s; run the pass %s: %s",
+                        "final pass stopped" if passing else "stopped before the final pass",
+                        recorded_count(setup.sink), out, "again with" if passing else "with", again)
+        raise
+
+
+def search_job(args: argparse.Namespace) -> int:
+    check_backend_flags(args)
+    use_stored_overrides(args)
+    ctx = prepare(args)
+    cfg = ctx.cfg
+    plan = plan_search(args, cfg)
+    out, state = prepare_run_folder(args, cfg.name, plan.backend)
     if args.resume and cfg.search.final_pass and (out / "search_summary.json").is_file() and \
             (out / "summary.json").is_file():  # a resubmitted job's --resume ran the whole final pass again
         log.info("%s: the search and its final pass are finished; nothing to resume (report: %s)", out,
@@ -385,116 +569,19 @@ def search_job(args: argparse.Namespace) -> int:
     try:
         if args.storage_path and not args.resume:  # Tune would fail with a pyarrow traceback after the set-up
             check_storage_path(Path(state["storage_path"]))
-        if backend == "ray":
-            from search.ray_backend import check_trial_fits, connect
-
-            connect(address, field=field)  # before any file or training: a cluster that refuses us (token, version) fails
-            check_trial_fits(cfg.search.cpus_per_trial, cfg.search.gpus_per_trial, embedded=not address)
-            if ctx.device.type == "cuda" and cfg.search.gpus_per_trial <= 0:
-                log.warning("the trials evaluate on the CPU: search.gpus_per_trial is 0 (the final pass runs on %s); give "
-                            "each trial a share of a GPU with search.gpus_per_trial (e.g. 0.5)", ctx.device)
+        if plan.backend == "ray":
+            connect_to_ray(ctx, plan)
         if not args.resume:  # outside the discarding below: a claim refused leaves the other search's folder alone
             claim_run_folder(out)
             release = hold_driver_claim(out, args.config)
         with discarded_if_setup_stops(out, created, claimed=not args.resume):
-            base = baseline_of(ctx)
-            graph = unit_graph(ctx, base.model)
-            if table is not None:  # another model's table fails before the sweep writes the run folder
-                table.check(graph, cfg.prune.round_to)
-            searched = searched_identity(cfg, graph)
-            if args.resume:
-                check_same_search(state, searched, out)
-            state.update(searched)
-            # built once (rankings, Taylor gradients, fixed BN batches): the sweep, the search and the final pass share it
-            evaluator = Evaluator(base.model, ctx.data, graph, EvalSettings.from_config(cfg))
-            if args.resume:
-                cfg.env.macs_target = state.get("macs_target", cfg.env.macs_target)  # the target the search started with
-            elif cfg.sweep.accuracy_floor is not None:
-                cfg.env.macs_target = target_from_floor(cfg, evaluator, out)
-            state["macs_target"] = cfg.env.macs_target
-            sink = EvaluationSink(state["storage"], state["study_name"], graph.names, cfg.search.searcher,
-                                  cfg.search.evaluations, ctx.show_progress, new=not args.resume)
-            out.mkdir(parents=True, exist_ok=True)
-            sink.recorder  # open (and create) the study now: a bad --storage fails before any work
-            if sink.study_name != state["study_name"]:
-                log.info("%s already holds a study named %s (another search); this one records as %s",
-                         shown_storage(state["storage"]), state["study_name"], sink.study_name)
-                state["study_name"] = sink.study_name
-            atomic_write_text(out / "search.json", json.dumps(state, indent=2))  # read whole by a search starting here
-            if cfg.env.latency_weight > 0 and cfg.env.latency_table is None:  # measured once per run folder, kept on resume
-                table_path = out / "latency_table.json"
-                if not table_path.is_file():
-                    measure_table(cfg, base.model, graph).save(table_path)
-                cfg.env.latency_table = str(table_path)
-            start = time.perf_counter()
-            agent, tune_seconds = None, None
-            warm = with_prior(load_warm_agent(args, cfg, graph), prior, cfg, graph)
-            # inside the set-up: an unreachable target (env.r_max) or a bad seed policy left a search.json and an empty
-            # study behind, and the rerun read 'already holds a search'
-            env = build_env(cfg, base.model, ctx.data, graph,
-                            **({"evaluator": evaluator} if backend == "local" else {"deferred": True}))
-            seeds = load_seed_policies(args.policy, env)
-            if backend == "ray":
-                from search.ray_backend import (RecordingCallback, experiment_saved, run_tune, search_algorithm,
-                                                trainable)
-
-                searcher, space, samples = search_algorithm(cfg, env, base.model, graph, out / "agent", warm, seeds)
-        if backend == "local":
-            try:
-                _, agent = run_local(cfg, base.model, env, agent=warm, seeds=seeds, on_evaluation=lambda e: sink(
-                    f"local-{e.episode}", {"ratios": e.policy.ratios, "accuracy": e.accuracy, "macs_ratio": e.macs_ratio,
-                                           "reward": e.reward, "episode": e.episode,
-                                           **{k: e.extra[k] for k in SCREEN_ATTRS if k in e.extra},
-                                           **latency_attr(env, e.policy.kept(graph, env.round_to))}))
-                raise_if_interrupted()
-            except KeyboardInterrupt:
-                sink.close()
-                log.warning("search stopped after %d recorded evaluations (kept in %s for review); the local backend "
-                            "cannot be resumed: search again with another --out (on Ray, --resume continues a search)",
-                            len(sink.recorder.study.get_trials(deepcopy=False)), state["storage"])
-                raise
-            if agent is not None:
-                agent.save(out / "agent", env)
+            setup = set_up_search(args, ctx, plan, out, state)
+        tune_seconds = None
+        if plan.backend == "local":
+            search_locally(cfg, setup, out, state)
         else:
-            tune_start = time.perf_counter()
-            experiment = state.get("experiment", EXPERIMENT_IN_RUN)  # states written before it was kept: the default
-            try:
-                run_tune(cfg, trainable(cfg, evaluator), searcher, space, samples,
-                         Path(state["storage_path"]), RecordingCallback(sink), resume=bool(args.resume), name=experiment)
-            except KeyboardInterrupt:
-                sink.close()
-                recorded = len(sink.recorder.study.get_trials(deepcopy=False))
-                if experiment_saved(Path(state["storage_path"]), experiment):
-                    log.warning("search stopped after %d recorded evaluations; continue it with: prunepilot search %s "
-                                "--resume %s", recorded, args.config, out)
-                else:  # the hint above led to '--resume: no restorable Tune experiment'
-                    log.warning("search stopped after %d recorded evaluations, before Ray Tune first saved its "
-                                "experiment, so --resume has nothing to continue: search again with another --out "
-                                "(or delete %s)", recorded, out)
-                raise
-            tune_seconds = time.perf_counter() - tune_start
-            env = build_env(cfg, base.model, ctx.data, graph, evaluator=evaluator)
-        passing = False  # whether a Ctrl-C stopped the final pass or came (held) while the report was written
-        try:
-            # held: a Ctrl-C in the report's writing left a search that --resume finishes, and no word of it
-            with interrupts_deferred("writing the search's report"):
-                best, section = write_search_report(
-                    cfg, env, graph, sink, out, state=state, backend=backend, resumed=bool(args.resume),
-                    wall=time.perf_counter() - start, tune_seconds=tune_seconds, baseline=base.identity())
-            if cfg.search.final_pass:  # search.seed: repeats differ in fine-tuning order too, not only in the search
-                passing = True
-                final_pass(ctx, base, graph, best, out, cfg.search_seed, extra_report=section, evaluator=evaluator)
-        except KeyboardInterrupt:
-            if cfg.search.final_pass:
-                # the local backend cannot resume: prune runs the same pass (same config and overrides) into a subfolder
-                prune = shlex.join(["prunepilot", "prune", args.config, "--policy", str(out / "best_policy.json"),
-                                    "--out", str(out / "final"), *args.overrides])
-                again = (f"prunepilot search {args.config} --resume {out} (Tune's finished search is not run again)"
-                         if backend == "ray" else prune)
-                log.warning("%s; the search's %d evaluations and its best policy are kept in %s; run the pass %s: %s",
-                            "final pass stopped" if passing else "stopped before the final pass",
-                            len(sink.recorder.study.get_trials(deepcopy=False)), out, "again with" if passing else "with", again)
-            raise
+            tune_seconds = search_on_ray(args, ctx, setup, out, state)
+        report_and_final_pass(args, ctx, setup, out, state, plan.backend, tune_seconds)
     finally:
         release()
     return 0
