@@ -9,6 +9,7 @@ from pathlib import Path
 import torch
 
 from pruning.baseline import get_baseline
+from pruning.checkpoint import atomic_write_text
 from pruning.config import RunConfig, load_config
 from pruning.data import load_data
 from pruning.runtime import resolve_device, seed_everything, set_threads
@@ -29,6 +30,6 @@ def write_results(name: str, payload: dict, markdown: str) -> Path:
     RESULTS.mkdir(parents=True, exist_ok=True)
     payload = {**payload, "machine": {"cpu_threads": torch.get_num_threads(), "python": platform.python_version(),
                                       "torch": torch.__version__, "processor": platform.processor() or platform.machine()}}
-    (RESULTS / f"{name}.json").write_text(json.dumps(payload, indent=2, default=str))
-    (RESULTS / f"{name}.md").write_text(markdown)
+    atomic_write_text(RESULTS / f"{name}.json", json.dumps(payload, indent=2, default=str))
+    atomic_write_text(RESULTS / f"{name}.md", markdown)
     return RESULTS / f"{name}.md"

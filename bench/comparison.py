@@ -28,6 +28,8 @@ from agents.sb3_agents import BUILDERS  # noqa: E402
 from bench.grid import Run  # noqa: E402
 from pruning.config import RunConfig  # noqa: E402
 from pruning.errors import UserError  # noqa: E402
+from search.report import save_figure  # noqa: E402
+
 
 def target_tag(target: float) -> str:
     return f"m{round(100 * target):02d}"
@@ -289,8 +291,7 @@ def plot_best_reward(curves: pd.DataFrame, budget: int, path: Path) -> None:
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 def is_rule(cfg: RunConfig, method: str) -> bool:

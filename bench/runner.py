@@ -33,6 +33,7 @@ from bench.zoo import display_zoo, zoo_rows
 from envs.factory import check_env_settings
 from envs.rewards import describe_latency_penalty
 from pruning.baseline import known_digest
+from pruning.checkpoint import atomic_write_text
 from pruning.config import AGENT_NAMES, RunConfig, load_config, validated
 from pruning.data import load_data
 from pruning.errors import UserError
@@ -125,7 +126,7 @@ def comparison_part(cfg: RunConfig, config: str, folder: Path, overrides: list[s
     if not frame.empty:
         write_table(pd.concat([frame, outside], ignore_index=True) if not outside.empty else frame, folder, "runs")
         stats = write_table(aggregate(frame), folder, "table")
-        (folder / "table.md").write_text(markdown_table(display_table(stats)) + "\n")
+        atomic_write_text(folder / "table.md", markdown_table(display_table(stats)) + "\n")
         plot_best_reward(best_reward_curves(cfg, runs, recorded_names, folder), cfg.bench.evaluations,
                          folder / "best_reward.png")
     require(outcome, runs)
@@ -165,7 +166,7 @@ def transfer_part(cfg: RunConfig, config: str, folder: Path, overrides: list[str
                 "source_policy": str(policy), "prior": cfg.bench.transfer_prior, "recorded_runs": recorded,
                 "dense_digests": digests, **check},
                folder / "transfer.json")
-    (folder / "transfer.md").write_text(markdown_table(frame) + "\n")
+    atomic_write_text(folder / "transfer.md", markdown_table(frame) + "\n")
 
 
 def efficiency_part(cfg: RunConfig, config: str, folder: Path, overrides: list[str]) -> None:
@@ -173,7 +174,7 @@ def efficiency_part(cfg: RunConfig, config: str, folder: Path, overrides: list[s
         return
     figures, md = measure(config, cfg.bench.efficiency_evaluations, tuple(overrides))
     write_json(figures, folder / "efficiency.json")
-    (folder / "efficiency.md").write_text(md)
+    atomic_write_text(folder / "efficiency.md", md)
 
 
 def zoo_part(cfg: RunConfig, folder: Path) -> None:
@@ -182,7 +183,7 @@ def zoo_part(cfg: RunConfig, folder: Path) -> None:
     set_threads(cfg.threads)
     data = load_data(cfg.data.name, cfg.data.path, cfg.data.val_fraction, cfg.data.val_size, **cfg.data.options)
     frame = write_table(zoo_rows(cfg, data, cfg.eval.latency_repeats), folder, "zoo")
-    (folder / "zoo.md").write_text(markdown_table(display_zoo(frame)) + "\n")
+    atomic_write_text(folder / "zoo.md", markdown_table(display_zoo(frame)) + "\n")
 
 
 # ----------------------------------------------------------------------------------------- summary
@@ -262,8 +263,9 @@ def folder_parts(folder: Path, parts: Sequence[str]) -> list[str]:
     return [p for p in PARTS if p in parts or (folder / PART_OUTPUTS[p]).is_file()]
 
 
-def write_summary(cfg: RunConfig, config: str, folder: Path, overrides: list[str], collect_only: bool = False,
-                  parts: Sequence[str] = PARTS) -> Path:
+def summary_header(cfg: RunConfig, config: str, folder: Path, overrides: list[str], collect_only: bool,
+                   parts: Sequence[str]) -> list[str]:
+    """The title, the command that regenerates the folder, and every budget the figures below depend on."""
     b = cfg.bench
     out = [] if folder == default_folder(cfg) else ["--out", str(folder)]
     shown = folder_parts(folder, parts)
@@ -288,6 +290,12 @@ def write_summary(cfg: RunConfig, config: str, folder: Path, overrides: list[str
                 f"{cfg.threads or 'all'} thread(s), measured after all runs with nothing else running, each pruned "
                 "model alternating with its dense baseline, both as deployed (BatchNorm folded into the conv before "
                 "it, as exported, and channels-last on a CPU)." if b.final_pass else ""), ""]
+    return lines
+
+
+def comparison_section(cfg: RunConfig, folder: Path) -> list[str]:
+    """The methods' table, the best-reward plot and each target read from the table (none before a table)."""
+    b, lines = cfg.bench, []
     if (folder / "table.csv").is_file():
         stats = pd.read_csv(folder / "table.csv")
         lines += ["## Comparison (mean ± std over seeds)", "", *missing_runs_note(folder), (folder / "table.md").read_text(), "",
@@ -300,6 +308,13 @@ def write_summary(cfg: RunConfig, config: str, folder: Path, overrides: list[str
                       f"its {MAX_EPISODES_PER_EVALUATION} proposals per budgeted evaluation ran out with fewer new "
                       "policies than the budget, the rest repeats of scored ones (it had converged); `runs.csv` has "
                       "each run's count.", ""]
+    return lines
+
+
+def transfer_section(cfg: RunConfig, folder: Path) -> list[str]:
+    """Policy reuse: the warm-started and from-scratch searches and the transfer target, read as `transfer.json`
+    recorded them (none before it)."""
+    lines: list[str] = []
     if (folder / "transfer.json").is_file():
         t = json.loads((folder / "transfer.json").read_text())
         ratio = t["warm_over_scratch"]
@@ -336,6 +351,15 @@ def write_summary(cfg: RunConfig, config: str, folder: Path, overrides: list[str
                       f"or above it → **{'met' if t['met_on_scratch_mean'] else 'NOT met'} against the from-scratch "
                       f"mean**"]
         lines += [""]
+    return lines
+
+
+def write_summary(cfg: RunConfig, config: str, folder: Path, overrides: list[str], collect_only: bool = False,
+                  parts: Sequence[str] = PARTS) -> Path:
+    """`summary.md`: what a reader of the folder sees first, from the tables the parts wrote (each section only
+    once its part has written its table)."""
+    lines = [*summary_header(cfg, config, folder, overrides, collect_only, parts), *comparison_section(cfg, folder),
+             *transfer_section(cfg, folder)]
     if (folder / "efficiency.md").is_file():
         lines += ["## Search efficiency on Ray Tune", "",
                   (folder / "efficiency.md").read_text().split("\n", 2)[2], ""]
@@ -343,7 +367,7 @@ def write_summary(cfg: RunConfig, config: str, folder: Path, overrides: list[str
         lines += ["## Speed-up across the model zoo (uniform policy, one-shot; latency depends on shapes only)", "",
                   (folder / "zoo.md").read_text(), ""]
     path = folder / "summary.md"
-    path.write_text("\n".join(lines))
+    atomic_write_text(path, "\n".join(lines))  # a Ctrl-C here left the earlier summary, not half of this one
     return path
 
 

@@ -12,9 +12,8 @@ import json
 import os
 import pickle
 import secrets
-import tempfile
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
 
@@ -53,18 +52,27 @@ def weights_digest(state_dict: dict[str, torch.Tensor], length: int = 16) -> str
     return digest.hexdigest()[:length]
 
 
-def atomic_write_text(path: Path, text: str) -> None:
-    """Write text through a temporary file in the same folder, then rename: a crash never leaves half a file.
-    The temporary file is this call's own: two processes writing one path (claims taken over at once) shared one
-    name, and the second's rename failed with a traceback once the first had renamed it away."""
+def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
+    """`write(tmp)` to a temporary file in the same folder, then rename: a crash or a Ctrl-C never leaves half a file
+    (a bench's runs.csv is its only record of runs finished elsewhere). The temporary file is this call's own: two
+    processes writing one path (claims taken over at once) shared one name, and the second's rename failed with a
+    traceback once the first had renamed it away."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}-{secrets.token_hex(4)}.tmp")  # mode as any file (umask)
     try:
-        with tmp.open("x") as file:
-            file.write(text)
+        write(tmp)
         tmp.replace(path)
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    """`path` holds `text` whole, or what it held before."""
+    def write(tmp: Path) -> None:
+        with tmp.open("x") as file:
+            file.write(text)
+
+    atomic_write(path, write)
 
 
 def read_json_object(path: Path, what: str) -> dict[str, Any]:
@@ -81,16 +89,8 @@ def read_json_object(path: Path, what: str) -> dict[str, Any]:
 
 
 def atomic_save(obj: Any, path: Path) -> None:
-    """Write to a temporary file in the same folder, then rename: a crash never leaves half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        torch.save(obj, tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    """torch.save, whole or not at all."""
+    atomic_write(path, lambda tmp: torch.save(obj, tmp))
 
 
 def save_checkpoint(path: Path, model: torch.nn.Module, *, arch: dict[str, Any], data_fingerprint: str,

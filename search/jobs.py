@@ -18,6 +18,7 @@ from tqdm.auto import tqdm
 from pruning.analysis import largest_ratio_above, sensitivity, uniform_sweep
 from pruning.baseline import Baseline, architecture, build_from_arch, get_baseline
 from pruning.bn import recalibrate_batchnorm
+from pruning.checkpoint import atomic_write_text
 from pruning.config import RunConfig, load_config
 from pruning.cost import compare_latency, count_macs, count_params
 from pruning.data import DataBundle, load_data
@@ -219,7 +220,7 @@ def final_pass(ctx: Context, base: Baseline, graph: UnitGraph, policy: SparsityP
     }
     plot_unit_ratios(graph.names, {"policy": list(policy.vector(graph))}, out / "unit_ratios.png",
                      f"{cfg.model.name}: per-unit pruning ratios")
-    (out / "report.md").write_text(render_prune_report(summary, steps_frame, policy, graph) + extra_report)
+    atomic_write_text(out / "report.md", render_prune_report(summary, steps_frame, policy, graph) + extra_report)
     write_json(summary, out / "summary.json")  # last: its presence says the pass finished (resume, bench)
     log.info("dense %.4f -> pruned %.4f test accuracy (%.2f pp); MACs %.1f%% of dense; params x%.2f smaller; "
              "speed-up x%.2f at batch 64; report: %s", dense_row["test_accuracy"], pruned_row["test_accuracy"],

@@ -11,20 +11,30 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
+from matplotlib.figure import Figure  # noqa: E402
+
+from pruning.checkpoint import atomic_write, atomic_write_text  # noqa: E402
 
 
 def write_table(rows: Sequence[dict] | pd.DataFrame, folder: Path, stem: str) -> pd.DataFrame:
-    """Write `stem`.csv and `stem`.parquet; return the frame."""
+    """Write `stem`.csv and `stem`.parquet, each whole or not at all (a bench reads its runs.csv back); return the
+    frame."""
     frame = rows if isinstance(rows, pd.DataFrame) else pd.DataFrame(list(rows))
-    folder.mkdir(parents=True, exist_ok=True)
-    frame.to_csv(folder / f"{stem}.csv", index=False)
-    frame.to_parquet(folder / f"{stem}.parquet", index=False)
+    atomic_write(folder / f"{stem}.csv", lambda tmp: frame.to_csv(tmp, index=False))
+    atomic_write(folder / f"{stem}.parquet", lambda tmp: frame.to_parquet(tmp, index=False))
     return frame
 
 
 def write_json(payload: Any, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(payload, indent=2, default=str))
+    atomic_write_text(path, json.dumps(payload, indent=2, default=str))
+
+
+def save_figure(fig: Figure, path: Path) -> None:
+    """Save a plot whole or not at all (format from the suffix, PNG without one), and free it."""
+    try:
+        atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=110, format=path.suffix.lstrip(".") or "png"))
+    finally:
+        plt.close(fig)
 
 
 def markdown_table(frame: pd.DataFrame, floatfmt: str = ".4g") -> str:
@@ -52,8 +62,7 @@ def plot_unit_ratios(names: list[str], series: dict[str, list[float]], path: Pat
     ax.set_title(title)
     ax.legend()
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 def plot_lines(frame: pd.DataFrame, x: str, ys: list[str], path: Path, title: str, xlabel: str | None = None,
@@ -68,8 +77,7 @@ def plot_lines(frame: pd.DataFrame, x: str, ys: list[str], path: Path, title: st
     if len(ys) > 1:
         ax.legend()
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 def plot_heatmap(frame: pd.DataFrame, index: str, columns: str, values: str, path: Path, title: str) -> None:
@@ -82,5 +90,4 @@ def plot_heatmap(frame: pd.DataFrame, index: str, columns: str, values: str, pat
     ax.set_title(title)
     fig.colorbar(image, ax=ax, label=values)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    save_figure(fig, path)

@@ -11,13 +11,14 @@ import pandas as pd
 from agents.baselines import uniform
 from envs.layer_pruning import LayerPruningEnv
 from envs.rewards import describe_latency_penalty
+from pruning.checkpoint import atomic_write_text
 from pruning.config import RunConfig
 from pruning.errors import UserError
 from pruning.evaluate import EvalResult
 from pruning.policy import SparsityPolicy
 from pruning.units import UnitGraph
 from search.recording import EvaluationSink
-from search.report import markdown_table, plot_lines, plot_unit_ratios, write_json, write_table
+from search.report import markdown_table, plot_lines, plot_unit_ratios, save_figure, write_json, write_table
 from search.review import policy_of_row, shown_storage
 from search.trial import latency_attr
 
@@ -47,8 +48,7 @@ def plot_accuracy_vs_macs(frame: pd.DataFrame, path: Path) -> None:
     ax.grid(alpha=0.3)
     ax.legend()
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 def uniform_beats(env: LayerPruningEnv, uniform_result: EvalResult, reward: float, what: str, advice: str) -> str:
@@ -133,5 +133,5 @@ def write_search_report(cfg: RunConfig, env: LayerPruningEnv, graph: UnitGraph, 
                 "concurrency": cfg.search.concurrency if backend == "ray" else 1, "baseline": baseline},
                out / "search_summary.json")
     if not cfg.search.final_pass:
-        (out / "report.md").write_text(f"# Search report: {cfg.model.name} ({cfg.name})\n{section}")
+        atomic_write_text(out / "report.md", f"# Search report: {cfg.model.name} ({cfg.name})\n{section}")
     return best, section

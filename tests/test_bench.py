@@ -835,3 +835,34 @@ def test_ctrl_c_stops_the_running_runs_and_starts_no_more(tmp_path, stop):
     assert sorted(p.name for p in (out / "runs").glob("*.log")) == started  # nothing started after the Ctrl-C
     leftovers = subprocess.run(["pgrep", "-f", str(out)], capture_output=True, text=True).stdout.split()
     assert not leftovers, leftovers  # the run that was going stopped too
+
+
+def test_a_ctrl_c_while_a_table_or_plot_is_rewritten_leaves_the_earlier_one_whole(tmp_path, monkeypatch):
+    """runs.csv is a bench's only record of runs finished elsewhere: a Ctrl-C in its rewrite must not cut it short."""
+    import matplotlib.pyplot as plt
+
+    from search.report import save_figure, write_table
+
+    earlier = pd.DataFrame({"run": ["uniform-m50-s0", "ddpg-m50-s0"], "reward": [-0.5, -0.25]})
+    write_table(earlier, tmp_path, "runs")
+    fig, _ = plt.subplots()
+    save_figure(fig, tmp_path / "best_reward.png")
+    plot = (tmp_path / "best_reward.png").read_bytes()
+
+    def half_written(path, **kwargs):  # a signal in the middle of the write
+        with open(path, "w") as file:
+            file.write("run,rew")
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(pd.DataFrame, "to_csv", lambda self, path, **kwargs: half_written(path))
+    with pytest.raises(KeyboardInterrupt):
+        write_table(pd.concat([earlier, earlier]), tmp_path, "runs")
+    fig, _ = plt.subplots()
+    monkeypatch.setattr(fig, "savefig", lambda path, **kwargs: half_written(path))
+    with pytest.raises(KeyboardInterrupt):
+        save_figure(fig, tmp_path / "best_reward.png")
+    monkeypatch.undo()
+    pd.testing.assert_frame_equal(pd.read_csv(tmp_path / "runs.csv"), earlier)
+    assert (tmp_path / "best_reward.png").read_bytes() == plot
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["best_reward.png", "runs.csv", "runs.parquet"]  # no temporaries
+    assert not plt.get_fignums()  # the interrupted plot was freed too
