@@ -21,7 +21,7 @@ from agents.screening import RewardModel, expected_improvement
 from agents.transfer_prior import SourceRewards, TransferredRewardModel
 from envs.layer_pruning import FEATURES, LATENCY_FEATURES, OBS_VERSION, LayerPruningEnv, Step
 from envs.rewards import latency_penalty
-from pruning.checkpoint import read_json_object
+from pruning.checkpoint import atomic_write, atomic_write_text, read_json_object
 from pruning.config import AgentConfig
 from pruning.errors import UserError
 from pruning.policy import SparsityPolicy, unit_profile
@@ -401,17 +401,17 @@ class PruningAgent:
         return with_latency if self.model.observation_space.shape[0] == len(with_latency) else FEATURES
 
     def save(self, path: str | Path, env: LayerPruningEnv | None = None) -> Path:
-        """Write `<path>.zip` (SB3) and `<path>.json` (what the observation means)."""
+        """Write `<path>.zip` (SB3) and `<path>.json` (what the observation means), each whole or not at all: a
+        crash or a Ctrl-C in the middle must not leave a cut archive for --agent or `transfer` to load."""
         path = Path(path).with_suffix(".zip")
-        path.parent.mkdir(parents=True, exist_ok=True)
-        self.model.save(path)
+        atomic_write(path, self.model.save)
         meta = {"agent": self.cfg.model_dump(), "obs_version": OBS_VERSION,
                 "features": list(self.observed_features()),
                 "episodes": int(self.model._episode_num), "timesteps": int(self.model.num_timesteps)}
         if env is not None:
             meta["trained_on"] = {"fingerprint": env.graph.fingerprint, "units": env.n_units,
                                   "macs_target": env.macs_target, "r_min": env.r_min, "r_max": env.r_max}
-        path.with_suffix(".json").write_text(json.dumps(meta, indent=2))
+        atomic_write_text(path.with_suffix(".json"), json.dumps(meta, indent=2))
         return path
 
     @staticmethod

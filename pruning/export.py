@@ -16,7 +16,7 @@ from torch import nn
 
 from pruning.apply import current_kept, prune_structured
 from pruning.baseline import build_from_arch
-from pruning.checkpoint import load_checkpoint, save_checkpoint
+from pruning.checkpoint import atomic_write, load_checkpoint, save_checkpoint
 from pruning.errors import UserError
 from pruning.inference import inference_form
 from pruning.units import UnitGraph, discover_units
@@ -57,7 +57,7 @@ def export_torchscript(model: nn.Module, path: Path, input_shape: tuple[int, ...
     with torch.no_grad(), warnings.catch_warnings():
         warnings.simplefilter("ignore")
         traced = torch.jit.trace(inference_form(model), example)
-        traced.save(str(path))
+        atomic_write(path, lambda tmp: traced.save(str(tmp)))
         loaded = torch.jit.load(str(path))
         return float((loaded(example) - model(example)).abs().max())
 
@@ -71,8 +71,9 @@ def export_onnx(model: nn.Module, path: Path, input_shape: tuple[int, ...]) -> f
     example = torch.randn(16, *input_shape)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        torch.onnx.export(inference_form(model), (example,), str(path), input_names=["input"], output_names=["logits"],
-                          dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}}, dynamo=False)
+        atomic_write(path, lambda tmp: torch.onnx.export(
+            inference_form(model), (example,), str(tmp), input_names=["input"], output_names=["logits"],
+            dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}}, dynamo=False))
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     with torch.no_grad():
         expected = model(example).numpy()

@@ -153,6 +153,27 @@ def test_a_damaged_agent_is_a_user_error_that_names_the_file(graphs, tmp_path):
         PruningAgent.load(path, env)
 
 
+def test_an_agent_saved_again_is_whole_or_as_it_was_after_a_ctrl_c(graphs, tmp_path, monkeypatch):
+    """A search saves its agent as it ends; a Ctrl-C in the middle of that must leave the earlier archive that
+    --agent and `transfer` load, not a cut one."""
+    env, _ = fake_env(graphs["vgg_small"])
+    agent = PruningAgent.create(AgentConfig(warmup_episodes=3, net_arch=[8]), env, seed=1)
+    path = agent.save(tmp_path / "agent", env)
+    earlier = path.read_bytes()
+
+    def cut_short(target, *args, **kwargs):
+        with open(target, "wb") as file:
+            file.write(earlier[:100])
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(agent.model, "save", cut_short)
+    with pytest.raises(KeyboardInterrupt):
+        agent.save(tmp_path / "agent", env)
+    assert path.read_bytes() == earlier
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["agent.json", "agent.zip"]
+    PruningAgent.load(path, env)
+
+
 def test_agent_from_resnet20_acts_on_resnet56_within_budget(graphs):
     env20, _ = fake_env(graphs["resnet20"], macs_target=0.5)
     agent = PruningAgent.create(AgentConfig(warmup_episodes=5, net_arch=[64, 64]), env20, seed=0)
