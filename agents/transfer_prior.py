@@ -35,11 +35,11 @@ from pruning.units import UnitGraph
 
 DEPTH_BINS = 4
 """Depth bins of the shared space. In a pool replay of 1724 recorded ResNet-56 policies screened with a
-ResNet-20 prior (`bench.prior_replay`, README policy reuse) the prior alone ranked best with 4 of 2, 3, 4 bins,
+ResNet-20 prior (`bench.prior_replay`, results/bench/README.md, policy reuse) the prior alone ranked best with 4 of 2, 3, 4 bins,
 about level with random picks; fewer bins ranked worse than random. Combined in RGPE, 4 bins were level with
 the target's own screen: the prior does not hurt there, and its measured gain is inside the seed noise.
 Pooled from 21 ResNet-20 searches (`SourceRewards.pooled`, 4178 points, 2 bins) it ranks that pool far better
-(Spearman 0.54) but picks no better best policies than the target's own screen (README policy reuse)."""
+(Spearman 0.54) but picks no better best policies than the target's own screen (results/bench/README.md, policy reuse)."""
 BOOTSTRAP = 100
 """Bootstrap resamples per weighting, as in the RGPE paper's experiments."""
 

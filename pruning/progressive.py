@@ -71,7 +71,7 @@ def step_targets(graph: UnitGraph, policy: SparsityPolicy, fraction: float, roun
     """Kept counts at one step: each unit at `fraction` of its final ratio, rounded like the final policy.
 
     A residual block the policy removes (ratio 1) shrinks with the schedule and goes at the last step; removing
-    it at the first step instead was tried and did no better after the pass (README, block removal)."""
+    it at the first step instead was tried and did no better after the pass (results/bench/README.md, block removal)."""
     step = round_to if graph.mode == "structured" else 1
     return {u.name: graph.kept(u, policy.ratios.get(u.name, 0.0) * fraction, step) for u in graph.units}
 
