@@ -78,8 +78,16 @@ class TrainConfig(Section):
     weight_decay: float = Field(5e-4, ge=0)
     schedule: Literal["onecycle", "cosine"] = "onecycle"
     label_smoothing: float = Field(0.0, ge=0, lt=1)
-    augment: bool = True
-    """Random crop (pad 2) and horizontal flip."""
+    augment: bool | Literal["crop"] = True
+    """true: random crop (pad 2) and horizontal flip; "crop": the crop alone, for images whose mirror image is
+    another class or none (digits, text); false: neither. The final pass fine-tunes with the same."""
+
+    @field_validator("augment", mode="before")
+    @classmethod
+    def _augment_kind(cls, value: Any) -> bool | str:
+        if isinstance(value, bool) or value == "crop":
+            return value
+        raise ValueError("expected true (random crop and horizontal flip), \"crop\" (the crop alone) or false")
 
 
 class PruneConfig(Section):

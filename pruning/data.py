@@ -249,7 +249,8 @@ def load_data(name: str, path: str | None = None, val_fraction: float = 0.1,
 
 # ----------------------------------------------------------------------------------- batches
 def augment_batch(x: torch.Tensor, generator: torch.Generator, pad: int = 2, flip: bool = True) -> torch.Tensor:
-    """Random crop after zero padding plus horizontal flip, vectorised over the batch."""
+    """Random crop after zero padding, plus a horizontal flip of half the images with `flip`, vectorised over the
+    batch."""
     n, _, h, w = x.shape
     if pad > 0:
         padded = F.pad(x, (pad, pad, pad, pad))

@@ -39,7 +39,7 @@ class ProgressiveSettings:
     distill: float = 0.0
     distill_temperature: float = 4.0
     bn_batches: int = 20
-    augment: bool = True
+    augment: bool | str = True
 
     @classmethod
     def from_config(cls, cfg: RunConfig) -> "ProgressiveSettings":

@@ -25,7 +25,8 @@ class Recipe:
     weight_decay: float = 5e-4
     schedule: str = "onecycle"
     label_smoothing: float = 0.0
-    augment: bool = True
+    augment: bool | str = True
+    """True: crop and flip; "crop": the crop alone; False: neither (`train.augment`)."""
     distill: float = 0.0
     distill_temperature: float = 4.0
 
@@ -76,7 +77,7 @@ def train(model: nn.Module, data: DataBundle, recipe: Recipe, generator: torch.G
             if len(losses) >= total_steps:
                 break
             if recipe.augment:
-                xb = augment_batch(xb, generator)
+                xb = augment_batch(xb, generator, flip=recipe.augment is True)
             xb, yb = xb.to(device, non_blocking=True), yb.to(device, non_blocking=True)
             logits = model(xb)
             loss = F.cross_entropy(logits, yb, label_smoothing=recipe.label_smoothing)

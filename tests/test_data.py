@@ -57,6 +57,44 @@ def test_augmentation_keeps_shape_and_moves_pixels(synthetic):
     assert out.shape == x.shape and not torch.equal(out, x)
 
 
+def test_the_crop_alone_never_mirrors_an_image(synthetic):
+    """train.augment=crop, for digits and text, where a mirror image is another class or none."""
+    x = synthetic.x_train[:64]
+    cropped = augment_batch(x, torch.Generator().manual_seed(0), flip=False)
+    maybe_mirrored = augment_batch(x, torch.Generator().manual_seed(0), flip=True)  # the same crops, then the flip
+    mirrored = [i for i in range(len(x)) if not torch.equal(cropped[i], maybe_mirrored[i])]
+    assert 10 < len(mirrored) < 54 and not torch.equal(cropped, x)
+    assert all(torch.equal(maybe_mirrored[i], cropped[i].flip(-1)) for i in mirrored)
+
+
+def test_train_augment_crop_trains_with_the_crop_alone_and_other_values_are_refused(synthetic, monkeypatch, tmp_path):
+    from pruning import training
+    from pruning.config import load_config
+    from pruning.models import build_model
+
+    flips = []
+    real = training.augment_batch
+
+    def recorded(x, generator, **kwargs):
+        flips.append(kwargs.get("flip", True))
+        return real(x, generator, **kwargs)
+
+    monkeypatch.setattr(training, "augment_batch", recorded)
+    model = build_model("lenet5", 1, synthetic.num_classes, synthetic.input_shape)
+    for augment, expected in (("crop", False), (True, True)):
+        flips.clear()
+        training.train(model, synthetic, training.Recipe(epochs=0.2, batch_size=64, augment=augment),
+                       torch.Generator().manual_seed(0), show_progress=False)
+        assert flips and set(flips) == {expected}
+    config = tmp_path / "c.yaml"
+    config.write_text("model: {name: lenet5}\ndata: {name: digits}\ntrain: {augment: crop}\n")
+    assert load_config(config).train.augment == "crop"
+    config.write_text("model: {name: lenet5}\ndata: {name: digits}\ntrain: {augment: flip}\n")
+    with pytest.raises(UserError, match=r'field `train.augment`: expected true \(random crop and horizontal flip\), '
+                                        r'"crop" \(the crop alone\) or false \(got \'flip\'\)'):
+        load_config(config)
+
+
 def test_batches_cover_the_split_once(synthetic):
     seen = sum(len(yb) for _, yb in iterate_batches(synthetic.x_train, synthetic.y_train, 64, shuffle=True,
                                                     generator=torch.Generator().manual_seed(0)))
