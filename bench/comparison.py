@@ -14,7 +14,6 @@ are run again.
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 
 import matplotlib
@@ -26,6 +25,7 @@ import pandas as pd  # noqa: E402
 from agents.baselines import RULES  # noqa: E402
 from agents.sb3_agents import BUILDERS  # noqa: E402
 from bench.grid import Run  # noqa: E402
+from pruning.checkpoint import atomic_copy  # noqa: E402
 from pruning.config import RunConfig  # noqa: E402
 from pruning.errors import UserError  # noqa: E402
 from search.report import save_figure  # noqa: E402
@@ -127,9 +127,7 @@ def keep_run_files(folder: Path, runs: list[Run]) -> None:
             continue
         for file in KEPT_FILES:
             if (run.out / file).is_file():
-                target = kept_path(folder, run.name, file)
-                target.parent.mkdir(parents=True, exist_ok=True)
-                shutil.copyfile(run.out / file, target)
+                atomic_copy(run.out / file, kept_path(folder, run.name, file))
 
 
 def recorded_rows(folder: Path, runs: list[Run]) -> pd.DataFrame:

@@ -19,7 +19,6 @@ so adding a seed costs that seed's search alone.
 from __future__ import annotations
 
 import json
-import shutil
 from collections.abc import Sequence
 from pathlib import Path
 from typing import NamedTuple
@@ -29,6 +28,7 @@ import pandas as pd
 from agents.sb3_agents import BUILDERS
 from bench.comparison import is_rl_method, kept_path, run_name, searcher_overrides, target_tag
 from bench.grid import Run
+from pruning.checkpoint import atomic_copy
 from pruning.config import RunConfig, validated
 from pruning.errors import UserError
 
@@ -99,7 +99,7 @@ def keep_source(folder: Path, agent: Path, policy: Path) -> None:
     kept.mkdir(parents=True, exist_ok=True)
     for src in (agent, agent.with_suffix(".json"), policy, policy.with_name("evaluations.csv")):
         if src.is_file() and src.resolve() != (kept / src.name).resolve():
-            shutil.copyfile(src, kept / src.name)
+            atomic_copy(src, kept / src.name)
 
 
 class TransferRuns(NamedTuple):
@@ -165,8 +165,7 @@ def is_recorded(run: Run, reuse: Path) -> bool:
 
 def keep_zero_shot(reuse: Path, zero: Run) -> None:
     if zero.done:
-        reuse.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(zero.out / "transfer.json", reuse / ZERO_SHOT_KEPT)
+        atomic_copy(zero.out / "transfer.json", reuse / ZERO_SHOT_KEPT)
 
 
 def dense_digests(searches: Sequence[Run], previous: dict[str, str | None]) -> dict[str, str | None]:

@@ -12,6 +12,7 @@ import json
 import os
 import pickle
 import secrets
+import shutil
 from pathlib import Path
 from typing import Any, Callable
 
@@ -64,6 +65,11 @@ def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
         tmp.replace(path)
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def atomic_copy(source: Path, target: Path) -> None:
+    """shutil.copyfile, whole or not at all (the run files a bench keeps are what a clone tables)."""
+    atomic_write(target, lambda tmp: shutil.copyfile(source, tmp))
 
 
 def atomic_write_text(path: Path, text: str) -> None:

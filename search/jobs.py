@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import copy
 import logging
-import shutil
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,7 +17,7 @@ from tqdm.auto import tqdm
 from pruning.analysis import largest_ratio_above, sensitivity, uniform_sweep
 from pruning.baseline import Baseline, architecture, build_from_arch, get_baseline
 from pruning.bn import recalibrate_batchnorm
-from pruning.checkpoint import atomic_write_text
+from pruning.checkpoint import atomic_copy, atomic_write_text
 from pruning.config import RunConfig, load_config
 from pruning.cost import compare_latency, count_macs, count_params
 from pruning.data import DataBundle, load_data
@@ -68,10 +67,7 @@ def train_job(args: argparse.Namespace) -> int:
     out = output_file(Path(args.out), ".pt") if args.out else None  # checked before the training, not after it
     base = baseline_of(prepare(args), retrain=args.retrain)
     if out is not None and out.resolve() != Path(base.checkpoint).resolve():
-        out.parent.mkdir(parents=True, exist_ok=True)
-        partial = out.with_name(f".{out.name}.tmp")  # a copy cut short never sits under the final name
-        shutil.copyfile(base.checkpoint, partial)
-        partial.replace(out)
+        atomic_copy(Path(base.checkpoint), out)  # a copy cut short never sits under the final name
         log.info("checkpoint written to %s (use it with model.checkpoint=%s)", out, out)
     return 0
 
