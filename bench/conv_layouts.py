@@ -18,9 +18,10 @@ import pandas as pd
 import torch
 from torch import nn
 
+from pruning.checkpoint import atomic_write_text
 from pruning.cost import time_forward
 from pruning.runtime import set_threads
-from search.report import markdown_table
+from search.report import markdown_table, write_csv
 
 
 def sweep(sizes: list[int], channels: list[int], batch: int, repeats: int, rounds: int) -> pd.DataFrame:
@@ -67,11 +68,11 @@ def main(argv: list[str] | None = None) -> None:
     frame = sweep(sizes, channels, args.batch, args.repeats, args.rounds)
     args.out.mkdir(parents=True, exist_ok=True)
     stem = args.out / f"conv_layouts-t{threads}"
-    frame.to_csv(stem.with_suffix(".csv"), index=False)
+    write_csv(frame, stem.with_suffix(".csv"))
     command = " ".join(["python -m bench.conv_layouts", *(argv if argv is not None else sys.argv[1:])])
     md = (f"# 3x3 convolution, NCHW vs channels-last, batch {args.batch}, {threads} thread(s), torch "
           f"{torch.__version__}\n\n{markdown_table(frame, '.3g')}\n\nRegenerate: `{command}`\n")
-    stem.with_suffix(".md").write_text(md)
+    atomic_write_text(stem.with_suffix(".md"), md)
     print(md)
 
 

@@ -20,7 +20,8 @@ from pathlib import Path
 import pandas as pd
 
 from bench.comparison import final_pass_row
-from search.report import markdown_table
+from pruning.checkpoint import atomic_write_text
+from search.report import markdown_table, write_csv
 
 RUN_NAME = re.compile(r"^(?P<method>.+)-m(?P<target>\d+)-s(?P<seed>\d+)$")
 LATENCY_FORMS = re.compile(r"^latency_forms-t(?P<threads>\d+)\.csv$")
@@ -81,7 +82,7 @@ def main(argv: list[str] | None = None) -> None:
         frame = final_table(args.folder)
     except FileNotFoundError as exc:
         sys.exit(f"error: {exc}")
-    frame.to_csv(args.folder / "table.csv", index=False)
+    write_csv(frame, args.folder / "table.csv")
     shown = frame[DISPLAY + [c for c in frame.columns if c.startswith("retimed_")]]
     md = (f"# Final passes in `{args.folder}`\n\n"
           f"Each row is one `prunepilot prune --policy` of a chosen policy: its adaptive-BN validation accuracy in "
@@ -91,7 +92,7 @@ def main(argv: list[str] | None = None) -> None:
           f"them all in one process (`retimed_t<threads>`), where it has. Targets: drop ≤ 0.3 pp at 50% MACs and "
           f"≤ 1.5 pp at 25%; speed-up ≥ 0.8 x the MACs reduction at batch 64.\n\n{markdown_table(shown, '.4g')}\n\n"
           f"Regenerate: `python -m bench.final_passes {args.folder}`\n")
-    (args.folder / "table.md").write_text(md)
+    atomic_write_text(args.folder / "table.md", md)
     print(md)
 
 

@@ -28,10 +28,11 @@ import torch
 from bench.common import load_run
 from bench.transfer import level_98pct
 from envs.factory import build_env
+from pruning.checkpoint import atomic_write_text
 from pruning.errors import UserError
 from pruning.evaluate import EvalSettings, Evaluator
 from pruning.units import UnitGraph, discover_units
-from search.report import markdown_table
+from search.report import markdown_table, write_csv
 from search.review import policy_of_row, ratio_column
 
 SEED_SUFFIX = re.compile(r"-s\d+$")
@@ -170,8 +171,8 @@ def main(argv: list[str] | None = None) -> int:
                         *(f"--evaluations '{pattern}'" for pattern in patterns), f"--top {args.top}",
                         f"--name {args.name}"])
     text = report(args.folder, command, frame, images)
-    frame.round(6).to_csv(folder / f"{args.name}.csv", index=False)
-    (folder / f"{args.name}.md").write_text(text)
+    write_csv(frame.round(6), folder / f"{args.name}.csv")
+    atomic_write_text(folder / f"{args.name}.md", text)
     print(text)
     return 0
 

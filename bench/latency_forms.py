@@ -23,12 +23,13 @@ import torch
 from torch import nn
 
 from bench.latency import run_models
+from pruning.checkpoint import atomic_write_text
 from pruning.cost import count_macs, time_forward
 from pruning.errors import UserError
 from pruning.export import export_onnx
 from pruning.inference import inference_form, timing_form
 from pruning.runtime import set_threads
-from search.report import markdown_table
+from search.report import markdown_table, write_csv
 
 
 class OnnxRuntimeForm(nn.Module):
@@ -168,7 +169,7 @@ def main(argv: list[str] | None = None) -> None:
     except (UserError, FileNotFoundError) as exc:
         sys.exit(f"error: {exc}")
     out.mkdir(parents=True, exist_ok=True)
-    frame.to_csv(out / f"{stem}.csv", index=False)
+    write_csv(frame, out / f"{stem}.csv")
     command = f"python -m bench.latency_forms {args.folder} --repeats {args.repeats} --rounds {args.rounds}" + (
         f" --threads {args.threads}" if args.threads else "") + (" --onnxruntime" if args.onnxruntime else "") + (
         f" --out {args.out}" if args.out else "")
@@ -182,7 +183,7 @@ def main(argv: list[str] | None = None) -> None:
           f"least 0.8 x the MACs reduction at batch 64.\n\n"
           f"## Mean over runs\n\n{markdown_table(summary_table(frame), '.3g')}\n\n"
           f"## Per run\n\n{markdown_table(frame, '.3g')}\n\nRegenerate: `{command}`\n")
-    (out / f"{stem}.md").write_text(md)
+    atomic_write_text(out / f"{stem}.md", md)
     print(md)
 
 

@@ -26,6 +26,7 @@ from envs.factory import env_kwargs
 from envs.layer_pruning import LayerPruningEnv
 from pruning.apply import channel_rankings, prune_structured
 from pruning.baseline import architecture, build_from_arch
+from pruning.checkpoint import atomic_write_text
 from pruning.config import load_config
 from pruning.cost import paired_latency
 from pruning.data import load_data
@@ -37,7 +38,7 @@ from search.review import policy_of_row
 from pruning.units import discover_units
 from search.jobs import measure_table
 from search.search_report import best_evaluation
-from search.report import markdown_table
+from search.report import markdown_table, write_csv
 
 
 def sample_policies(env: LayerPruningEnv, count: int, seed: int) -> list[tuple[str, SparsityPolicy]]:
@@ -170,9 +171,9 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     stem = f"latency_model-{cfg.model.name.replace(':', '_')}-t{torch.get_num_threads()}"
-    frame.to_csv(out / f"{stem}.csv", index=False)
+    write_csv(frame, out / f"{stem}.csv")
     if layers is not None:
-        pd.DataFrame(layers).to_csv(out / f"{stem.replace('latency_model', 'latency_layers')}.csv", index=False)
+        write_csv(pd.DataFrame(layers), out / f"{stem.replace('latency_model', 'latency_layers')}.csv")
     lines = [f"# Latency table vs measured latency: {cfg.model.name}, batch {table.batch_size}, "
              f"{torch.get_num_threads()} thread(s)", "",
              f"`python -m bench.latency_model {' '.join(sys.argv[1:] if argv is None else argv)}`", "",
@@ -191,7 +192,7 @@ def main(argv: list[str] | None = None) -> int:
                   f"`{stem.replace('latency_model', 'latency_layers')}.csv`:", "",
                   markdown_table(summarise_layers(pd.DataFrame(layers))), ""]
     lines += [markdown_table(frame), ""]
-    (out / f"{stem}.md").write_text("\n".join(lines))
+    atomic_write_text(out / f"{stem}.md", "\n".join(lines))
     print("\n".join(lines[4:-2]))  # the summary and the floor, without the per-policy rows
     return 0
 

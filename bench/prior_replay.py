@@ -36,10 +36,11 @@ import pandas as pd
 from agents.screening import RewardModel, expected_improvement
 from agents.transfer_prior import Prior, SourceRewards, TransferredRewardModel, depth_bin_features
 from bench.common import load_run
+from pruning.checkpoint import atomic_write_text
 from pruning.errors import UserError
 from pruning.policy import SparsityPolicy, unit_profile
 from pruning.units import UnitGraph, discover_units
-from search.report import markdown_table
+from search.report import markdown_table, write_csv
 from search.review import completed_evaluations, policy_of_row, ratio_column
 
 CHECKPOINTS = (10, 25)
@@ -218,8 +219,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.out:
         out = Path(args.out)
         out.parent.mkdir(parents=True, exist_ok=True)
-        frame.round(6).to_csv(out.with_suffix(".csv"), index=False)
-        out.write_text(text)
+        write_csv(frame.round(6), out.with_suffix(".csv"))
+        atomic_write_text(out, text)
     print(text)
     return 0
 

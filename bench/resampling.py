@@ -25,10 +25,11 @@ from agents.baselines import uniform
 from bench.common import load_run
 from bench.comparison import target_tag
 from envs.factory import build_env
+from pruning.checkpoint import atomic_write_text
 from pruning.errors import UserError
 from pruning.policy import SparsityPolicy
 from pruning.units import discover_units
-from search.report import markdown_table
+from search.report import markdown_table, write_csv
 from search.reuse import move_policy
 
 
@@ -85,12 +86,12 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     name = f"resampling-{model}-{target_tag(args.target)}"
-    frame.to_csv(Path(args.folder) / f"{name}.csv", index=False)
+    write_csv(frame, Path(args.folder) / f"{name}.csv")
     text = (f"# Moving {args.folder}'s best policies to {model} at {100 * args.target:.0f}% MACs\n\n"
             f"`python -m bench.resampling {' '.join([args.folder, args.config, *args.overrides])} --target {args.target}"
             f" --random {args.random}`\n\nAdaptive-BN validation accuracy:\n\n{markdown_table(summary(frame))}\n\n"
             f"Every policy:\n\n{markdown_table(frame.round(4))}\n")
-    (Path(args.folder) / f"{name}.md").write_text(text)
+    atomic_write_text(Path(args.folder) / f"{name}.md", text)
     print(text)
     return 0
 

@@ -36,6 +36,7 @@ from bench.comparison import target_tag
 from envs.factory import env_kwargs
 from envs.layer_pruning import LayerPruningEnv
 from pruning.baseline import architecture, build_from_arch
+from pruning.checkpoint import atomic_write_text
 from pruning.config import AgentConfig, RunConfig, format_errors
 from pruning.data import load_data
 from pruning.errors import UserError
@@ -43,7 +44,7 @@ from pruning.policy import SparsityPolicy
 from pruning.runtime import set_threads
 from pruning.units import UnitGraph, discover_units
 from search.local import tpe_search
-from search.report import markdown_table
+from search.report import markdown_table, write_csv
 from search.review import ratio_column
 
 
@@ -198,8 +199,8 @@ def write_report(folder: Path, target: float, label: str, frame: pd.DataFrame, r
           f"adaptive-BN validation accuracy; each searcher has the benchmark's budget. Surrogate figures, for "
           f"screening only. Variants: {settings}.{caveat}\n\n{markdown_table(table)}\n\nRegenerate: `{command}`\n")
     tag = target_tag(target) + (f"-{label}" if label else "")
-    frame.to_csv(folder / f"surrogate-{tag}.csv", index=False)
-    (folder / f"surrogate-{tag}.md").write_text(md)
+    write_csv(frame, folder / f"surrogate-{tag}.csv")
+    atomic_write_text(folder / f"surrogate-{tag}.md", md)
     return md
 
 

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from pruning.checkpoint import atomic_write_text
 from pruning.errors import UserError
 from search.report import markdown_table
 from search.review import completed_evaluations
@@ -92,7 +93,7 @@ def main(argv: list[str] | None = None) -> int:
             f"run's).\n\n{markdown_table(table)}\n")
     if args.out:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.out).write_text(text)
+        atomic_write_text(Path(args.out), text)
     print(text)
     return 0
 

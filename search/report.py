@@ -20,9 +20,14 @@ def write_table(rows: Sequence[dict] | pd.DataFrame, folder: Path, stem: str) ->
     """Write `stem`.csv and `stem`.parquet, each whole or not at all (a bench reads its runs.csv back); return the
     frame."""
     frame = rows if isinstance(rows, pd.DataFrame) else pd.DataFrame(list(rows))
-    atomic_write(folder / f"{stem}.csv", lambda tmp: frame.to_csv(tmp, index=False))
+    write_csv(frame, folder / f"{stem}.csv")
     atomic_write(folder / f"{stem}.parquet", lambda tmp: frame.to_parquet(tmp, index=False))
     return frame
+
+
+def write_csv(frame: pd.DataFrame, path: Path) -> None:
+    """One CSV table, whole or not at all."""
+    atomic_write(path, lambda tmp: frame.to_csv(tmp, index=False))
 
 
 def write_json(payload: Any, path: Path) -> None:
