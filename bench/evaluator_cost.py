@@ -20,13 +20,13 @@ from pruning.bn import recalibrate_batchnorm
 from pruning.evaluate import EvalSettings, Evaluator
 from pruning.policy import uniform_for_macs
 from pruning.training import evaluate_accuracy
-from pruning.units import discover_units
+from pruning.units import configured_units
 
 
 def main(argv: list[str]) -> None:
     config = argv[0] if argv else "configs/resnet20_fmnist.yaml"
     cfg, data, base = load_run(config, argv[1:])
-    graph = discover_units(base.model, data.input_shape, cfg.prune.mode, cfg.prune.round_to)
+    graph = configured_units(base.model, data.input_shape, cfg.prune)
     evaluator = Evaluator(base.model, data, graph, EvalSettings.from_config(cfg))
     policy = uniform_for_macs(graph, 0.5, cfg.prune.round_to)
     evaluator.evaluate(policy)  # warm-up

@@ -31,7 +31,7 @@ from envs.factory import build_env
 from pruning.checkpoint import atomic_write_text
 from pruning.errors import UserError
 from pruning.evaluate import EvalSettings, Evaluator
-from pruning.units import UnitGraph, discover_units
+from pruning.units import UnitGraph, configured_units
 from search.report import markdown_table, write_csv
 from search.review import policy_of_row, ratio_column
 
@@ -70,7 +70,7 @@ def rescore(folder: Path, config: str, overrides: list[str], patterns: list[str]
     if top < 1:
         raise UserError(f"--top: must be at least 1, got {top}")
     cfg, data, base = load_run(config, overrides)
-    graph = discover_units(base.model, data.input_shape, cfg.prune.mode, cfg.prune.round_to)
+    graph = configured_units(base.model, data.input_shape, cfg.prune)
     settings = EvalSettings.from_config(cfg)
     searched = Evaluator(base.model, data, graph, settings)
     held = held_out_images(searched, data.x_val, data.y_val, settings.val_limit)

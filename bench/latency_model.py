@@ -35,7 +35,7 @@ from pruning.latency_table import LatencyTable
 from pruning.policy import SparsityPolicy, uniform_for_macs
 from pruning.runtime import set_threads
 from search.review import policy_of_row
-from pruning.units import discover_units
+from pruning.units import configured_units
 from search.jobs import measure_table
 from search.search_report import best_evaluation
 from search.report import markdown_table, write_csv
@@ -152,7 +152,7 @@ def main(argv: list[str] | None = None) -> int:
         torch.manual_seed(args.seed)
         data = load_data(cfg.data.name, cfg.data.path, cfg.data.val_fraction, cfg.data.val_size, **cfg.data.options)
         model = build_from_arch(architecture(cfg, data)).eval()
-        graph = discover_units(model, data.input_shape, cfg.prune.mode, cfg.prune.round_to)
+        graph = configured_units(model, data.input_shape, cfg.prune)
         table = LatencyTable.load(args.table) if args.table else measure_table(cfg, model, graph)
         table.check(graph, cfg.prune.round_to)
         named: list[tuple[str, float, SparsityPolicy]] = []

@@ -39,7 +39,7 @@ from bench.common import load_run
 from pruning.checkpoint import atomic_write_text
 from pruning.errors import UserError
 from pruning.policy import SparsityPolicy, unit_profile
-from pruning.units import UnitGraph, discover_units
+from pruning.units import UnitGraph, configured_units
 from search.report import markdown_table, write_csv
 from search.review import completed_evaluations, policy_of_row, ratio_column
 
@@ -190,7 +190,7 @@ def main(argv: list[str] | None = None) -> int:
         also = [SourceRewards.load(path, "--also-source") for path in also_sources(args.source, args.also_source)]
         source = SourceRewards.pooled([source, *also])
         cfg, data, base = load_run(args.config, args.overrides)
-        graph = discover_units(base.model, data.input_shape, cfg.prune.mode, cfg.prune.round_to)
+        graph = configured_units(base.model, data.input_shape, cfg.prune)
         pool = recorded_pool(args.pool, graph, cfg.prune.round_to)
         if len(pool) < args.budget + args.candidates:
             raise UserError(f"--pool: {len(pool)} distinct policies, fewer than --budget + --candidates "

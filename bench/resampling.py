@@ -28,7 +28,7 @@ from envs.factory import build_env
 from pruning.checkpoint import atomic_write_text
 from pruning.errors import UserError
 from pruning.policy import SparsityPolicy
-from pruning.units import discover_units
+from pruning.units import configured_units
 from search.report import markdown_table, write_csv
 from search.reuse import move_policy
 
@@ -37,7 +37,7 @@ def compare(folder: Path, config: str, target: float, overrides: list[str],
             random_draws: int) -> tuple[pd.DataFrame, str]:
     """(one row per moved policy, reference or random draw; the target model's name)."""
     cfg, data, base = load_run(config, [*overrides, f"env.macs_target={target}"])
-    graph = discover_units(base.model, data.input_shape, cfg.prune.mode, cfg.prune.round_to)
+    graph = configured_units(base.model, data.input_shape, cfg.prune)
     env = build_env(cfg, base.model, data, graph)
     runs = sorted((folder / "runs").glob(f"*-{target_tag(target)}-s*/best_policy.json"))
     if not runs:

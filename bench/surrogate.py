@@ -42,7 +42,7 @@ from pruning.data import load_data
 from pruning.errors import UserError
 from pruning.policy import SparsityPolicy
 from pruning.runtime import set_threads
-from pruning.units import UnitGraph, discover_units
+from pruning.units import UnitGraph, configured_units
 from search.local import tpe_search
 from search.report import markdown_table, write_csv
 from search.review import ratio_column
@@ -137,8 +137,7 @@ def screen(folder: Path, target: float, methods: list[str], seeds: int,
         raise UserError(f"{config_file}: not found; RESULTS_FOLDER must be a `prunepilot bench` results folder")
     cfg = RunConfig.model_validate(json.loads(config_file.read_text()))
     data = load_data(cfg.data.name, cfg.data.path, cfg.data.val_fraction, cfg.data.val_size, **cfg.data.options)
-    graph = discover_units(build_from_arch(architecture(cfg, data)), data.input_shape, cfg.prune.mode,
-                           cfg.prune.round_to)
+    graph = configured_units(build_from_arch(architecture(cfg, data)), data.input_shape, cfg.prune)
     agents = {method: agent_config(cfg, method, variants) for method in methods}  # bad input fails before the fit
     recorded = recorded_evaluations(folder, target)
     gp, r2 = fit_surrogate(recorded, graph)

@@ -16,7 +16,7 @@ from pruning.errors import UserError
 from pruning.evaluate import EvalSettings, Evaluator
 from pruning.latency_table import LatencyTable
 from pruning.runtime import resolve_device, seed_everything
-from pruning.units import UnitGraph, discover_units
+from pruning.units import UnitGraph, configured_units
 
 DEFAULT_OVERRIDES = [
     "data.name=digits", "model.name=vgg_small", "model.kwargs={widths: [16, 16, M, 32, 32, M, 64]}",
@@ -55,7 +55,7 @@ def load_run_data(cfg: RunConfig) -> DataBundle:
 def build_env(cfg: RunConfig, model: nn.Module, data: DataBundle, graph: UnitGraph | None = None,
               evaluator: PolicyEvaluator | None = None, deferred: bool = False, **overrides: Any) -> LayerPruningEnv:
     """An environment over `model` on `data` with the config's env and eval settings (keywords override)."""
-    graph = graph or discover_units(model, data.input_shape, cfg.prune.mode, cfg.prune.round_to)
+    graph = graph or configured_units(model, data.input_shape, cfg.prune)
     if evaluator is None and not deferred:
         evaluator = Evaluator(model, data, graph, EvalSettings.from_config(cfg))
     return LayerPruningEnv(graph, evaluator, deferred=deferred, **{**env_kwargs(cfg), **overrides})

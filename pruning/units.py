@@ -13,7 +13,7 @@ import hashlib
 import math
 from dataclasses import dataclass, field
 from functools import cached_property
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import torch
 import torch_pruning as tp
@@ -21,6 +21,9 @@ from torch import nn
 
 from pruning.cost import PRUNABLE_TYPES, LayerShape, layer_shapes
 from pruning.errors import UserError
+
+if TYPE_CHECKING:
+    from pruning.config import PruneConfig
 
 Mode = Literal["structured", "unstructured"]
 
@@ -219,6 +222,11 @@ def discover_units(model: nn.Module, input_shape: tuple[int, ...], mode: Mode = 
         from pruning.apply import check_pruned_forward  # apply builds on this module
         check_pruned_forward(model, graph, round_to)
     return graph
+
+
+def configured_units(model: nn.Module, input_shape: tuple[int, ...], prune: PruneConfig) -> UnitGraph:
+    """The units a run's `prune` section asks for (its mode and round_to), so every command sees the same graph."""
+    return discover_units(model, input_shape, prune.mode, prune.round_to)
 
 
 def _is_grouped_conv(module: nn.Module) -> bool:

@@ -29,7 +29,7 @@ from pruning.policy import SparsityPolicy, uniform_for_macs
 from pruning.progressive import ProgressiveSettings, progressive_prune
 from pruning.runtime import resolve_device, seed_everything, set_threads
 from pruning.training import evaluate_accuracy
-from pruning.units import UnitGraph, discover_units
+from pruning.units import UnitGraph, configured_units
 from search.cli import output_file, run_folder
 from search.report import markdown_table, plot_heatmap, plot_lines, plot_unit_ratios, write_json, write_table
 
@@ -101,7 +101,7 @@ def latency_table_job(args: argparse.Namespace) -> int:
 
 # ------------------------------------------------------------------------------------ shared pieces
 def unit_graph(ctx: Context, model: torch.nn.Module) -> UnitGraph:
-    graph = discover_units(model, ctx.data.input_shape, ctx.cfg.prune.mode, ctx.cfg.prune.round_to)
+    graph = configured_units(model, ctx.data.input_shape, ctx.cfg.prune)
     if graph.grouped_whole:
         log.info("channels shared with a grouped (not depthwise) conv are kept whole, since pruning would break it; "
                  "%d layer(s) have such channels: %s", len(graph.grouped_whole), ", ".join(sorted(graph.grouped_whole)))
