@@ -13,8 +13,9 @@ import os
 import pickle
 import secrets
 import shutil
+from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 
@@ -58,13 +59,22 @@ def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
     (a bench's runs.csv is its only record of runs finished elsewhere). The temporary file is this call's own: two
     processes writing one path (claims taken over at once) shared one name, and the second's rename failed with a
     traceback once the first had renamed it away."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}-{secrets.token_hex(4)}.tmp")  # mode as any file (umask)
+    atomic_write_all({path: write})
+
+
+def atomic_write_all(writes: Mapping[Path, Callable[[Path], None]]) -> None:
+    """`atomic_write` for files that belong together (a table's CSV and parquet): every temporary is written before
+    any is renamed, so a Ctrl-C in a write leaves them all as they were, never one new beside one old."""
+    temporaries = {path: path.with_name(f".{path.name}.{os.getpid()}-{secrets.token_hex(4)}.tmp") for path in writes}
     try:
-        write(tmp)
-        tmp.replace(path)
+        for path, write in writes.items():
+            path.parent.mkdir(parents=True, exist_ok=True)
+            write(temporaries[path])  # mode as any file (umask)
+        for path, tmp in temporaries.items():
+            tmp.replace(path)
     finally:
-        tmp.unlink(missing_ok=True)
+        for tmp in temporaries.values():
+            tmp.unlink(missing_ok=True)
 
 
 def atomic_copy(source: Path, target: Path) -> None:

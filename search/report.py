@@ -13,15 +13,14 @@ import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 
-from pruning.checkpoint import atomic_write, atomic_write_text  # noqa: E402
+from pruning.checkpoint import atomic_write, atomic_write_all, atomic_write_text  # noqa: E402
 
 
 def write_table(rows: Sequence[dict] | pd.DataFrame, folder: Path, stem: str) -> pd.DataFrame:
-    """Write `stem`.csv and `stem`.parquet, each whole or not at all (a bench reads its runs.csv back); return the
-    frame."""
+    """Write `stem`.csv and `stem`.parquet, both or neither (a bench reads its runs.csv back); return the frame."""
     frame = rows if isinstance(rows, pd.DataFrame) else pd.DataFrame(list(rows))
-    write_csv(frame, folder / f"{stem}.csv")
-    atomic_write(folder / f"{stem}.parquet", lambda tmp: frame.to_parquet(tmp, index=False))
+    atomic_write_all({folder / f"{stem}.csv": lambda tmp: frame.to_csv(tmp, index=False),
+                      folder / f"{stem}.parquet": lambda tmp: frame.to_parquet(tmp, index=False)})
     return frame
 
 

@@ -3,6 +3,7 @@
 import json
 import re
 import shutil
+from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -866,3 +867,24 @@ def test_a_ctrl_c_while_a_table_or_plot_is_rewritten_leaves_the_earlier_one_whol
     assert (tmp_path / "best_reward.png").read_bytes() == plot
     assert sorted(p.name for p in tmp_path.iterdir()) == ["best_reward.png", "runs.csv", "runs.parquet"]  # no temporaries
     assert not plt.get_fignums()  # the interrupted plot was freed too
+
+
+def test_a_ctrl_c_while_a_tables_parquet_is_written_leaves_its_csv_as_it_was_too(tmp_path, monkeypatch):
+    """A table's CSV and parquet are one record: a cut in the second write must not leave a new CSV beside an old
+    parquet."""
+    from search.report import write_table
+
+    earlier = pd.DataFrame({"run": ["uniform-m50-s0"], "reward": [-0.5]})
+    write_table(earlier, tmp_path, "runs")
+
+    def half_written(path):
+        Path(path).write_bytes(b"PAR1")
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(pd.DataFrame, "to_parquet", lambda self, path, **kwargs: half_written(path))
+    with pytest.raises(KeyboardInterrupt):
+        write_table(pd.concat([earlier, earlier]), tmp_path, "runs")
+    monkeypatch.undo()
+    pd.testing.assert_frame_equal(pd.read_csv(tmp_path / "runs.csv"), earlier)
+    pd.testing.assert_frame_equal(pd.read_parquet(tmp_path / "runs.parquet"), earlier)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["runs.csv", "runs.parquet"]  # no temporaries
