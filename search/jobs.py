@@ -159,6 +159,22 @@ def measure_speedups(dense: torch.nn.Module, pruned: torch.nn.Module, ctx: Conte
     return speedups
 
 
+def save_and_export(ctx: Context, base: Baseline, graph: UnitGraph, model: torch.nn.Module, pruned_row: dict,
+                    out: Path) -> dict[str, float]:
+    """Save the pruned model, reload it, export TorchScript and ONNX; return each form's largest output difference
+    from the model in memory, so the report shows that what is handed back computes what was measured."""
+    save_pruned(out / "model.pt", model, graph, base.arch, ctx.data.fingerprint,
+                metrics={k: float(v) for k, v in pruned_row.items()})
+    reloaded = load_pruned(out / "model.pt").to(ctx.device)
+    with torch.no_grad():
+        probe = ctx.data.x_test[:64]
+        reload_diff = float((reloaded(probe) - model.eval()(probe)).abs().max())
+    ts_diff = export_torchscript(model, out / "model.torchscript.pt", ctx.data.input_shape)
+    onnx_diff = export_onnx(model, out / "model.onnx", ctx.data.input_shape)
+    model.to(ctx.device)
+    return {"checkpoint": reload_diff, "torchscript": ts_diff, "onnx": onnx_diff}
+
+
 def final_pass(ctx: Context, base: Baseline, graph: UnitGraph, policy: SparsityPolicy, out: Path, seed: int,
                extra_report: str = "", evaluator: Evaluator | None = None) -> dict:
     """Progressive prune-finetune to `policy`, then measure, export and report into `out`.
@@ -190,15 +206,7 @@ def final_pass(ctx: Context, base: Baseline, graph: UnitGraph, policy: SparsityP
     dense_row = measure_model(base.model, ctx, sparse=False)
     pruned_row = measure_model(model, ctx, sparse=sparse)
     speedups = measure_speedups(base.model, model, ctx, dense_row, pruned_row)
-    save_pruned(out / "model.pt", model, graph, base.arch, ctx.data.fingerprint,
-                metrics={k: float(v) for k, v in pruned_row.items()})
-    reloaded = load_pruned(out / "model.pt").to(ctx.device)
-    with torch.no_grad():
-        probe = ctx.data.x_test[:64]
-        reload_diff = float((reloaded(probe) - model.eval()(probe)).abs().max())
-    ts_diff = export_torchscript(model, out / "model.torchscript.pt", ctx.data.input_shape)
-    onnx_diff = export_onnx(model, out / "model.onnx", ctx.data.input_shape)
-    model.to(ctx.device)
+    export_diffs = save_and_export(ctx, base, graph, model, pruned_row, out)
 
     summary = {
         "config": cfg.name, "model": cfg.model.name, "mode": graph.mode, "criterion": cfg.prune.importance,
@@ -211,7 +219,7 @@ def final_pass(ctx: Context, base: Baseline, graph: UnitGraph, policy: SparsityP
         **speedups,
         "accuracy_drop_pp": 100 * (dense_row["test_accuracy"] - pruned_row["test_accuracy"]),
         "threads": torch.get_num_threads(), "device": str(ctx.device),
-        "export_max_abs_diff": {"checkpoint": reload_diff, "torchscript": ts_diff, "onnx": onnx_diff},
+        "export_max_abs_diff": export_diffs,
         "baseline_checkpoint": str(base.checkpoint),
     }
     plot_unit_ratios(graph.names, {"policy": list(policy.vector(graph))}, out / "unit_ratios.png",
