@@ -64,7 +64,8 @@ def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
 
 def atomic_write_all(writes: Mapping[Path, Callable[[Path], None]]) -> None:
     """`atomic_write` for files that belong together (a table's CSV and parquet): every temporary is written before
-    any is renamed, so a Ctrl-C in a write leaves them all as they were, never one new beside one old."""
+    any is renamed, so a Ctrl-C in any write leaves them all as they were; only one in the microseconds of the
+    renames themselves could leave one new beside one old."""
     temporaries = {path: path.with_name(f".{path.name}.{os.getpid()}-{secrets.token_hex(4)}.tmp") for path in writes}
     try:
         for path, write in writes.items():

@@ -17,7 +17,8 @@ from pruning.checkpoint import atomic_write, atomic_write_all, atomic_write_text
 
 
 def write_table(rows: Sequence[dict] | pd.DataFrame, folder: Path, stem: str) -> pd.DataFrame:
-    """Write `stem`.csv and `stem`.parquet, both or neither (a bench reads its runs.csv back); return the frame."""
+    """Write `stem`.csv and `stem`.parquet, each whole, and both renamed into place only once both are written (a
+    bench reads its runs.csv back); return the frame."""
     frame = rows if isinstance(rows, pd.DataFrame) else pd.DataFrame(list(rows))
     atomic_write_all({folder / f"{stem}.csv": lambda tmp: frame.to_csv(tmp, index=False),
                       folder / f"{stem}.parquet": lambda tmp: frame.to_parquet(tmp, index=False)})
